@@ -1,0 +1,46 @@
+# Everything builds its own .venv: `make demo` runs the product, `make test` the whole check.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit venv system-deps clean bench evaluate
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,confluent]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+# Headless Chromium for the dashboard's browser test (Debian packages).
+system-deps:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+	  { echo "installing chromium + chromium-driver (apt)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	    || { echo "could not install chromium: run 'apt-get install chromium chromium-driver' as root"; exit 1; }; }
+
+demo: $(STAMP)
+	$(BIN)/streamwatch demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check streamwatch simulators dashboards tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+test: $(STAMP) system-deps lint typecheck
+	$(BIN)/pytest -q -m "not slow" --junitxml=test-results/junit.xml
+
+bench: $(STAMP)
+	$(BIN)/streamwatch bench kafka --json bench-results.json
+
+evaluate: $(STAMP)
+	$(BIN)/streamwatch evaluate icu --json eval-results.json
+
+clean:
+	rm -rf $(VENV) test-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,329 @@
+"""Versioned event records and their JSON (de)serialisation: the public contracts.
+
+Every record carries ``"v"``, the schema version. Consumers in other services read
+``Score`` and ``Alert`` from Kafka; their JSON Schemas ship in ``streamwatch/schemas/``
+(regenerate with ``python -m streamwatch.schema``; a test checks they match).
+
+>>> r = decode_reading(b'{"v":1,"stream_id":"icu/bed-07","kind":"icu_vitals",'
+...                    b'"ts":1700000000.0,"values":{"hr":82.0,"spo2":null}}')
+>>> r.stream_id, r.values["hr"], r.values["spo2"]
+('icu/bed-07', 82.0, None)
+>>> decode_reading(b'{"v":1,"stream_id":"x","kind":"k","ts":1.0,"values":{"hr":"high"}}')
+Traceback (most recent call last):
+...
+streamwatch.errors.SchemaError: values.hr: Expected `float | null`, got `str`
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from streamwatch.errors import SchemaError
+
+SCHEMA_VERSION = 1
+"""Current version of every record type; bumped on any incompatible change."""
+
+STREAM_ID_MAX = 128
+STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
+CHANNEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+MAX_CHANNELS = 64
+MAX_RECORD_BYTES = 64 * 1024
+"""A Reading larger than this is refused before it is parsed."""
+
+StreamId = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=STREAM_ID_MAX,
+        pattern=STREAM_ID_PATTERN,
+        description="Stable id of one stream, e.g. 'icu/bed-07'. Also the Kafka key.",
+    ),
+]
+Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=CHANNEL_PATTERN)]
+Kind = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$"),
+]
+EpochSeconds = Annotated[float, msgspec.Meta(ge=0, description="Epoch seconds (UTC).")]
+Severity = Literal["warning", "critical"]
+AlertEvent = Literal["open", "update", "close"]
+Version = Literal[1]
+
+SEVERITY_RANK: dict[str, int] = {"warning": 1, "critical": 2}
+
+
+class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One observation of one stream (topic ``streamwatch.readings``, key = stream_id).
+
+    A channel may be missing or ``null`` (sensor dropout).
+    """
+
+    stream_id: StreamId
+    kind: Kind
+    ts: EpochSeconds
+    values: Annotated[dict[Channel, float | None], msgspec.Meta(max_length=MAX_CHANNELS)]
+    v: Version = 1
+
+
+class ChannelForecast(msgspec.Struct, frozen=True):
+    """Forecast of one channel for the reading it is attached to."""
+
+    mean: float
+    std: float
+
+
+class Score(msgspec.Struct, frozen=True):
+    """The detector's verdict on one accepted reading (topic ``streamwatch.scores``)."""
+
+    stream_id: StreamId
+    kind: Kind
+    ts: EpochSeconds
+    values: dict[str, float | None]
+    forecast: dict[str, ChannelForecast]
+    channel_scores: dict[str, float | None]
+    score: float
+    threshold: float | None
+    anomalous: bool
+    warming_up: bool
+    model: str
+    model_version: int
+    hard_limit: Severity | None = None
+    hard_limit_channels: list[str] = msgspec.field(default_factory=list)
+    v: Version = 1
+
+
+class ChannelExplanation(msgspec.Struct, frozen=True):
+    """Why one channel takes part in an alert: observed versus the expected band."""
+
+    channel: str
+    observed: float | None
+    expected: float | None
+    lower: float | None
+    upper: float | None
+    score: float | None
+    direction: Literal["high", "low", "missing", "flat"] | None = None
+
+
+class Explanation(msgspec.Struct, frozen=True):
+    summary: str
+    channels: list[ChannelExplanation]
+    duration_s: float
+    reasons: list[Literal["model", "hard_limit"]]
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """One lifecycle event of an alert (topic ``streamwatch.alerts``, key = stream_id).
+
+    ``alert_id`` is deterministic: the same stream and the same onset give the same id,
+    so a replay after a crash produces duplicates a consumer can drop by id + event.
+    """
+
+    alert_id: str
+    event: AlertEvent
+    stream_id: StreamId
+    kind: Kind
+    ts: EpochSeconds
+    onset_ts: EpochSeconds
+    end_ts: EpochSeconds | None
+    severity: Severity
+    peak_score: float
+    explanation: Explanation
+    model_version: int
+    seq: int = 0
+    v: Version = 1
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A record the detector refused, with a precise reason (topic ``streamwatch.deadletter``)."""
+
+    reason: str
+    field: str | None
+    topic: str
+    partition: int
+    offset: int
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"]
+    payload_size: int
+    payload_truncated: bool
+    ts: EpochSeconds
+    key: str | None = None
+    v: Version = 1
+
+
+class Episode(msgspec.Struct, frozen=True):
+    """A labelled injected episode (topic ``streamwatch.truth``), for evaluation only."""
+
+    episode_id: str
+    stream_id: StreamId
+    kind: Kind
+    type: str
+    category: Literal["clinical", "artefact", "fault"]
+    onset_ts: EpochSeconds
+    end_ts: EpochSeconds
+    channels: list[str]
+    v: Version = 1
+
+
+RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
+    "reading": Reading,
+    "score": Score,
+    "alert": Alert,
+    "deadletter": DeadLetter,
+    "episode": Episode,
+}
+
+_encoder = msgspec.json.Encoder()
+_decoders = {name: msgspec.json.Decoder(t) for name, t in RECORD_TYPES.items()}
+_AT_PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+def alert_id_for(stream_id: str, onset_ts: float) -> str:
+    """Deterministic alert id: same stream + same onset => same id.
+
+    >>> alert_id_for("icu/bed-07", 1700000000.0) == alert_id_for("icu/bed-07", 1700000000.0)
+    True
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"streamwatch:{stream_id}|{onset_ts:.6f}"))
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    """Serialise any record to compact UTF-8 JSON."""
+    return _encoder.encode(record)
+
+
+def _schema_error(exc: msgspec.DecodeError | msgspec.ValidationError) -> SchemaError:
+    text = str(exc)
+    match = _AT_PATH.search(text)
+    missing = _MISSING.match(text)
+    if missing is not None:
+        return SchemaError("required field is missing", field=missing.group("name"))
+    if match is None:
+        if isinstance(exc, msgspec.ValidationError):
+            return SchemaError(text)
+        return SchemaError(f"not valid JSON: {text}")
+    path = match.group("path").lstrip(".")
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    path = re.sub(r"\[\.\.\.\]", ".<key>", path)
+    problem = text[: match.start()]
+    if match.group("key"):
+        problem = f"bad channel name: {problem}"
+    if problem.startswith("Object missing required field"):
+        missing = problem.split("`")[1]
+        path = f"{path}.{missing}" if path else missing
+        problem = "required field is missing"
+    return SchemaError(problem, field=path or None)
+
+
+def decode(name: str, data: bytes | str) -> Any:
+    """Decode one record of type ``name`` (see ``RECORD_TYPES``); raises ``SchemaError``."""
+    try:
+        return _decoders[name].decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _schema_error(exc) from None
+
+
+def _bad_value_key(data: bytes | str) -> str:
+    """On the error path only: name the channel whose value has the wrong type."""
+    try:
+        values = msgspec.json.decode(data).get("values", {})
+    except (msgspec.DecodeError, AttributeError):
+        return "values"
+    for channel, value in values.items() if isinstance(values, dict) else ():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"values.{channel}"
+    return "values"
+
+
+def decode_reading(data: bytes | str) -> Reading:
+    """Decode and validate one Reading; raises ``SchemaError`` naming the field.
+
+    Values must be finite numbers or null; ``stream_id`` is bounded in length and
+    charset; the whole record is at most ``MAX_RECORD_BYTES``.
+    """
+    if len(data) > MAX_RECORD_BYTES:
+        raise SchemaError(f"record is {len(data)} bytes, more than the {MAX_RECORD_BYTES} allowed")
+    try:
+        reading: Reading = _decoders["reading"].decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        error = _schema_error(exc)
+        if error.field == "values.<key>":
+            error = SchemaError(error.problem, field=_bad_value_key(data))
+        raise error from None
+    if not math.isfinite(reading.ts):
+        raise SchemaError("must be a finite number", field="ts")
+    for channel, value in reading.values.items():
+        if value is not None and not math.isfinite(value):
+            raise SchemaError("must be a finite number or null", field=f"values.{channel}")
+    return reading
+
+
+def dead_letter(
+    payload: bytes | None,
+    reason: str,
+    *,
+    field: str | None,
+    topic: str,
+    partition: int,
+    offset: int,
+    ts: float,
+    key: bytes | None = None,
+    cap: int = 4096,
+) -> DeadLetter:
+    """Build a DeadLetter for raw bytes, capping the payload at ``cap`` bytes."""
+    raw = payload or b""
+    clipped = raw[:cap]
+    try:
+        text, encoding = clipped.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(clipped).decode("ascii"), "base64"
+    key_text = key.decode("utf-8", errors="replace") if key is not None else None
+    return DeadLetter(
+        reason=reason,
+        field=field,
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        payload=text,
+        payload_encoding=encoding,  # type: ignore[arg-type]
+        payload_size=len(raw),
+        payload_truncated=len(raw) > cap,
+        ts=ts,
+        key=key_text,
+    )
+
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+
+
+def json_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of record type ``name`` as shipped to other services."""
+    schema = msgspec.json.schema(RECORD_TYPES[name])
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = f"streamwatch/{name}/v{SCHEMA_VERSION}"
+    schema["title"] = f"streamwatch {name} v{SCHEMA_VERSION}"
+    return schema
+
+
+def write_schemas(directory: Path = SCHEMA_DIR) -> list[Path]:
+    """(Re)write the shipped JSON Schema files; returns their paths."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in RECORD_TYPES:
+        path = directory / f"{name}.v{SCHEMA_VERSION}.json"
+        path.write_text(json.dumps(json_schema(name), indent=2, sort_keys=True) + "\n")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":  # pragma: no cover - maintenance entry point
+    for written in write_schemas():
+        print(written)
