@@ -7,7 +7,7 @@ like with like.
 
 Test-then-train: ``score_many`` runs first on every reading; the detector then decides
 which readings may teach the scorer (not anomalous, not inside an open alert) and calls
-``learn_many`` with that mask.
+``advance_many``/``learn_many`` with that mask (see ``Scorer``).
 """
 
 from __future__ import annotations
@@ -72,19 +72,46 @@ class ScoreBatch:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Scores one kind's readings; learns only from what the detector lets through."""
+    """Scores one kind's readings; learns only from what the detector lets through.
+
+    The detector drives a scorer one *wave* at a time: a wave holds at most one reading
+    per stream (a stream with three readings in a micro-batch takes part in three
+    consecutive waves, in timestamp order). Per wave:
+
+    1. ``score_many(wave)``: pure. Forecast from the current per-stream state, score.
+    2. the detector thresholds the scores and steps the alert machines;
+    3. ``advance_many(wave, observe)``: move per-stream inference state (recurrent hidden
+       state, last timestamp, recent window) past these readings. Where ``observe`` is
+       False (anomalous reading, or the stream is inside an open alert) the reading is fed
+       to the model as *missing*, so an anomaly cannot drag the forecast along with it;
+    4. ``learn_many(wave, mask)``: learn (normaliser statistics, replay buffer, periodic
+       optimiser step) from the rows where ``mask`` is True only: no poisoning.
+    """
 
     name: str
     kind: KindSpec
 
     def score_many(self, batch: KindBatch) -> ScoreBatch:
-        """Score every row before learning from any of them. May advance per-stream
-        inference state (recurrent hidden state, normaliser position) but never the
-        learned parameters."""
+        """Score every row (stream ids in ``batch`` are distinct). No side effects."""
+
+    def advance_many(self, batch: KindBatch, observe: np.ndarray) -> None:
+        """Advance per-stream inference state; rows with ``observe`` False count as missing."""
 
     def learn_many(self, batch: KindBatch, mask: np.ndarray) -> None:
-        """Learn from the rows where ``mask`` is True (the others are anomalous or inside
-        an open alert and must not teach the model that they are normal)."""
+        """Learn from the rows where ``mask`` is True only."""
+
+    def adapt_streams(self, stream_ids: Sequence[str]) -> None:
+        """Accept these streams' recent regime as their new normal (lasting level shift):
+        re-seed their normaliser from their recent readings, observed or not."""
+
+    def forget_streams(self, stream_ids: Sequence[str]) -> None:
+        """Drop per-stream state (e.g. partition revoked)."""
+
+    def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
+        """Per-stream state of these streams only (plain tensors/arrays/numbers), for a
+        changelog or for handing a partition to another process."""
+
+    def import_streams(self, state: dict[str, Any]) -> None: ...
 
     @property
     def version(self) -> int:
