@@ -172,12 +172,34 @@ class Episode(msgspec.Struct, frozen=True):
     v: Version = 1
 
 
+class Health(msgspec.Struct, frozen=True):
+    """Periodic model/service health of one detector process (topic ``streamwatch.health``).
+
+    Not part of DESIGN.md's original four contracts: added so the dashboard (and any
+    monitoring service) can show model health across scaled-out detector processes
+    without scraping each process's metrics endpoint.
+    """
+
+    detector_id: str
+    ts: EpochSeconds
+    readings_per_s: float
+    consumer_lag: int | None
+    training_loss: float | None
+    training_steps: int
+    dead_letters: dict[str, int]
+    open_alerts: int
+    streams: int
+    batch_latency_ms: float | None = None
+    v: Version = 1
+
+
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
     "reading": Reading,
     "score": Score,
     "alert": Alert,
     "deadletter": DeadLetter,
     "episode": Episode,
+    "health": Health,
 }
 
 _encoder = msgspec.json.Encoder()

@@ -15,8 +15,9 @@ TRUTH = "streamwatch.truth"
 SCORES = "streamwatch.scores"
 ALERTS = "streamwatch.alerts"
 DEADLETTER = "streamwatch.deadletter"
+HEALTH = "streamwatch.health"
 STATE = "streamwatch.detector-state"
-ALL_TOPICS = (READINGS, TRUTH, SCORES, ALERTS, DEADLETTER, STATE)
+ALL_TOPICS = (READINGS, TRUTH, SCORES, ALERTS, DEADLETTER, HEALTH, STATE)
 
 
 @dataclass(frozen=True, order=True)
