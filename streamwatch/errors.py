@@ -15,12 +15,14 @@ class SchemaError(StreamwatchError, ValueError):
     """A record does not match its contract.
 
     ``field`` is a dotted path into the record (``values.hr``) or ``None`` when the
-    record as a whole is bad (not JSON, not an object); ``problem`` says what is wrong.
+    record as a whole is bad (not JSON, not an object); ``problem`` says what is wrong;
+    ``code`` is the dead-letter code (``schema.DeadLetterCode``).
     """
 
-    def __init__(self, problem: str, field: str | None = None) -> None:
+    def __init__(self, problem: str, field: str | None = None, code: str = "schema") -> None:
         self.problem = problem
         self.field = field
+        self.code = code
         super().__init__(f"{field}: {problem}" if field else problem)
 
 
