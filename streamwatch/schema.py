@@ -281,7 +281,9 @@ def _bad_value_key(data: bytes | str) -> str:
     except (msgspec.DecodeError, AttributeError):
         return "values"
     for channel, value in values.items() if isinstance(values, dict) else ():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             return f"values.{channel}"
     return "values"
 
@@ -301,7 +303,7 @@ def decode_reading(data: bytes | str) -> Reading:
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         error = _schema_error(exc)
         if error.field == "values.<key>":
-            error = SchemaError(error.problem, field=_bad_value_key(data))
+            error = SchemaError(error.problem, field=_bad_value_key(data), code=error.code)
         raise error from None
     if not math.isfinite(reading.ts):
         raise SchemaError("must be a finite number", field="ts", code="non_finite")
