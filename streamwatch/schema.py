@@ -276,9 +276,9 @@ def decode(name: str, data: bytes | str) -> Any:
 
 def _bad_value_key(data: bytes | str) -> str:
     """On the error path only: name the channel whose value has the wrong type."""
-    try:
-        values = msgspec.json.decode(data).get("values", {})
-    except (msgspec.DecodeError, AttributeError):
+    try:  # the stdlib parser reads 1e999 as inf where msgspec refuses it
+        values = json.loads(data).get("values", {})
+    except (ValueError, AttributeError):
         return "values"
     for channel, value in values.items() if isinstance(values, dict) else ():
         if value is None:
