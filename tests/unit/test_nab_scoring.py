@@ -248,3 +248,25 @@ def test_equal_totals_keep_the_higher_threshold_as_nab_does() -> None:
     scores = np.zeros(100)
     scores[40], scores[45] = 0.9, 0.5  # the second detection adds nothing
     assert score_corpus([f], {f.key: scores})["standard"].threshold == 0.9
+
+
+def test_likelihood_squash_is_causal_and_in_unit_range() -> None:
+    from streamwatch.evaluate.squash import likelihood
+
+    rng = np.random.default_rng(7)
+    raw = np.abs(rng.normal(1.0, 0.3, 3000))
+    raw[2000:2010] += 6.0
+    raw[[50, 700]] = np.nan
+    full = likelihood(raw)
+    assert ((full >= 0) & (full <= 1)).all()
+    for k in (1, 99, 101, 1500, 2005):
+        assert np.array_equal(likelihood(raw[:k]), full[:k])
+    assert full[:100].max() == 0.0  # not enough history yet
+    assert full[2000:2010].max() > 0.9 > full[1000:1900].max()
+
+
+def test_ratio_squash_is_one_half_at_the_threshold() -> None:
+    from streamwatch.evaluate.squash import ratio
+
+    out = ratio(np.array([0.0, 1.0, 3.0, 2.0]), np.array([1.0, 1.0, 1.0, np.nan]))
+    assert out.tolist() == [0.0, 0.5, 0.75, 0.0]

@@ -1,0 +1,79 @@
+"""Causal maps from a detector's raw anomaly score to NAB's ``anomaly_score`` in [0, 1].
+
+NAB needs one score per row in [0, 1] and tunes one threshold for the whole corpus, so
+the scores of different files must be comparable. A forecaster's raw score (a negative
+log-likelihood) has a different scale on every file; two maps fix that, both causal
+(the output at row ``i`` depends on rows ``<= i`` only, so a prefix of a file gets the
+same outputs as the whole file):
+
+``likelihood`` (default; the anomaly-likelihood idea of Numenta's HTM detector):
+    the mean of the last ``short`` raw scores is compared with the mean and standard
+    deviation of the ``long`` raw scores before them; the Gaussian upper-tail
+    probability ``q`` of that short mean becomes ``log(q + 1e-10) / log(1e-10)``,
+    which is 0 for ordinary rows and approaches 1 as ``q`` falls to 1e-10. Rows with
+    fewer than ``min_history`` earlier raw scores get 0.
+``ratio``:
+    ``r / (1 + r)`` with ``r`` the raw score over the detector's own adaptive threshold
+    at that row (0.5 exactly at the threshold); 0 where there is no threshold yet.
+
+NaN raw scores (no score for that row) give 0 and do not enter the statistics.
+
+>>> raw = np.r_[np.random.default_rng(0).normal(1.0, 0.1, 300), [9.0]]
+>>> out = likelihood(raw)
+>>> bool(out[:-1].max() < 0.5), bool(out[-1] > 0.9)
+(True, True)
+>>> ratio(np.array([0.5, 2.0, 1.0]), np.array([1.0, 1.0, np.nan])).tolist()
+[0.3333333333333333, 0.6666666666666666, 0.0]
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+SquashMethod = Literal["likelihood", "ratio"]
+LOG_FLOOR = 1e-10
+
+
+def likelihood(
+    raw: np.ndarray, short: int = 10, long: int = 1000, min_history: int = 100
+) -> np.ndarray:
+    """Anomaly likelihood of each row's recent raw scores (see module docstring)."""
+    if not 1 <= short <= long:
+        raise ValueError(f"need 1 <= short <= long, got short={short} long={long}")
+    if not 2 <= min_history <= long:
+        raise ValueError(f"min_history must be in [2, long={long}], got {min_history}")
+    series = pd.Series(np.asarray(raw, dtype=np.float64))
+    recent = series.rolling(short, min_periods=1).mean()
+    history = series.shift(1).rolling(long, min_periods=min_history)
+    mean, std = history.mean(), history.std(ddof=0)
+    z = ((recent - mean) / std.clip(lower=1e-6)).to_numpy()
+    q = 0.5 * np.vectorize(math.erfc, otypes=[float])(np.nan_to_num(z, nan=-np.inf) / math.sqrt(2.0))
+    out = np.log(q + LOG_FLOOR) / math.log(LOG_FLOOR)
+    out[np.isnan(z) | series.isna().to_numpy()] = 0.0
+    return np.clip(out, 0.0, 1.0)
+
+
+def ratio(raw: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """``r / (1 + r)`` of the raw score over the adaptive threshold at the same row."""
+    r = np.asarray(raw, dtype=np.float64) / np.asarray(threshold, dtype=np.float64)
+    ok = np.isfinite(r) & (r > 0)
+    out = np.zeros(len(r))
+    out[ok] = r[ok] / (1.0 + r[ok])
+    return out
+
+
+def squash(
+    method: SquashMethod, raw: np.ndarray, threshold: np.ndarray | None = None
+) -> np.ndarray:
+    """Dispatch to ``likelihood`` or ``ratio`` (which needs the per-row thresholds)."""
+    if method == "likelihood":
+        return likelihood(raw)
+    if method == "ratio":
+        if threshold is None:
+            raise ValueError("the ratio squash needs the detector's per-row thresholds")
+        return ratio(raw, threshold)
+    raise ValueError(f"unknown squash method {method!r}; choose likelihood or ratio")
