@@ -1,0 +1,234 @@
+"""Atomic checkpoints of plain state: ``torch.save`` in, ``torch.load(weights_only=True)`` out.
+
+A checkpoint file holds ``{"format", "format_version", "meta", "state"}``. It is written
+to a temporary file in the target's directory, flushed and fsynced, then moved over the
+target with ``os.replace`` (atomic on POSIX), and the directory is fsynced: a crash leaves
+either the old checkpoint or the new one, never a mix.
+
+Only plain values are accepted: dicts, lists, tuples, strings, numbers, booleans, None
+and torch tensors (what ``weights_only`` loading allows). ``plain_state`` converts numpy
+arrays and scalars for you. Anything wrong on loading (missing, truncated or corrupt
+file, foreign or newer format, settings that do not match) raises ``CheckpointError``
+naming the file, the problem and what to do; nothing is ever silently reset.
+
+>>> import tempfile, torch
+>>> from pathlib import Path
+>>> with tempfile.TemporaryDirectory() as d:
+...     p = save_checkpoint(Path(d) / "det.pt", {"w": torch.ones(2)}, {"kind": "icu_vitals"})
+...     state, meta = load_checkpoint(p, expected_meta={"kind": "icu_vitals"})
+>>> state["w"].tolist(), meta["kind"]
+([1.0, 1.0], 'icu_vitals')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamwatch.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "streamwatch.checkpoint"
+CHECKPOINT_VERSION = 1
+
+_FIX = "delete it (or move it aside) or pass --fresh-start to begin from scratch"
+_SCALARS = (str, int, float, bool, type(None), torch.dtype, torch.Size)
+
+
+def plain_state(obj: Any) -> Any:
+    """A copy of ``obj`` with numpy arrays turned into tensors and numpy scalars into
+    Python numbers, so that ``weights_only`` loading accepts it.
+
+    >>> plain_state({"a": np.arange(2), "b": [np.float64(1.5)]})
+    {'a': tensor([0, 1]), 'b': [1.5]}
+    """
+    if isinstance(obj, np.ndarray):
+        if obj.dtype == object:
+            raise CheckpointError("numpy arrays of Python objects cannot be checkpointed")
+        return torch.from_numpy(np.ascontiguousarray(obj).copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Mapping):
+        return {k: plain_state(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(plain_state(v) for v in obj)
+    return obj
+
+
+def _check_plain(obj: Any, where: str) -> None:
+    if isinstance(obj, (torch.Tensor, *_SCALARS)):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, str | int):
+                raise CheckpointError(f"checkpoint key {where}[{key!r}] is a {type(key).__name__}"
+                                      ", only str and int keys are allowed")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    raise CheckpointError(
+        f"checkpoint value {where} is a {type(obj).__module__}.{type(obj).__name__}; only "
+        "tensors, dicts, lists, tuples, strings, numbers and None can be saved "
+        "(numpy: use streamwatch.checkpoint.plain_state)"
+    )
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any],
+                    meta: dict[str, Any]) -> Path:
+    """Write ``state`` and ``meta`` to ``path`` atomically; returns the path.
+
+    Raises ``CheckpointError`` (before touching the file) if a value is not plain, and
+    ``OSError`` if the directory cannot be written (the old checkpoint stays intact).
+    """
+    target = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "meta": meta,
+        "state": state,
+    }
+    _check_plain(payload, "")
+    payload["sha256"] = _digest({"meta": meta, "state": state})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                    dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+    log.debug("checkpoint written", extra={"path": str(target),
+                                           "bytes": target.stat().st_size})
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY)
+    except OSError as exc:  # e.g. platforms without directory handles
+        log.warning("cannot fsync checkpoint directory", extra={"dir": str(directory),
+                                                                "error": str(exc)})
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], *, expected_meta: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a checkpoint written by ``save_checkpoint``: ``(state, meta)``.
+
+    Parameters
+    ----------
+    path
+        The checkpoint file.
+    expected_meta
+        Entries ``meta`` must hold with equal values (e.g. the model config, the kind):
+        a difference raises ``CheckpointError`` listing every mismatch.
+    """
+    target = Path(path)
+    if not target.is_file():
+        raise CheckpointError(f"checkpoint {target} does not exist (or is not a file)")
+    try:
+        payload = torch.load(target, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {target} holds objects that safe loading refuses or is corrupt "
+            f"({_first_line(exc)}); {_FIX}"
+        ) from exc
+    except Exception as exc:  # torch's loader raises many types on damaged bytes
+        raise CheckpointError(
+            f"checkpoint {target} is truncated or corrupt ({_first_line(exc)}); {_FIX}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{target} is not a streamwatch checkpoint; {_FIX}")
+    version = payload.get("format_version")
+    if version != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {target} has format version {version!r}, this streamwatch reads "
+            f"version {CHECKPOINT_VERSION}; {_FIX}"
+        )
+    state, meta = payload.get("state"), payload.get("meta")
+    if not isinstance(state, dict) or not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {target} lacks its state or meta section; {_FIX}")
+    if payload.get("sha256") != _digest({"meta": meta, "state": state}):
+        raise CheckpointError(
+            f"checkpoint {target} is corrupt: its content does not match its checksum; {_FIX}"
+        )
+    if expected_meta:
+        mismatches = [
+            f"{key}: saved {meta.get(key, '<absent>')!r}, expected {value!r}"
+            for key, value in expected_meta.items()
+            if meta.get(key, _ABSENT) != value
+        ]
+        if mismatches:
+            raise CheckpointError(
+                f"checkpoint {target} was written with other settings ("
+                + "; ".join(mismatches)
+                + f"); run with the saved settings, or {_FIX}"
+            )
+    return state, meta
+
+
+_ABSENT = object()
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [_ANSI.sub("", line).strip() for line in str(exc).strip().splitlines()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error"):
+            return line
+    return lines[0] if lines and lines[0] else type(exc).__name__
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _digest(obj: Any) -> str:
+    """SHA-256 over a plain structure: keys, scalar reprs, tensor dtypes, shapes and bytes.
+
+    Detects damage that still unpickles (a flipped bit inside tensor data)."""
+    hasher = hashlib.sha256()
+    _feed(hasher, obj)
+    return hasher.hexdigest()
+
+
+def _feed(hasher: Any, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        hasher.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        hasher.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, Mapping):
+        hasher.update(f"D{len(obj)}".encode())
+        for key, value in obj.items():
+            hasher.update(f"K{key!r}".encode())
+            _feed(hasher, value)
+    elif isinstance(obj, list | tuple):
+        hasher.update(f"L{len(obj)}".encode())
+        for value in obj:
+            _feed(hasher, value)
+    else:
+        hasher.update(f"S{type(obj).__name__}:{obj!r}".encode())

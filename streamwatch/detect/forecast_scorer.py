@@ -1,0 +1,405 @@
+"""The online GRU/LSTM forecaster as a ``Scorer`` (see ``streamwatch.detect.base``).
+
+Per wave (at most one reading per stream):
+
+``score_many``
+    Pure, no model call: compares each reading with the forecast stored for its stream
+    when the stream last advanced (made from the state after the previous reading).
+``advance_many``
+    ONE batched recurrent step for every stream of the wave, under
+    ``torch.inference_mode()``: consumes the readings (as missing where ``observe`` is
+    False, so an anomaly cannot drag the hidden state along) and stores the forecast for
+    each stream's next reading.
+``learn_many``
+    Normaliser update, replay windows and periodic optimiser steps, for masked rows only.
+
+Scores
+------
+Let ``z_c = (y_c - mean_c) / std_c`` for each observed channel with a forecast (the same
+in original and normalised units), and ``k`` the number of such channels.
+
+- per-channel score: the Gaussian negative log-likelihood in normalised units,
+  ``0.5 * (log(2 pi) + logvar_c + z_c**2)`` (NaN where missing or not yet forecast);
+- combined score: the chi-square surprise ``-ln P(chi2_k >= sum_c z_c**2)``, i.e. minus
+  the log tail probability of the readings' joint likelihood under the forecast. For a
+  calibrated forecast it is Exponential(1) whatever ``k``, so it is scale-free, does not
+  change distribution when a channel drops out, and one extreme channel is not diluted by
+  the quiet ones (as a mean over channels would be). It is 0 when nothing is observed or
+  the stream has no forecast yet (first reading). Readings during a stream's warm-up
+  (``warming_up``) are scored, but with an immature normaliser: thresholds should not
+  learn from them.
+
+Timestamps
+----------
+The gap feature uses ``ts - last_ts``. A duplicated or late timestamp (gap <= 0) is still
+processed as the next step, with gap 0, and counted in ``late_readings``; ``last_ts``
+never moves backwards. Gaps longer than ``max_gap_s`` are clipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamwatch.detect.base import KindBatch, ScoreBatch
+from streamwatch.errors import CheckpointError, StreamwatchError
+from streamwatch.kinds import KindSpec
+from streamwatch.model.config import ModelConfig
+from streamwatch.model.features import (
+    build_windows,
+    ew_alpha,
+    ew_scale,
+    ew_update,
+    gap_feature,
+    step_inputs,
+)
+from streamwatch.model.forecaster import LOG_2PI, Forecaster
+from streamwatch.model.state import StreamState
+from streamwatch.model.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+FORMAT = "streamwatch.forecast_scorer"
+FORMAT_VERSION = 1
+
+
+def chi2_surprise(sum_sq: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``-ln P(chi2_k >= sum_sq)``, 0 where ``k == 0``; accurate far into the tail.
+
+    >>> [round(float(v), 3) for v in chi2_surprise(np.array([0.0, 1.0, 9.0]), np.array([1, 1, 1]))]
+    [0.0, 1.148, 5.915]
+    """
+    k = np.asarray(k)
+    a = torch.from_numpy(np.maximum(k, 1) / 2.0)
+    y = torch.from_numpy(np.maximum(np.asarray(sum_sq, dtype=np.float64), 0.0) / 2.0)
+    q = torch.special.gammaincc(a, y)
+    out = -torch.log(q)
+    # Far tail (q underflows): Gamma(a, y) ~ y^(a-1) e^-y (1 + (a-1)/y).
+    tail = y - (a - 1) * torch.log(y) + torch.lgamma(a) - torch.log1p((a - 1) / y)
+    surprise = torch.where(q > 1e-200, out, tail).numpy()
+    return np.where(k > 0, surprise, 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+class ForecastScorer:
+    """Online GRU/LSTM forecaster of one kind, shared by all its streams.
+
+    Parameters
+    ----------
+    kind
+        The stream kind; fixes the channel order of inputs and outputs.
+    config
+        Model, training and normaliser settings (defaults: ``ModelConfig()``).
+    name
+        Name reported in scores (default: the cell type, ``"gru"`` or ``"lstm"``).
+
+    Examples
+    --------
+    >>> from streamwatch.kinds import get_kind
+    >>> kind = get_kind("univariate")
+    >>> scorer = ForecastScorer(kind, ModelConfig(hidden_size=4, window=4, burn_in=0))
+    >>> wave = KindBatch(kind, ["a", "b"], np.array([0.0, 0.0]), np.array([[1.0], [2.0]]))
+    >>> float(scorer.score_many(wave).score[0])  # no forecast yet
+    0.0
+    >>> scorer.advance_many(wave, np.array([True, True]))
+    >>> scorer.learn_many(wave, np.array([True, True]))
+    >>> scorer.n_streams, scorer.version
+    (2, 0)
+    """
+
+    def __init__(
+        self, kind: KindSpec, config: ModelConfig | None = None, *, name: str | None = None
+    ) -> None:
+        if not kind.channels:
+            raise StreamwatchError(f"kind {kind.name!r} has no channels")
+        self.kind = kind
+        self.config = config if config is not None else ModelConfig()
+        self.name = name if name is not None else self.config.cell
+        cfg = self.config
+        self.channels = len(kind.channels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = Forecaster(
+                self.channels, cfg.cell, cfg.layers, cfg.hidden_size, cfg.dropout,
+                cfg.min_variance,
+            )
+        self.model.eval()
+        self.trainer = Trainer(self.model, cfg)
+        self.state = StreamState(
+            self.channels, cfg.window + 1, self.model.state_size, cfg.layers, cfg.hidden_size
+        )
+        self._alpha = ew_alpha(cfg.norm_halflife)
+        self.late_readings = 0
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def version(self) -> int:
+        """Number of optimiser steps taken so far."""
+        return self.trainer.steps
+
+    @property
+    def n_streams(self) -> int:
+        return len(self.state)
+
+    @property
+    def last_loss(self) -> float:
+        """Training loss (masked Gaussian NLL) of the latest optimiser step; NaN before."""
+        return self.trainer.last_loss
+
+    def readings_seen(self, stream_ids: Sequence[str]) -> np.ndarray:
+        """Readings advanced per stream (0 for a stream without state)."""
+        rows = self.state.lookup(stream_ids)
+        return np.where(rows >= 0, self.state["count"][np.maximum(rows, 0)], 0)
+
+    def warming_up(self, stream_ids: Sequence[str]) -> np.ndarray:
+        """True where a stream has seen fewer than ``config.warmup`` readings before the
+        current one (its scores use an immature normaliser and model context)."""
+        return self.readings_seen(stream_ids) < self.config.warmup
+
+    # ---------------------------------------------------------------- the wave
+    def _check(self, batch: KindBatch, flags: np.ndarray | None, what: str) -> np.ndarray:
+        if batch.values.shape != (len(batch), self.channels):
+            raise StreamwatchError(
+                f"{self.name}: batch values have shape {batch.values.shape}, expected "
+                f"({len(batch)}, {self.channels}) for kind {self.kind.name!r}"
+            )
+        if flags is None:
+            return np.ones(len(batch), dtype=bool)
+        flags = np.asarray(flags)
+        if flags.shape != (len(batch),) or flags.dtype != np.bool_:
+            raise StreamwatchError(
+                f"{self.name}: {what} must be a bool array of shape ({len(batch)},), "
+                f"got {flags.dtype} {flags.shape}"
+            )
+        return flags
+
+    def score_many(self, batch: KindBatch) -> ScoreBatch:
+        """Score each reading against its stream's stored forecast. No side effects."""
+        self._check(batch, None, "")
+        n, c = len(batch), self.channels
+        rows = self.state.lookup(batch.stream_ids)
+        known = rows >= 0
+        safe = np.where(known, rows, 0)
+        nan = np.full((n, c), np.nan)
+        mean = np.where(known[:, None], self.state["fc_mean"][safe], nan)
+        std = np.where(known[:, None], self.state["fc_std"][safe], nan)
+        logvar = np.where(known[:, None], self.state["fc_logvar"][safe], nan)
+        with np.errstate(invalid="ignore"):
+            z = (batch.values - mean) / std
+        channel = 0.5 * (LOG_2PI + logvar + z * z)  # NaN where missing or no forecast
+        finite = np.isfinite(channel)
+        k = finite.sum(axis=1)
+        sum_sq = np.where(finite, z * z, 0.0).sum(axis=1)
+        return ScoreBatch(score=chi2_surprise(sum_sq, k), channel_scores=channel,
+                          mean=mean, std=std)
+
+    def advance_many(self, batch: KindBatch, observe: np.ndarray) -> None:
+        """One batched cell step for the wave; rows with ``observe`` False are fed as
+        all-missing (the forecast freewheels on the model's own context)."""
+        observe = self._check(batch, observe, "observe")
+        if len(set(batch.stream_ids)) != len(batch):
+            raise StreamwatchError(f"{self.name}: a wave must hold each stream at most once")
+        if len(batch) == 0:
+            return
+        st, cfg = self.state, self.config
+        rows = st.ensure(batch.stream_ids)
+        ts = batch.ts.astype(np.float64)
+        last = st["last_ts"][rows]
+        gap = ts - last
+        late = int(np.sum(gap <= 0))
+        if late:
+            self.late_readings += late
+            log.debug("late or duplicated timestamps fed with gap 0", extra={"count": late})
+        st["last_ts"][rows] = np.fmax(last, ts)
+        gap_f = gap_feature(gap, cfg.max_gap_s)
+        values = batch.values.astype(np.float64)
+        has_stats = st["norm_n"][rows] > 0
+        norm_mean = st["norm_mean"][rows]
+        norm_std = ew_scale(norm_mean, st["norm_var"][rows], cfg.min_std, cfg.rel_min_std)
+        z = (values - norm_mean) / norm_std
+        in_mask = observe[:, None] & ~np.isnan(values) & has_stats
+        x = torch.from_numpy(step_inputs(z, in_mask, gap_f, cfg.input_clip))
+        index = torch.from_numpy(rows)
+        with torch.inference_mode():
+            state = st.hidden.index_select(2, index)
+            state, top = self.model.step(x, state)
+            mu, lv = self.model.head_out(top, x)
+            st.hidden.index_copy_(2, index, state)
+        mu_np, lv_np = mu.double().numpy(), lv.double().numpy()
+        st["fc_mean"][rows] = np.where(has_stats, norm_mean + norm_std * mu_np, np.nan)
+        st["fc_std"][rows] = np.where(has_stats, norm_std * np.exp(0.5 * lv_np), np.nan)
+        st["fc_logvar"][rows] = np.where(has_stats, lv_np, np.nan)
+        st["has_forecast"][rows] = True
+        pos = st["count"][rows] % st.ring_len
+        st["ring_raw"][rows, pos] = values
+        st["ring_gap"][rows, pos] = gap_f
+        st["ring_observed"][rows, pos] = observe
+        st["ring_trainable"][rows, pos] = False
+        st["count"][rows] += 1
+        st["pending"][rows] = True
+
+    def learn_many(self, batch: KindBatch, mask: np.ndarray) -> None:
+        """Learn from the masked rows only: normaliser, replay windows, optimiser steps."""
+        mask = self._check(batch, mask, "mask")
+        st, cfg = self.state, self.config
+        rows = st.lookup(batch.stream_ids)
+        ready = (rows >= 0) & st["pending"][np.maximum(rows, 0)]
+        if np.any(mask & ~ready):
+            bad = [s for s, m, r in zip(batch.stream_ids, mask, ready, strict=True) if m and not r]
+            raise StreamwatchError(
+                f"{self.name}: learn_many before advance_many for {len(bad)} stream(s), "
+                f"e.g. {bad[0]!r}: advance each wave first (see Scorer)"
+            )
+        st["pending"][rows[ready]] = False
+        sel = rows[mask]
+        if sel.size == 0:
+            return
+        values = batch.values[mask].astype(np.float64)
+        observed = ~np.isnan(values)
+        mean, var, n = ew_update(st["norm_mean"][sel], st["norm_var"][sel],
+                                 st["norm_n"][sel], values, observed, self._alpha)
+        st["norm_mean"][sel], st["norm_var"][sel], st["norm_n"][sel] = mean, var, n
+        st["ring_trainable"][sel, st.ring_latest(sel)] = True
+        st["learned"][sel] += 1
+        eligible = sel[(st["learned"][sel] % cfg.replay_every == 0)
+                       & (st["count"][sel] >= max(cfg.warmup, 2))]
+        if eligible.size:
+            self.trainer.replay.add(*self._windows(eligible))
+        self.trainer.on_learned(int(sel.size))
+
+    def _windows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Training windows ending at each row's latest reading (current statistics)."""
+        st, cfg = self.state, self.config
+        mean, std = self._norm(rows)
+        raw = st.ring_read("ring_raw", rows).astype(np.float64)
+        z = (raw - mean[:, None]) / std[:, None]
+        z = np.where((st["norm_n"][rows] > 0)[:, None, :], z, np.nan)
+        return build_windows(
+            z, st.ring_read("ring_gap", rows), st.ring_read("ring_observed", rows),
+            st.ring_read("ring_trainable", rows), st.ring_valid(rows),
+            cfg.input_clip, cfg.burn_in,
+        )
+
+    def _norm(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        st, cfg = self.state, self.config
+        mean = st["norm_mean"][rows]
+        return mean, ew_scale(mean, st["norm_var"][rows], cfg.min_std, cfg.rel_min_std)
+
+    # ---------------------------------------------------------------- drift and streams
+    def adapt_streams(self, stream_ids: Sequence[str]) -> None:
+        """Accept each stream's recent window as its new normal.
+
+        The normaliser is re-seeded from the recent window's values (observed or not;
+        count = number of values, so the warm-start weighting continues from there), the
+        recurrent state restarts from zero and is warmed over the window with every value
+        fed as observed, and the stored forecast is replaced by the warmed one. Window
+        entries are marked observed (they are the stream's normal now) but not trainable.
+        Channels with no value in the window keep their statistics. Unknown ids are ignored.
+        """
+        st, cfg = self.state, self.config
+        rows = st.lookup(stream_ids)
+        rows = rows[rows >= 0]
+        if rows.size == 0:
+            return
+        valid = st.ring_valid(rows)
+        raw = np.where(valid[:, :, None], st.ring_read("ring_raw", rows), np.nan)
+        raw = raw.astype(np.float64)
+        finite = ~np.isnan(raw)
+        count = finite.sum(axis=1)
+        mean = np.where(finite, raw, 0.0).sum(axis=1) / np.maximum(count, 1)
+        var = np.where(finite, (raw - mean[:, None]) ** 2, 0.0).sum(axis=1) / np.maximum(count, 1)
+        seeded = count > 0
+        st["norm_mean"][rows] = np.where(seeded, mean, st["norm_mean"][rows])
+        st["norm_var"][rows] = np.where(seeded, var, st["norm_var"][rows])
+        st["norm_n"][rows] = np.where(seeded, count, st["norm_n"][rows])
+        norm_mean, norm_std = self._norm(rows)
+        has_stats = st["norm_n"][rows] > 0
+        z = (raw - norm_mean[:, None]) / norm_std[:, None]
+        gap = np.where(valid, st.ring_read("ring_gap", rows), 0.0)
+        index = torch.from_numpy(rows)
+        with torch.inference_mode():
+            state = self.model.initial_state(rows.size)
+            for t in range(st.ring_len):
+                in_mask = ~np.isnan(z[:, t]) & has_stats
+                x = torch.from_numpy(step_inputs(z[:, t], in_mask, gap[:, t], cfg.input_clip))
+                state, top = self.model.step(x, state)
+            mu, lv = self.model.head_out(top, x)
+            st.hidden.index_copy_(2, index, state)
+        mu_np, lv_np = mu.double().numpy(), lv.double().numpy()
+        st["fc_mean"][rows] = np.where(has_stats, norm_mean + norm_std * mu_np, np.nan)
+        st["fc_std"][rows] = np.where(has_stats, norm_std * np.exp(0.5 * lv_np), np.nan)
+        st["fc_logvar"][rows] = np.where(has_stats, lv_np, np.nan)
+        st["has_forecast"][rows] = True
+        positions = st.ring_positions(rows)
+        st["ring_observed"][rows[:, None], positions] |= valid
+        log.debug("streams adapted to their recent window", extra={"streams": int(rows.size)})
+
+    def forget_streams(self, stream_ids: Sequence[str]) -> None:
+        dropped = self.state.forget(stream_ids)
+        log.debug("streams forgotten", extra={"streams": dropped})
+
+    def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
+        """Per-stream state (torch tensors, lists, ints) of the known ids among these."""
+        return self.state.export(stream_ids)
+
+    def import_streams(self, state: dict[str, Any]) -> None:
+        self.state.import_(state)
+
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly (plain tensors, dicts, lists, numbers)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": self.name,
+            "kind": self.kind.name,
+            "channels": list(self.kind.channels),
+            "config": self.config.model_dump(),
+            "model": self.model.state_dict(),
+            "trainer": self.trainer.state_dict(),
+            "streams": self.state.export_all(),
+            "late_readings": self.late_readings,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from ``state_dict()`` output; ``CheckpointError`` if it does not fit."""
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError(f"{self.name}: not a forecast scorer state (format "
+                                  f"{state.get('format') if isinstance(state, dict) else None!r})")
+        if state.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(
+                f"{self.name}: forecast scorer state format version "
+                f"{state.get('format_version')!r}, this version reads {FORMAT_VERSION}"
+            )
+        if list(state.get("channels", [])) != list(self.kind.channels):
+            raise CheckpointError(
+                f"{self.name}: state is for channels {state.get('channels')}, kind "
+                f"{self.kind.name!r} has {list(self.kind.channels)}"
+            )
+        mine = self.config.model_dump()
+        theirs = dict(state.get("config", {}))
+        diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        if diff:
+            detail = ", ".join(f"{k}: saved {theirs.get(k)!r} vs now {mine.get(k)!r}"
+                               for k in diff)
+            raise CheckpointError(
+                f"{self.name}: model config differs from the checkpoint ({detail}); use the "
+                "saved settings or start fresh"
+            )
+        # Load into a fresh scorer first: a failure leaves this one untouched.
+        fresh = ForecastScorer(self.kind, self.config, name=self.name)
+        try:
+            fresh.model.load_state_dict(state["model"])
+            fresh.trainer.load_state_dict(state["trainer"])
+            fresh.state.import_(state["streams"])
+            fresh.late_readings = int(state.get("late_readings", 0))
+        except KeyError as exc:
+            raise CheckpointError(f"{self.name}: state lacks the field {exc.args[0]!r}") from None
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(f"{self.name}: state does not fit this model: {exc}") from exc
+        fresh.model.eval()
+        self.model, self.trainer, self.state = fresh.model, fresh.trainer, fresh.state
+        self.late_readings = fresh.late_readings
