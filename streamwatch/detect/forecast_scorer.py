@@ -74,13 +74,16 @@ def chi2_surprise(sum_sq: np.ndarray, k: np.ndarray) -> np.ndarray:
     [0.0, 1.148, 5.915]
     """
     k = np.asarray(k)
-    a = torch.from_numpy(np.maximum(k, 1) / 2.0)
-    y = torch.from_numpy(np.maximum(np.asarray(sum_sq, dtype=np.float64), 0.0) / 2.0)
-    q = torch.special.gammaincc(a, y)
-    out = -torch.log(q)
-    # Far tail (q underflows): Gamma(a, y) ~ y^(a-1) e^-y (1 + (a-1)/y).
-    tail = y - (a - 1) * torch.log(y) + torch.lgamma(a) - torch.log1p((a - 1) / y)
-    surprise = torch.where(q > 1e-200, out, tail).numpy()
+    a = np.maximum(k, 1) / 2.0
+    y = np.maximum(np.asarray(sum_sq, dtype=np.float64), 0.0) / 2.0
+    q = torch.special.gammaincc(torch.from_numpy(a), torch.from_numpy(y)).numpy()
+    with np.errstate(divide="ignore"):
+        surprise = -np.log(q)
+    far = q <= 1e-200
+    if far.any():  # q underflows: Gamma(a, y) ~ y^(a-1) e^-y (1 + (a-1)/y), y large
+        af, yf = torch.from_numpy(a[far]), torch.from_numpy(y[far])
+        tail = yf - (af - 1) * torch.log(yf) + torch.lgamma(af) - torch.log1p((af - 1) / yf)
+        surprise[far] = tail.numpy()
     return np.where(k > 0, surprise, 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
@@ -133,6 +136,7 @@ class ForecastScorer:
         )
         self._alpha = ew_alpha(cfg.norm_halflife)
         self.late_readings = 0
+        self._wave: tuple[KindBatch, np.ndarray] | None = None  # rows of the last advance
 
     # ---------------------------------------------------------------- properties
     @property
@@ -240,12 +244,16 @@ class ForecastScorer:
         st["ring_trainable"][rows, pos] = False
         st["count"][rows] += 1
         st["pending"][rows] = True
+        self._wave = (batch, rows)
 
     def learn_many(self, batch: KindBatch, mask: np.ndarray) -> None:
         """Learn from the masked rows only: normaliser, replay windows, optimiser steps."""
         mask = self._check(batch, mask, "mask")
         st, cfg = self.state, self.config
-        rows = st.lookup(batch.stream_ids)
+        if self._wave is not None and self._wave[0] is batch:
+            rows = self._wave[1]  # same wave as the last advance: skip the lookups
+        else:
+            rows = st.lookup(batch.stream_ids)
         ready = (rows >= 0) & st["pending"][np.maximum(rows, 0)]
         if np.any(mask & ~ready):
             bad = [s for s, m, r in zip(batch.stream_ids, mask, ready, strict=True) if m and not r]
@@ -338,6 +346,7 @@ class ForecastScorer:
         log.debug("streams adapted to their recent window", extra={"streams": int(rows.size)})
 
     def forget_streams(self, stream_ids: Sequence[str]) -> None:
+        self._wave = None
         dropped = self.state.forget(stream_ids)
         log.debug("streams forgotten", extra={"streams": dropped})
 
@@ -346,6 +355,8 @@ class ForecastScorer:
         return self.state.export(stream_ids)
 
     def import_streams(self, state: dict[str, Any]) -> None:
+        """Overwrite or create the streams of an ``export_streams`` result."""
+        self._wave = None
         self.state.import_(state)
 
     # ---------------------------------------------------------------- checkpoint
@@ -403,3 +414,4 @@ class ForecastScorer:
         fresh.model.eval()
         self.model, self.trainer, self.state = fresh.model, fresh.trainer, fresh.state
         self.late_readings = fresh.late_readings
+        self._wave = None

