@@ -86,13 +86,34 @@ def stream_rng(seed: int, tag: int, stream: int, purpose: int) -> np.random.Gene
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(tag, stream, purpose)))
 
 
+def first_order(inputs: np.ndarray, decay: np.ndarray, gain: np.ndarray,
+                state: np.ndarray) -> np.ndarray:
+    """``x[t] = decay * x[t-1] + gain * inputs[t]`` along axis 0, vectorised.
+
+    Starts from ``state`` (the value before ``inputs[0]``) and updates it in place to the
+    last value. Uses block-wise scaled cumulative sums (no Python loop over time); block
+    lengths keep ``decay**-L`` below e**10, so rounding stays around 1e-12.
+    """
+    decay = np.asarray(decay, dtype=np.float64)
+    rate = -np.log(np.min(decay))
+    block = inputs.shape[0] if rate <= 0 else max(1, int(10.0 / rate))
+    scaled = inputs * gain
+    out = np.empty_like(scaled)
+    for begin in range(0, inputs.shape[0], block):
+        seg = scaled[begin : begin + block]
+        steps = np.arange(1, seg.shape[0] + 1, dtype=np.float64)
+        steps = steps.reshape((-1,) + (1,) * (seg.ndim - 1))
+        power = decay**steps  # decay^t
+        acc = np.cumsum(seg / power, axis=0)
+        out[begin : begin + seg.shape[0]] = power * (state + acc)
+        state[...] = out[begin + seg.shape[0] - 1]
+    return out
+
+
 def ar1(innovations: np.ndarray, decay: np.ndarray, state: np.ndarray) -> np.ndarray:
     """Unit-variance AR(1) paths along axis 0, vectorised over the other axes.
 
-    ``x[t] = decay * x[t-1] + sqrt(1 - decay**2) * innovations[t]``, starting from
-    ``state`` (the value before ``innovations[0]``); ``state`` is updated in place to the
-    last value. Uses block-wise scaled cumulative sums (no Python loop over time); block
-    lengths keep ``decay**-L`` below e**10, so rounding stays around 1e-12.
+    ``x[t] = decay * x[t-1] + sqrt(1 - decay**2) * innovations[t]`` (see ``first_order``).
 
     >>> import numpy as np
     >>> z = np.random.default_rng(0).standard_normal((50, 3))
@@ -106,19 +127,13 @@ def ar1(innovations: np.ndarray, decay: np.ndarray, state: np.ndarray) -> np.nda
     True
     """
     decay = np.asarray(decay, dtype=np.float64)
-    rate = -np.log(np.min(decay))
-    block = innovations.shape[0] if rate <= 0 else max(1, int(10.0 / rate))
-    scaled = innovations * np.sqrt(1.0 - decay**2)
-    out = np.empty_like(innovations)
-    for begin in range(0, innovations.shape[0], block):
-        seg = scaled[begin : begin + block]
-        steps = np.arange(1, seg.shape[0] + 1, dtype=np.float64)
-        steps = steps.reshape((-1,) + (1,) * (seg.ndim - 1))
-        power = decay**steps  # decay^t
-        acc = np.cumsum(seg / power, axis=0)
-        out[begin : begin + seg.shape[0]] = power * (state + acc)
-        state[...] = out[begin + seg.shape[0] - 1]
-    return out
+    return first_order(innovations, decay, np.sqrt(1.0 - decay**2), state)
+
+
+def lowpass(inputs: np.ndarray, decay: np.ndarray, state: np.ndarray) -> np.ndarray:
+    """First-order lag (unit DC gain): ``y[t] = decay * y[t-1] + (1 - decay) * x[t]``."""
+    decay = np.asarray(decay, dtype=np.float64)
+    return first_order(inputs, decay, 1.0 - decay, state)
 
 
 def smooth_profile(t: np.ndarray, length: float, ramp_up: float, ramp_down: float) -> np.ndarray:

@@ -2,11 +2,11 @@
 
 Signal model per machine (values drawn per machine from its own seed): a load in [0.1, 1]
 made of a nominal level (0.5-0.75), a day-shift pattern (busier 06:00-22:00 simulated
-UTC) and two AR(1) processes (30 min and 1 min); the channels follow the load, which
+UTC, smooth hour-long transitions) and two AR(1) processes (30 min and 1 min); the channels follow the load, which
 couples them:
 
 - current = I0 * (0.3 + 0.7 * load) (I0 30-60 A), noise 0.25 A, 0.01 A resolution;
-- temperature = ambient (18-26 °C, +-2 daily) + kT * slow load (kT 35-55) + a 10 min
+- temperature = ambient (18-26 °C, +-2 daily) + kT * slow load through a 15 min thermal lag (kT 35-55) + a 10 min
   AR(1), noise 0.1 °C, 0.01 °C resolution;
 - vibration = v0 * (0.6 + 0.6 * load) * (1 + 4 % AR(1)) (v0 1.5-3.5 mm/s RMS), 0.001;
 - pressure = p0 + kP * load (p0 4-6 bar, kP 1-2) + AR(1), noise 0.02 bar, 0.001.
@@ -35,6 +35,7 @@ from simulators.base import (
     check_rate,
     check_spacing,
     check_weights,
+    lowpass,
     round_columns,
     stream_ids,
     stream_rng,
@@ -60,6 +61,7 @@ FAULT_WEIGHTS = {
 # Latent AR(1): slow load, fast load, temperature, vibration, pressure (seconds).
 _TAU = np.array([1800.0, 60.0, 600.0, 120.0, 300.0])
 _N_LATENT = len(_TAU)
+_THERMAL_TAU = 900.0  # seconds: temperature follows load through this lag
 _WHITE = np.array([0.1, 0.05, 0.02, 0.25])
 _N_NOISE = _N_LATENT + len(CHANNELS) + 1  # + one spare normal for variance bursts
 
@@ -174,6 +176,8 @@ class SensorSimulator(Simulator):
         flat = [p for stream in plans for p in stream]
         frozen: dict[tuple[int, int], float] = {}
         last = np.zeros((self.machines, len(CHANNELS)))
+        thermal_decay = np.exp(-1.0 / (_THERMAL_TAU * self.rate_hz))
+        thermal: np.ndarray | None = None
         for first in range(0, total, CHUNK_STEPS):
             z = np.stack([r.standard_normal((CHUNK_STEPS, _N_NOISE)) for r in noise_rngs], axis=1)
             size = min(CHUNK_STEPS, total - first)
@@ -181,12 +185,16 @@ class SensorSimulator(Simulator):
             lat = ar1(z[..., :_N_LATENT], decay, state)
             steps = first + np.arange(size)
             tod = ((self.start_ts + steps / self.rate_hz) % DAY_S)[:, None]
-            shift = np.where((tod >= 6 * 3600) & (tod < 22 * 3600), 0.05, -0.05)
+            day_shift = 1 / (1 + np.exp((6 * 3600 - tod) / 900)) - 1 / (1 + np.exp((22 * 3600 - tod) / 900))
             daily = np.sin(2 * np.pi * tod / DAY_S + phase[None])
-            slow = load0[None] + shift + gain * 0.08 * lat[..., 0]
+            slow = load0[None] + 0.1 * day_shift - 0.05 + gain * 0.08 * lat[..., 0]
             load = np.clip(slow + 0.03 * lat[..., 1], 0.1, 1.0)
+            heat = k_t * np.clip(slow, 0.1, 1.0)
+            if thermal is None:
+                thermal = heat[0].copy()
+            heat = lowpass(heat, thermal_decay, thermal)  # thermal inertia
             v = np.empty((size, self.machines, len(CHANNELS)))
-            v[..., TEMPERATURE] = ambient + 2.0 * daily + k_t * np.clip(slow, 0.1, 1.0) + 0.3 * lat[..., 2]
+            v[..., TEMPERATURE] = ambient + 2.0 * daily + heat + 0.3 * lat[..., 2]
             v[..., VIBRATION] = v0 * (0.6 + 0.6 * load) * (1.0 + 0.04 * lat[..., 3])
             v[..., PRESSURE] = p0 + k_p * load + 0.05 * lat[..., 4]
             v[..., CURRENT] = i0 * (0.3 + 0.7 * load)
