@@ -1,0 +1,71 @@
+"""``streamwatch evaluate``: the command end to end on small inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from streamwatch.cli import main
+from streamwatch.evaluate.corpus import resolve_nab_dir
+
+TWO_FILES = "realKnownCause/rogue_agent_key_hold.csv,realTraffic/speed_7578.csv"
+
+
+def small_corpus(tmp_path: Path) -> Path:
+    """A copy of two shipped NAB files with their windows: a corpus outside the repo."""
+    src = resolve_nab_dir()
+    windows = json.loads((src / "combined_windows.json").read_text())
+    dst = tmp_path / "corpus"
+    for key in TWO_FILES.split(","):
+        (dst / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src / "data" / key, dst / key)
+    labels = tmp_path / "my_windows.json"
+    labels.write_text(json.dumps({k: windows[k] for k in TWO_FILES.split(",")}))
+    return dst
+
+
+@pytest.mark.timeout(120)
+def test_nab_reference_run_writes_nab_layout_json_and_report(tmp_path, capsys) -> None:
+    corpus = small_corpus(tmp_path)
+    out, js, html = tmp_path / "results", tmp_path / "eval.json", tmp_path / "report.html"
+    code = main(["evaluate", "nab", "--detectors", "nab-gaussian", "--data-dir", str(corpus),
+                 "--labels", str(tmp_path / "my_windows.json"), "--results-dir", str(out),
+                 "--json", str(js), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "NAB standard" in printed and "nab-gaussian" in printed
+    frame = pd.read_csv(out / "nab-gaussian" / "realTraffic" / "nab-gaussian_speed_7578.csv")
+    assert list(frame.columns[:4]) == ["timestamp", "value", "anomaly_score", "label"]
+    assert len(frame) == 1127 and frame["anomaly_score"].between(0, 1).all()
+    assert frame["label"].sum() > 0
+    payload = json.loads(js.read_text())
+    assert payload["corpus"]["files"] == 2 and payload["corpus"]["windows"] == 6
+    rows = {r["metric"]: r for r in payload["tables"]["NAB score"]}
+    assert set(rows) >= {"NAB standard", "NAB reward_low_FP_rate", "NAB reward_low_FN_rate"}
+    assert -100 < rows["NAB standard"]["nab-gaussian"] <= 100
+    assert not html.exists()
+
+
+def test_unknown_detector_is_a_clear_error(capsys) -> None:
+    code = main(["evaluate", "nab", "--detectors", "nope", "--files", "realTraffic/speed_7578.csv",
+                 "--no-progress"])
+    assert code == 2
+    assert "unknown detector 'nope'" in capsys.readouterr().err
+
+
+def test_missing_corpus_names_the_flag(tmp_path, capsys) -> None:
+    code = main(["evaluate", "nab", "--data-dir", str(tmp_path / "absent"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--data-dir" in err and "STREAMWATCH_NAB_DIR" in err
+
+
+def test_unknown_file_key_lists_it(capsys) -> None:
+    code = main(["evaluate", "nab", "--detectors", "nab-gaussian", "--files", "realX/none.csv",
+                 "--no-progress"])
+    assert code == 2
+    assert "realX/none.csv" in capsys.readouterr().err
