@@ -58,6 +58,15 @@ def _time(ts: np.ndarray | float) -> Any:
     return pd.to_datetime(ts, unit="s")
 
 
+def _shade(fig: go.Figure, start: float, stop: float, colour: str, label: str | None = None) -> None:
+    """One rectangle over the whole figure height (the subplots share the x axis)."""
+    fig.add_shape(type="rect", xref="x", yref="paper", x0=_time(start), x1=_time(stop), y0=0, y1=1,
+                  fillcolor=colour, line_width=0, layer="below")
+    if label:
+        fig.add_annotation(x=_time(start), xref="x", y=1.0, yref="paper", text=label,
+                           showarrow=False, xanchor="left", yanchor="bottom", font={"size": 10})
+
+
 def stream_figure(
     trace: Trace,
     title: str,
@@ -93,15 +102,12 @@ def stream_figure(
     fig.add_trace(go.Scatter(x=t, y=cols["threshold"], line={"color": "rgb(120,0,160)", "dash": "dash"},
                              name="threshold"), row=n_ch + 1, col=1)
     for ep in episodes:
-        fig.add_vrect(x0=_time(ep.onset_ts), x1=_time(ep.end_ts), row="all", col=1, line_width=0,
-                      fillcolor=EPISODE_COLOURS.get(ep.category, EPISODE_COLOURS["clinical"]),
-                      annotation_text=ep.type, annotation_position="top left")
+        _shade(fig, ep.onset_ts, ep.end_ts, EPISODE_COLOURS.get(ep.category, EPISODE_COLOURS["clinical"]),
+               label=ep.type if ep.category != "artefact" else None)
     for start, stop in windows:
-        fig.add_vrect(x0=_time(start), x1=_time(stop), row="all", col=1, line_width=0,
-                      fillcolor=EPISODE_COLOURS["clinical"])
+        _shade(fig, start, stop, EPISODE_COLOURS["clinical"])
     for span in alerts:
-        fig.add_vrect(x0=_time(span.onset_ts), x1=_time(span.end_ts), row="all", col=1,
-                      line_width=0, fillcolor=ALERT_COLOUR)
+        _shade(fig, span.onset_ts, span.end_ts, ALERT_COLOUR)
     fig.update_layout(title=title, height=170 * (n_ch + 1) + 80, margin={"l": 60, "r": 20, "t": 60, "b": 30},
                       legend={"orientation": "h", "y": -0.03})
     return fig

@@ -69,3 +69,34 @@ def test_unknown_file_key_lists_it(capsys) -> None:
                  "--no-progress"])
     assert code == 2
     assert "realX/none.csv" in capsys.readouterr().err
+
+
+def test_report_shades_alerts_and_episodes_and_escapes_ids(tmp_path) -> None:
+    from streamwatch.evaluate.events import AlertSpan
+    from streamwatch.evaluate.report import stream_figure, write_report
+    from streamwatch.evaluate.runner import Trace
+    from streamwatch.schema import Episode
+
+    n = 10_000
+    trace = Trace("icu/bed-<01>", ("hr", "spo2"))
+    trace.ts = [1.7e9 + i for i in range(n)]
+    trace.values = [[70.0 + (i == 5000) * 60, 98.0] for i in range(n)]
+    trace.mean = [[70.0, 98.0]] * n
+    trace.std = [[2.0, 1.0]] * n
+    trace.score = [0.5 + (i == 5000) * 40.0 for i in range(n)]
+    trace.threshold = [8.0] * n
+    ep = Episode(episode_id="e", stream_id=trace.stream_id, kind="icu_vitals", type="tachycardia",
+                 category="clinical", onset_ts=1.7e9 + 4990, end_ts=1.7e9 + 5300, channels=["hr"])
+    art = Episode(episode_id="a", stream_id=trace.stream_id, kind="icu_vitals", type="probe_off",
+                  category="artefact", onset_ts=1.7e9 + 100, end_ts=1.7e9 + 200, channels=["spo2"])
+    fig = stream_figure(trace, "gru: icu/bed-<01>", [AlertSpan("x", trace.stream_id, 1.7e9 + 5000, 1.7e9 + 5100)],
+                        [ep, art], max_points=1000)
+    assert len(fig.layout.shapes) == 3
+    colours = {s.fillcolor for s in fig.layout.shapes}
+    assert len(colours) == 3  # clinical, artefact and alert shaded differently
+    score = next(t for t in fig.data if t.name == "score (bucket max)")
+    assert len(score.y) == 1000 and max(score.y) == pytest.approx(40.5)  # the spike survives
+    path = write_report(tmp_path / "r.html", "t", {"summary": [{"metric": "<b>x</b>", "gru": 1.0}]}, [fig])
+    text = path.read_text()
+    assert "&lt;b&gt;x&lt;/b&gt;" in text and "<b>x</b>" not in text
+    assert text.count("plotly.js") >= 1
