@@ -6,7 +6,8 @@ Bad input is reported, never dropped silently:
   the first examples (line numbers count the header as line 1); an empty cell is a plain
   missing value (null), counted separately;
 - a row whose timestamp cannot be parsed, or with the wrong number of fields, is an error
-  naming its line, unless ``skip_bad_rows`` (then it is skipped and counted);
+  naming its line, unless ``skip_bad_rows`` (then it is skipped and counted); blank lines
+  carry nothing and are only counted;
 - rows out of time order or with a repeated timestamp are kept in file order and counted
   (the detector must cope with late and duplicated readings).
 
@@ -52,6 +53,7 @@ class CsvReport:
     null_values: int = 0
     empty_values: int = 0
     skipped_rows: int = 0
+    blank_lines: int = 0
     out_of_order: int = 0
     duplicate_ts: int = 0
     examples: list[str] = field(default_factory=list)
@@ -65,6 +67,8 @@ class CsvReport:
             out.append(f"{self.empty_values} empty value(s) sent as null")
         if self.skipped_rows:
             out.append(f"{self.skipped_rows} bad row(s) skipped (--skip-bad-rows)")
+        if self.blank_lines:
+            out.append(f"{self.blank_lines} blank line(s) ignored")
         if self.out_of_order:
             out.append(f"{self.out_of_order} row(s) earlier than the row before (kept in file order)")
         if self.duplicate_ts:
@@ -136,8 +140,10 @@ def _parse_timestamps(raw: pd.Series) -> pd.Series:
     return seconds.astype(np.float64)
 
 
-def _read_rows(path: Path, skip_bad_rows: bool) -> tuple[list[str], list[list[str]], list[int], int, list[str]]:
-    """Header, well-formed rows, their line numbers, skipped count, examples."""
+def _read_rows(
+    path: Path, skip_bad_rows: bool
+) -> tuple[list[str], list[list[str]], list[int], int, int, list[str]]:
+    """Header, well-formed rows, their line numbers, skipped and blank counts, examples."""
     try:
         handle = path.open(newline="", encoding="utf-8")
     except OSError as exc:
@@ -145,7 +151,7 @@ def _read_rows(path: Path, skip_bad_rows: bool) -> tuple[list[str], list[list[st
     rows: list[list[str]] = []
     lines: list[int] = []
     examples: list[str] = []
-    skipped = 0
+    skipped = blank = 0
     with handle:
         reader = csv.reader(handle)
         try:
@@ -157,6 +163,9 @@ def _read_rows(path: Path, skip_bad_rows: bool) -> tuple[list[str], list[list[st
         width = len(header)
         try:
             for row in reader:
+                if not row:  # a blank line carries no data: counted, not an error
+                    blank += 1
+                    continue
                 if len(row) == width:
                     rows.append(row)
                     lines.append(reader.line_num)
@@ -169,7 +178,7 @@ def _read_rows(path: Path, skip_bad_rows: bool) -> tuple[list[str], list[list[st
     if skipped and not skip_bad_rows:
         raise ReplayError(f"{path}: {skipped} row(s) with the wrong number of fields, first: "
                           f"{'; '.join(examples)} (use --skip-bad-rows to skip them)")
-    return header, rows, lines, skipped, examples
+    return header, rows, lines, skipped, blank, examples
 
 
 def load_csv(path: str | Path, stream_id: str | None = None, kind: str | None = None,
@@ -180,7 +189,7 @@ def load_csv(path: str | Path, stream_id: str | None = None, kind: str | None = 
     if len(stream_id) > STREAM_ID_MAX or not re.match(STREAM_ID_PATTERN, stream_id):
         raise ConfigError(f"stream id must match {STREAM_ID_PATTERN} (at most {STREAM_ID_MAX} "
                           f"characters), got {stream_id!r}")
-    header, rows, lines, skipped, examples = _read_rows(path, skip_bad_rows)
+    header, rows, lines, skipped, blank, examples = _read_rows(path, skip_bad_rows)
     spec, channels = resolve_kind(path, header[1:], kind)
     frame = pd.DataFrame(rows, columns=range(len(header)), dtype=str)
     ts = _parse_timestamps(frame[0]) if rows else pd.Series([], dtype=np.float64)
@@ -213,7 +222,7 @@ def load_csv(path: str | Path, stream_id: str | None = None, kind: str | None = 
         vals = {c: (None if math.isnan(v) else v) for c, v in zip(channels, row, strict=True)}
         readings.append(Reading(stream_id=stream_id, kind=spec.name, ts=t, values=vals))
     report = CsvReport(rows=len(readings), null_values=null_values, empty_values=empty_values,
-                       skipped_rows=skipped, out_of_order=int((diffs < 0).sum()),
+                       skipped_rows=skipped, blank_lines=blank, out_of_order=int((diffs < 0).sum()),
                        duplicate_ts=int((diffs == 0).sum()), examples=examples)
     for line in report.problems():
         log.warning("%s: %s", path.name, line)
