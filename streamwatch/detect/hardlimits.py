@@ -1,0 +1,191 @@
+"""Clinical hard limits for vital signs: NEWS2 bands plus life-threatening single values.
+
+This layer does not depend on the model, so it works from a stream's first reading,
+during the model's warm-up too. It is vectorised over a wave of readings.
+
+Clinical mapping (Royal College of Physicians, NEWS2, 2017; defaults, all configurable):
+
+- ``warning``: any single parameter scoring 3 (NEWS2 "red score": urgent ward-based
+  response), or an aggregate of 5-6 (urgent response threshold).
+- ``critical``: aggregate >= 7 (emergency response), or any value beyond a monitor-style
+  life-threatening limit (``HardLimitConfig.critical_limits``: HR < 40 or > 150, SpO2 < 85,
+  RR < 6 or > 35, SBP < 80 or > 240, temp < 34 or > 41). A single red parameter is
+  *not* critical by itself: NEWS2 ranks it with an aggregate of 5-6, and in an ICU most
+  red values (say HR 132, RR 25) call for review, not an emergency call; the values for
+  which one parameter alone is an emergency are the critical limits above.
+- The aggregate here sums the channels present (HR, SpO2 scale 1, RR, SBP, temperature);
+  consciousness and supplemental oxygen are not in the stream and count 0.
+- A probe-off SpO2 (exactly 0, or missing) is an artefact, not a desaturation: it scores
+  nothing (``probe_off_zero``); the detector also hides it from the model.
+
+Persistence against alarm fatigue: a condition alerts only once it has held over at least
+``min_readings`` readings spanning ``persist_s`` (warning, 30 s) or ``critical_persist_s``
+(critical, 15 s) of event time. A reading with none of the scored channels present
+neither breaks nor extends a run; any other reading below the level ends it.
+
+>>> import numpy as np
+>>> from streamwatch.detect.config import HardLimitConfig
+>>> from streamwatch.kinds import get_kind
+>>> hl = HardLimitBank(HardLimitConfig(), get_kind("icu_vitals"))
+>>> #                   hr     spo2  rr    sbp    dbp   map   temp
+>>> v = np.array([[ 72.0,  97.0, 16.0, 120.0, 70.0, 87.0, 37.0],
+...               [135.0,  97.0, 16.0, 120.0, 70.0, 87.0, 37.0],
+...               [135.0,  89.0, 26.0,  95.0, 60.0, 72.0, 37.0],
+...               [ 72.0,   0.0, 16.0, 120.0, 70.0, 87.0, 37.0]])
+>>> hl.evaluate(v).level.tolist()
+[0, 1, 2, 0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from streamwatch.detect.config import HardLimitConfig
+from streamwatch.detect.slots import SlotTable
+from streamwatch.errors import CheckpointError
+from streamwatch.kinds import KindSpec
+
+NONE, WARNING, CRITICAL = 0, 1, 2
+LEVEL_NAMES: dict[int, str | None] = {NONE: None, WARNING: "warning", CRITICAL: "critical"}
+
+
+class Evaluation(NamedTuple):
+    """Per-reading verdict, no persistence: ``level`` 0/1/2 per row."""
+
+    level: np.ndarray  # (B,) int8
+    points: np.ndarray  # (B, C) int8 NEWS2 points, 0 where not scored or missing
+    beyond: np.ndarray  # (B, C) bool: beyond a critical single-channel limit
+    neutral: np.ndarray  # (B,) bool: none of the scored channels present
+
+
+class Step(NamedTuple):
+    """``Evaluation`` plus the persisted (alerting) level and the run's onset per row."""
+
+    level: np.ndarray
+    points: np.ndarray
+    beyond: np.ndarray
+    confirmed: np.ndarray  # (B,) int8: level that has persisted long enough
+    onset: np.ndarray  # (B,) float64: ts of the run's first reading, NaN if not confirmed
+
+
+class HardLimitBank:
+    """Hard-limit evaluation for one kind, with per-stream persistence state."""
+
+    def __init__(self, config: HardLimitConfig, kind: KindSpec) -> None:
+        self.config = config
+        self.kind = kind
+        self._table = SlotTable({"start": ((2,), np.float64, np.nan), "count": ((2,), np.int64, 0)})
+
+    @staticmethod
+    def applies(config: HardLimitConfig, kind: KindSpec) -> bool:
+        """Whether this layer runs for ``kind`` at all."""
+        return config.enabled and kind.name in config.kinds
+
+    # -- pure evaluation -------------------------------------------------------------
+    def probe_off_columns(self) -> list[int]:
+        return [self.kind.index(c) for c in self.config.probe_off_zero if c in self.kind.channels]
+
+    def mask_probe_off(self, values: np.ndarray) -> np.ndarray:
+        """``values`` with probe-off zeros replaced by NaN (a copy only when needed)."""
+        cols = self.probe_off_columns()
+        if not cols or not (values[:, cols] == 0).any():
+            return values
+        out = values.copy()
+        sub = out[:, cols]
+        sub[sub == 0] = np.nan
+        out[:, cols] = sub
+        return out
+
+    def evaluate(self, values: np.ndarray) -> Evaluation:
+        """NEWS2 points and level of each row of ``values`` (N, C); no state."""
+        cfg, channels = self.config, self.kind.channels
+        values = self.mask_probe_off(values)
+        n = len(values)
+        points = np.zeros((n, len(channels)), dtype=np.int8)
+        beyond = np.zeros((n, len(channels)), dtype=bool)
+        present = np.zeros(n, dtype=bool)
+        for c, name in enumerate(channels):
+            col = values[:, c]
+            scored = False
+            bands = cfg.bands.get(name)
+            if bands is not None:
+                bounds = np.array([b for b, _ in bands])
+                pts = np.array([p for _, p in bands], dtype=np.int8)
+                idx = np.minimum(np.searchsorted(bounds, col, side="left"), len(bounds) - 1)
+                points[:, c] = np.where(np.isnan(col), 0, pts[idx])
+                scored = True
+            limits = cfg.critical_limits.get(name)
+            if limits is not None:
+                low, high = limits
+                if low is not None:
+                    beyond[:, c] |= col < low
+                if high is not None:
+                    beyond[:, c] |= col > high
+                scored = True
+            if scored:
+                present |= ~np.isnan(col)
+        aggregate = points.sum(axis=1)
+        critical = (aggregate >= cfg.critical_aggregate) | beyond.any(axis=1)
+        warning = (points >= cfg.warning_points).any(axis=1) | (aggregate >= cfg.warning_aggregate)
+        level = np.where(critical, CRITICAL, np.where(warning, WARNING, NONE)).astype(np.int8)
+        return Evaluation(level, points, beyond, ~present)
+
+    def channels(self, points: np.ndarray, beyond: np.ndarray) -> list[str]:
+        """Channels behind one row's verdict, most severe first."""
+        names = self.kind.channels
+        hit = [(bool(beyond[c]), int(points[c]), -c) for c in range(len(names))]
+        ranked = sorted((h for h in hit if h[0] or h[1] > 0), reverse=True)
+        return [names[-neg] for _, _, neg in ranked]
+
+    # -- persistence -----------------------------------------------------------------
+    def slots(self, stream_ids: Sequence[str]) -> np.ndarray:
+        return self._table.slots(stream_ids)
+
+    def step_at(
+        self, slots: np.ndarray, ts: np.ndarray, values: np.ndarray, update: np.ndarray
+    ) -> Step:
+        """Evaluate one wave (distinct streams) and advance the runs where ``update``."""
+        cfg = self.config
+        ev = self.evaluate(values)
+        arrays = self._table.arrays
+        start, count = arrays["start"][slots], arrays["count"][slots]
+        for j, lvl in enumerate((WARNING, CRITICAL)):
+            cond = ev.level >= lvl
+            new = cond & np.isnan(start[:, j])
+            start[new, j] = ts[new]
+            count[new, j] = 0
+            count[cond, j] += 1
+            broken = ~cond & ~ev.neutral
+            start[broken, j] = np.nan
+            count[broken, j] = 0
+        with np.errstate(invalid="ignore"):
+            held = ts[:, None] - start >= np.array([cfg.persist_s, cfg.critical_persist_s])
+        ok = held & (count >= cfg.min_readings)
+        confirmed = np.where(ok[:, 1], CRITICAL, np.where(ok[:, 0], WARNING, NONE))
+        confirmed = np.where(update, confirmed, NONE).astype(np.int8)
+        onset = np.where(confirmed > 0, start[:, 0], np.nan)
+        arrays["start"][slots[update]] = start[update]
+        arrays["count"][slots[update]] = count[update]
+        return Step(ev.level, ev.points, ev.beyond, confirmed, onset)
+
+    # -- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"streams": self._table.export_rows()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "streams" not in state:
+            raise CheckpointError("hard-limit state lacks 'streams'")
+        self._table.clear()
+        self._table.import_rows(state["streams"])
+
+    def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
+        return {"streams": self._table.export_rows(stream_ids)}
+
+    def import_streams(self, state: dict[str, Any]) -> None:
+        self._table.import_rows(state["streams"])
+
+    def forget_streams(self, stream_ids: Sequence[str]) -> None:
+        self._table.forget(stream_ids)
