@@ -1,0 +1,189 @@
+"""Atomic checkpoints and the forecast scorer's exact save/restore."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamwatch.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    plain_state,
+    save_checkpoint,
+)
+from streamwatch.detect.base import KindBatch
+from streamwatch.detect.forecast_scorer import ForecastScorer
+from streamwatch.errors import CheckpointError
+from streamwatch.kinds import get_kind
+from streamwatch.model.config import Cell, ModelConfig
+
+ICU = get_kind("icu_vitals")
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def config(cell: Cell = "gru") -> ModelConfig:
+    return ModelConfig(cell=cell, layers=2, dropout=0.2, hidden_size=8, window=8, burn_in=2,
+                       batch_size=8, train_every=6, replay_every=2, warmup=3)
+
+
+def run(scorer: ForecastScorer, start: int, stop: int, streams: int = 4) -> np.ndarray:
+    """Test-then-train over seeded ICU-like waves; every 7th reading is 'anomalous'."""
+    rng = np.random.default_rng(start)
+    ids = [f"icu/bed-{i}" for i in range(streams)]
+    scores = []
+    for t in range(start, stop):
+        values = 80 + 3 * rng.standard_normal((streams, len(ICU.channels)))
+        values[rng.random(values.shape) < 0.1] = np.nan
+        batch = KindBatch(ICU, ids, np.full(streams, float(t)), values)
+        ok = (np.arange(streams) + t) % 7 != 0
+        scores.append(scorer.score_many(batch).score)
+        scorer.advance_many(batch, ok)
+        scorer.learn_many(batch, ok)
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_restored_scorer_continues_exactly_like_an_uninterrupted_one(
+    tmp_path: Path, cell: Cell
+) -> None:
+    cfg = config(cell)
+    original = ForecastScorer(ICU, cfg)
+    run(original, 0, 40)
+    path = save_checkpoint(tmp_path / "scorer.pt", original.state_dict(),
+                           {"config": cfg.model_dump()})
+    state, _ = load_checkpoint(path, expected_meta={"config": cfg.model_dump()})
+    restored = ForecastScorer(ICU, cfg)
+    restored.load_state_dict(state)
+    assert restored.version == original.version > 0
+    later_original, later_restored = run(original, 40, 80), run(restored, 40, 80)
+    assert np.array_equal(later_original, later_restored)
+    assert original.version == restored.version > 10
+    for a, b in zip(original.model.parameters(), restored.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(original.trainer.optimizer.state_dict()["state"].values(),
+                    restored.trainer.optimizer.state_dict()["state"].values(), strict=True):
+        assert torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_checkpoint_file_loads_with_weights_only(tmp_path: Path) -> None:
+    scorer = ForecastScorer(ICU, config())
+    run(scorer, 0, 20)
+    path = save_checkpoint(tmp_path / "s.pt", scorer.state_dict(), {})
+    payload = torch.load(path, weights_only=True)
+    assert payload["format"] == CHECKPOINT_FORMAT
+    assert payload["state"]["streams"]["stream_ids"] == [f"icu/bed-{i}" for i in range(4)]
+
+
+def test_saving_replaces_atomically_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "ckpt.pt"
+    save_checkpoint(target, {"n": 1}, {})
+    save_checkpoint(target, {"n": 2}, {})
+    assert load_checkpoint(target)[0] == {"n": 2}
+    assert os.listdir(target.parent) == ["ckpt.pt"]
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = save_checkpoint(tmp_path / "ckpt.pt", {"n": torch.arange(3)}, {"v": 1})
+
+    def dies_halfway(obj: object, handle: object) -> None:  # e.g. the disk fills up
+        handle.write(b"PK\x03\x04 partial")  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(target, {"n": torch.arange(5)}, {"v": 2})
+    monkeypatch.undo()
+    state, meta = load_checkpoint(target)
+    assert state["n"].tolist() == [0, 1, 2] and meta == {"v": 1}
+    assert os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "flipped-bit"])
+def test_damaged_checkpoint_is_a_clear_error_saying_what_to_do(
+    tmp_path: Path, damage: str
+) -> None:
+    path = save_checkpoint(tmp_path / "ckpt.pt", {"w": torch.randn(500)}, {})
+    data = path.read_bytes()
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "empty":
+        data = b""
+    elif damage == "garbage":
+        data = b"not a checkpoint at all" * 20
+    else:  # inside the tensor bytes: still unpickles, caught by the checksum
+        i = data.index(torch.load(path, weights_only=True)["state"]["w"].numpy().tobytes()[:16])
+        data = data[: i + 8] + bytes([data[i + 8] ^ 0x10]) + data[i + 9:]
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert str(path) in str(info.value) and "--fresh-start" in str(info.value)
+
+
+def test_missing_checkpoint_is_a_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nothing.pt")
+
+
+def test_other_format_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": 99, "meta": {}, "state": {}},
+               path)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(path)
+    torch.save({"something": "else"}, path)
+    with pytest.raises(CheckpointError, match="not a streamwatch checkpoint"):
+        load_checkpoint(path)
+
+
+def test_mismatched_settings_are_listed(tmp_path: Path) -> None:
+    path = save_checkpoint(tmp_path / "c.pt", {}, {"kind": "icu_vitals", "hidden": 8})
+    with pytest.raises(CheckpointError, match=r"hidden: saved 8, expected 16"):
+        load_checkpoint(path, expected_meta={"kind": "icu_vitals", "hidden": 16})
+
+
+def test_scorer_refuses_state_saved_with_another_config() -> None:
+    scorer = ForecastScorer(ICU, config())
+    other = ForecastScorer(ICU, config().model_copy(update={"hidden_size": 16}))
+    with pytest.raises(CheckpointError, match="hidden_size: saved 8 vs now 16"):
+        other.load_state_dict(scorer.state_dict())
+    state = scorer.state_dict()
+    state["format_version"] = 2
+    with pytest.raises(CheckpointError, match="format version"):
+        scorer.load_state_dict(state)
+
+
+def test_a_failed_restore_leaves_the_scorer_untouched() -> None:
+    scorer = ForecastScorer(ICU, config())
+    run(scorer, 0, 20)
+    before = scorer.score_many(
+        KindBatch(ICU, ["icu/bed-0"], np.array([20.0]), np.full((1, 7), 80.0))).score
+    state = scorer.state_dict()
+    del state["trainer"]["replay"]
+    with pytest.raises(CheckpointError, match="replay"):
+        scorer.load_state_dict(state)
+    after = scorer.score_many(
+        KindBatch(ICU, ["icu/bed-0"], np.array([20.0]), np.full((1, 7), 80.0))).score
+    assert np.array_equal(before, after) and before[0] != 0.0
+
+
+def test_numpy_values_are_refused_on_save_unless_made_plain(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"\['state'\]\['x'\] is a numpy.ndarray"):
+        save_checkpoint(tmp_path / "n.pt", {"x": np.zeros(3)}, {})
+    assert not (tmp_path / "n.pt").exists()
+    path = save_checkpoint(tmp_path / "n.pt", plain_state({"x": np.zeros(3), "k": np.int64(2)}),
+                           {})
+    state, _ = load_checkpoint(path)
+    assert state["x"].tolist() == [0.0, 0.0, 0.0] and state["k"] == 2

@@ -1,0 +1,299 @@
+"""ForecastScorer behaviour through the wave protocol, with a tiny seeded model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+import torch
+from numpy.typing import ArrayLike
+
+from streamwatch.detect.base import KindBatch, ScoreBatch, Scorer
+from streamwatch.detect.forecast_scorer import ForecastScorer, chi2_surprise
+from streamwatch.errors import CheckpointError, StreamwatchError
+from streamwatch.kinds import KindSpec, get_kind
+from streamwatch.model.config import ModelConfig
+
+UNI = get_kind("univariate")
+TRI = KindSpec(name="tri", channels=("a", "b", "c"))
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    """Tiny models run fastest on one thread (and the machine is shared)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**overrides: object) -> ModelConfig:
+    fields: dict[str, object] = dict(hidden_size=8, window=8, burn_in=2, batch_size=16,
+                                     train_every=8, replay_every=1, warmup=5, lr=5e-3)
+    fields.update(overrides)
+    return ModelConfig.build(**fields)
+
+
+def wave(kind: KindSpec, ids: Sequence[str], t: float, values: ArrayLike) -> KindBatch:
+    values = np.asarray(values, dtype=np.float64).reshape(len(ids), len(kind.channels))
+    return KindBatch(kind, list(ids), np.full(len(ids), float(t)), values)
+
+
+def step(scorer: ForecastScorer, batch: KindBatch, ok: np.ndarray | None = None) -> ScoreBatch:
+    """Test-then-train for one wave; ``ok`` False rows are neither observed nor learned."""
+    if ok is None:
+        ok = np.ones(len(batch), dtype=bool)
+    out = scorer.score_many(batch)
+    scorer.advance_many(batch, ok)
+    scorer.learn_many(batch, ok)
+    return out
+
+
+def sine(t: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    phase = np.arange(n) * 0.7
+    return 10.0 + 3.0 * np.sin(2 * np.pi * t / 20.0 + phase) + 0.1 * rng.standard_normal(n)
+
+
+def test_forecast_scorer_satisfies_the_scorer_protocol() -> None:
+    assert isinstance(ForecastScorer(UNI, tiny()), Scorer)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_forecast_learns_a_noisy_sine_and_its_nll_falls(cell: str) -> None:
+    scorer = ForecastScorer(UNI, tiny(cell=cell, hidden_size=16, window=16, burn_in=4))
+    rng = np.random.default_rng(0)
+    ids = [f"s{i}" for i in range(8)]
+    nll = []
+    for t in range(400):
+        out = step(scorer, wave(UNI, ids, t, sine(t, 8, rng)))
+        nll.append(float(np.nanmean(out.channel_scores)) if t >= 20 else np.nan)
+    early, late = np.nanmean(nll[20:100]), np.nanmean(nll[-80:])
+    assert scorer.version > 350  # one step per 8 learned readings, none before warm-up
+    assert late < early - 1.0, (early, late)
+    assert late < -0.5  # std well below the signal's (normalised) spread of ~1
+    # calibrated enough that the combined surprise averages near its nominal 1
+    assert 0.3 < np.mean([scorer.score_many(wave(UNI, ids, 400, sine(400, 8, rng))).score]) < 3
+
+
+def test_a_wave_of_many_streams_scores_like_each_stream_alone() -> None:
+    cfg = tiny(train_every=10**9)  # optimiser steps would happen at other points
+    together, alone = ForecastScorer(TRI, cfg), ForecastScorer(TRI, cfg)
+    rng = np.random.default_rng(1)
+    ids = [f"m{i}" for i in range(6)]
+    for t in range(40):
+        values = 20 + rng.standard_normal((6, 3))
+        values[rng.random((6, 3)) < 0.15] = np.nan
+        ok = rng.random(6) > 0.1
+        a = step(together, wave(TRI, ids, t, values), ok)
+        for i, sid in enumerate(ids):
+            b = step(alone, wave(TRI, [sid], t, values[i]), ok[i:i + 1])
+            np.testing.assert_allclose(a.score[i], b.score[0], rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(a.mean[i], b.mean[0], rtol=1e-5, equal_nan=True)
+            np.testing.assert_allclose(a.std[i], b.std[0], rtol=1e-5, equal_nan=True)
+
+
+def test_same_seed_same_input_gives_identical_scores_and_weights() -> None:
+    def run(seed: int) -> tuple[np.ndarray, list[torch.Tensor]]:
+        scorer = ForecastScorer(TRI, tiny(seed=seed, dropout=0.3, layers=2))
+        rng = np.random.default_rng(5)
+        scores = [step(scorer, wave(TRI, ["x", "y"], t, rng.normal(size=6))).score
+                  for t in range(60)]
+        return np.array(scores), [p.detach().clone() for p in scorer.model.parameters()]
+
+    (s1, p1), (s2, p2), (s3, _) = run(3), run(3), run(4)
+    assert np.array_equal(s1, s2)
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2, strict=True))
+    assert not np.array_equal(s1, s3)
+
+
+def test_score_many_is_pure_and_allocates_nothing() -> None:
+    scorer = ForecastScorer(TRI, tiny())
+    for t in range(12):
+        step(scorer, wave(TRI, ["a"], t, [1.0 + t % 3, 2.0, 3.0]))
+    before = scorer.state_dict()
+    batch = wave(TRI, ["a", "new"], 12, [[9.0, 2.0, 3.0], [1.0, 1.0, 1.0]])
+    first, second = scorer.score_many(batch), scorer.score_many(batch)
+    assert np.array_equal(first.score, second.score)
+    assert scorer.n_streams == 1
+    after = scorer.state_dict()
+    for key, value in before["streams"].items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value.nan_to_num(-1), after["streams"][key].nan_to_num(-1)), key
+    assert first.score[1] == 0.0 and np.isnan(first.mean[1]).all()  # unknown stream
+
+
+def test_first_reading_scores_zero_and_channels_without_statistics_are_nan() -> None:
+    scorer = ForecastScorer(TRI, tiny())
+    for t in (0, 1):  # statistics are learned after the first reading's advance
+        out = step(scorer, wave(TRI, ["a"], t, [1.0 + t, np.nan, 2.0 + t]))
+        assert out.score[0] == 0.0 and np.isnan(out.channel_scores).all()
+    out = step(scorer, wave(TRI, ["a"], 2, [1.5, 5.0, 2.5]))
+    assert np.isfinite(out.channel_scores[0, [0, 2]]).all()
+    assert np.isnan(out.channel_scores[0, 1]) and np.isnan(out.mean[0, 1])  # b never seen
+    assert np.isfinite(out.score[0])
+
+
+def test_missing_channels_are_nan_per_channel_and_all_missing_scores_zero() -> None:
+    scorer = ForecastScorer(TRI, tiny())
+    rng = np.random.default_rng(2)
+    for t in range(30):
+        step(scorer, wave(TRI, ["a"], t, 5 + rng.standard_normal(3)))
+    out = step(scorer, wave(TRI, ["a"], 30, [5.0, np.nan, 5.0]))
+    assert np.isnan(out.channel_scores[0, 1]) and np.isfinite(out.channel_scores[0, [0, 2]]).all()
+    assert np.isfinite(out.mean[0]).all() and (out.std[0] > 0).all()  # forecast still there
+    out = step(scorer, wave(TRI, ["a"], 31, [np.nan, np.nan, np.nan]))
+    assert out.score[0] == 0.0 and np.isnan(out.channel_scores).all()
+
+
+def test_combined_score_is_the_chi2_surprise_of_the_channel_z_scores() -> None:
+    scorer = ForecastScorer(TRI, tiny())
+    rng = np.random.default_rng(3)
+    for t in range(30):
+        step(scorer, wave(TRI, ["a"], t, 5 + rng.standard_normal(3)))
+    values = np.array([[5.0, np.nan, 9.0]])
+    out = scorer.score_many(wave(TRI, ["a"], 30, values))
+    z = (values - out.mean) / out.std
+    expected = chi2_surprise(np.array([np.nansum(z * z)]), np.array([2]))
+    np.testing.assert_allclose(out.score, expected, rtol=1e-9)
+    nll = 0.5 * (np.log(2 * np.pi) + np.log(out.std[0, 0] ** 2) + z[0, 0] ** 2)
+    # per-channel NLL is in normalised units: it differs from the raw-unit NLL by log(scale)
+    assert np.isfinite(out.channel_scores[0, 0]) and out.channel_scores[0, 0] != nll
+
+
+def test_duplicate_late_and_irregular_timestamps_are_fed_with_gap_zero_and_counted() -> None:
+    scorer = ForecastScorer(UNI, tiny())
+    for t in (0.0, 1.0, 2.5, 2.5, 1.0, 7200.0, 7201.0):
+        out = step(scorer, KindBatch(UNI, ["a"], np.array([t]), np.array([[3.0]])))
+        assert np.isfinite(out.score).all()
+    assert scorer.late_readings == 2  # the duplicate 2.5 and the late 1.0
+    row = scorer.state.rows["a"]
+    assert scorer.state["last_ts"][row] == 7201.0
+    gaps = scorer.state.ring_read("ring_gap", np.array([row]))[0, -7:]
+    assert gaps[3] == 0.0 and gaps[4] == 0.0  # duplicate and late
+    assert gaps[5] == pytest.approx(1.0)  # 7198 s clipped at max_gap_s=3600
+
+
+def test_anomalous_rows_never_reach_the_normaliser_the_replay_or_the_weights() -> None:
+    """Poisoning: rows the detector masks out must leave learning exactly as if their
+    values had never arrived (here: replaced by all-missing readings)."""
+    cfg = tiny()
+    poisoned, clean = ForecastScorer(UNI, cfg), ForecastScorer(UNI, cfg)
+    rng = np.random.default_rng(4)
+    for t in range(200):
+        value = float(sine(t, 1, rng)[0])
+        anomalous = 80 <= t < 150
+        ok = np.array([not anomalous])
+        step(poisoned, wave(UNI, ["s"], t, [1000.0 if anomalous else value]), ok)
+        step(clean, wave(UNI, ["s"], t, [np.nan if anomalous else value]), ok)
+        if anomalous:
+            row = poisoned.state.rows["s"]
+            assert poisoned.state["norm_mean"][row, 0] < 20.0
+    assert poisoned.version == clean.version > 0
+    p, c = poisoned.trainer.replay, clean.trainer.replay
+    assert np.array_equal(p.x[: len(p)], c.x[: len(c)])
+    assert np.array_equal(p.y[: len(p)], c.y[: len(c)], equal_nan=True)
+    assert np.nanmax(np.abs(p.y[: len(p)])) < 5.0  # no target anywhere near 1000
+    for a, b in zip(poisoned.model.parameters(), clean.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for name in ("norm_mean", "norm_var", "norm_n"):
+        assert np.array_equal(poisoned.state[name], clean.state[name])
+
+
+def test_unobserved_readings_leave_the_forecast_freewheeling() -> None:
+    scorer = ForecastScorer(UNI, tiny(train_every=10**9))
+    rng = np.random.default_rng(6)
+    for t in range(40):
+        step(scorer, wave(UNI, ["s"], t, [10 + rng.standard_normal()]))
+    twin = ForecastScorer(UNI, tiny(train_every=10**9))
+    twin.load_state_dict(scorer.state_dict())
+    for t in range(40, 60):  # an excursion the detector flagged: not observed
+        out = step(scorer, wave(UNI, ["s"], t, [500.0]), np.array([False]))
+        ref = step(twin, wave(UNI, ["s"], t, [np.nan]), np.array([False]))
+        np.testing.assert_array_equal(out.mean, ref.mean)
+        assert abs(out.mean[0, 0] - 10) < 5
+    assert out.score[0] > 50  # still surprising: the state did not follow the anomaly
+
+
+def test_adapt_streams_makes_a_lasting_level_shift_unsurprising() -> None:
+    scorer = ForecastScorer(UNI, tiny(hidden_size=16))
+    rng = np.random.default_rng(7)
+    for t in range(300):
+        step(scorer, wave(UNI, ["s", "other"], t, 10 + 0.5 * rng.standard_normal(2)))
+    shifted: list[float] = []
+    for t in range(300, 330):  # the detector would not let these teach
+        batch = wave(UNI, ["s", "other"], t, [30 + 0.5 * rng.standard_normal(),
+                                              10 + 0.5 * rng.standard_normal()])
+        shifted.append(float(step(scorer, batch, np.array([False, True])).score[0]))
+    assert min(shifted) > 20
+    other_before = scorer.export_streams(["other"])
+    scorer.adapt_streams(["s", "unknown-id"])
+    other_after = scorer.export_streams(["other"])
+    assert torch.equal(other_before["hidden"], other_after["hidden"])  # others untouched
+    after = [float(step(scorer, wave(UNI, ["s", "other"], t, [30 + 0.5 * rng.standard_normal(),
+                                                              10.0])).score[0])
+             for t in range(330, 350)]
+    assert np.median(after) < 3, after
+    assert abs(scorer.state["norm_mean"][scorer.state.rows["s"], 0] - 30) < 2
+
+
+def test_learn_before_advance_is_an_error_naming_the_stream() -> None:
+    scorer = ForecastScorer(UNI, tiny())
+    batch = wave(UNI, ["a"], 0, [1.0])
+    with pytest.raises(StreamwatchError, match="'a'"):
+        scorer.learn_many(batch, np.array([True]))
+    scorer.advance_many(batch, np.array([True]))
+    scorer.learn_many(batch, np.array([True]))
+    with pytest.raises(StreamwatchError, match="learn_many before advance_many"):
+        scorer.learn_many(batch, np.array([True]))  # the same reading twice
+
+
+def test_bad_wave_arguments_are_clear_errors() -> None:
+    scorer = ForecastScorer(TRI, tiny())
+    with pytest.raises(StreamwatchError, match="at most once"):
+        scorer.advance_many(wave(TRI, ["a", "a"], 0, np.ones((2, 3))), np.ones(2, bool))
+    with pytest.raises(StreamwatchError, match=r"expected \(1, 3\)"):
+        scorer.score_many(KindBatch(TRI, ["a"], np.zeros(1), np.ones((1, 2))))
+    with pytest.raises(StreamwatchError, match="bool array"):
+        scorer.advance_many(wave(TRI, ["a"], 0, np.ones(3)), np.ones(1))
+
+
+def test_rows_grow_past_the_initial_capacity_and_forgotten_rows_are_reused() -> None:
+    scorer = ForecastScorer(UNI, tiny())
+    ids = [f"s{i}" for i in range(150)]
+    step(scorer, wave(UNI, ids, 0, np.arange(150.0)))
+    assert scorer.n_streams == 150 and scorer.state.capacity == 256
+    scorer.forget_streams(ids[:100])
+    assert scorer.n_streams == 50
+    step(scorer, wave(UNI, [f"n{i}" for i in range(100)], 1, np.zeros(100)))
+    assert scorer.state.capacity == 256 and scorer.n_streams == 150
+    out = scorer.score_many(wave(UNI, ["s0", "s120"], 2, [0.0, 120.0]))
+    assert out.score[0] == 0.0 and np.isfinite(out.score[1])  # s0 forgotten: fresh
+
+
+def test_exported_streams_continue_identically_in_another_scorer() -> None:
+    cfg = tiny()
+    a = ForecastScorer(TRI, cfg)
+    rng = np.random.default_rng(8)
+    ids = ["p", "q", "r"]
+    for t in range(40):
+        step(a, wave(TRI, ids, t, rng.normal(size=(3, 3))))
+    b = ForecastScorer(TRI, cfg)
+    b.load_state_dict(a.state_dict())
+    b.forget_streams(["q"])
+    assert b.score_many(wave(TRI, ["q"], 40, np.zeros(3))).score[0] == 0.0
+    b.import_streams(a.export_streams(["q", "not-there"]))
+    batch = wave(TRI, ids, 40, rng.normal(size=(3, 3)))
+    np.testing.assert_array_equal(a.score_many(batch).score, b.score_many(batch).score)
+    bad = a.export_streams(["q"])
+    bad["ring_raw"] = bad["ring_raw"][:, :3]
+    with pytest.raises(CheckpointError, match="ring_raw"):
+        b.import_streams(bad)
+
+
+def test_warming_up_and_readings_seen_follow_the_stream_count() -> None:
+    scorer = ForecastScorer(UNI, tiny(warmup=3))
+    for t in range(4):
+        assert scorer.warming_up(["a", "b"]).tolist() == [t < 3, True]
+        step(scorer, wave(UNI, ["a"], t, [1.0]))
+    assert scorer.readings_seen(["a", "b"]).tolist() == [4, 0]
