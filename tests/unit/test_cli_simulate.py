@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -14,12 +16,23 @@ import pytest
 
 from simulators.icu import IcuSimulator
 from streamwatch.cli import main
+from streamwatch.evaluate.corpus import resolve_nab_dir
 from streamwatch.schema import Episode, decode, decode_reading
 
-NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab" / "data"
+NAB = resolve_nab_dir() / "data"  # ../shared/data/nab or $STREAMWATCH_NAB_DIR
 ART = NAB / "artificialWithAnomaly" / "art_daily_jumpsup.csv"
 CONSOLE = Path(sys.executable).with_name("streamwatch")
 BUSY = ["--warmup", "10m", "--episodes-per-day", "48", "--artefacts-per-day", "48"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """``main`` points the root logger at this test's captured stderr: undo that after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 def _lines(path: Path) -> list[bytes]:

@@ -9,9 +9,10 @@ import pytest
 
 from simulators.replay import ReplayError, load_csv, read_csv_readings
 from streamwatch.errors import ConfigError
+from streamwatch.evaluate.corpus import resolve_nab_dir
 from streamwatch.kinds import get_kind
 
-NAB = Path(__file__).resolve().parents[3] / "shared" / "data" / "nab" / "data"
+NAB = resolve_nab_dir() / "data"  # ../shared/data/nab or $STREAMWATCH_NAB_DIR
 TAXI = NAB / "realKnownCause" / "nyc_taxi.csv"
 
 
