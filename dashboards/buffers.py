@@ -9,7 +9,7 @@ first appears, so a stream's memory is fixed from its first point on
 
 >>> cfg = BufferConfig(recent_points=900, tiers=((60.0, 180), (300.0, 288)))
 >>> round(cfg.bytes_per_stream(7) / 1024)
-174
+169
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--backfill", type=_positive_int, default=200_000,
                    help="records per partition read from before the end at start-up (default: 200000)")
     p.add_argument("--max-streams", type=_positive_int, default=5_000,
-                   help="streams the store holds, about 174 KiB each for ICU vitals (default: 5000)")
+                   help="streams the store holds, about 170 KiB each for ICU vitals (default: 5000)")
     p.add_argument("--recent-points", type=_positive_int, default=900,
                    help="full-rate points kept per stream (default: 900 = 15 min at 1 Hz)")
     p.add_argument("--stale-after", type=float, default=30.0, metavar="SECONDS",

@@ -6,7 +6,7 @@ sequence number, so a browser can ask for "everything after my cursor" and recei
 point exactly once (``points_since``).
 
 Memory bound: ``max_streams`` streams of at most ``BufferConfig.bytes_per_stream(C)``
-array bytes each (about 174 KiB for a 7-channel ICU stream and 110 KiB for a 4-channel
+array bytes each (about 169 KiB for a 7-channel ICU stream and 110 KiB for a 4-channel
 machine stream with the defaults: 15 min at 1 Hz full rate, 1-min buckets for 3 h and
 5-min buckets for 24 h), plus ``max_alerts`` alerts, ``max_detectors`` x
 ``health_history`` Health records and a fixed vocabulary of dead-letter codes.
