@@ -84,6 +84,16 @@ def test_simulate_to_stdout_writes_json_lines_and_no_truth_file(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_option_wins_over_the_bootstrap_environment_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9")
+    out = tmp_path / "env.jsonl"
+    assert main(["simulate", "icu", "--patients", "1", "--duration", "5s", "--speedup", "0",
+                 "--quiet", "--output", str(out)]) == 0
+    assert len(_lines(out)) == 5
+
+
 def test_no_episodes_gives_clean_data_and_an_empty_truth_file(tmp_path: Path) -> None:
     out = tmp_path / "clean.jsonl"
     assert main(["simulate", "icu", "--patients", "2", "--duration", "3h", "--speedup", "0",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import doctest
 import itertools
+from types import ModuleType
 
 import numpy as np
+import pytest
 
 import simulators
+from simulators import base, cli, icu, replay, sensors
 from simulators.base import ar1, n_steps, smooth_profile, stream_ids
 from simulators.episodes import Draft, place_scattered, place_spaced
 
@@ -76,3 +80,12 @@ def test_scenario_returns_readings_and_the_labels_of_the_same_run() -> None:
     assert len(first) == 3
     _, machine_eps = simulators.scenario("sensors", 3, 24, seed=1)
     assert machine_eps and {e.category for e in machine_eps} == {"fault"}
+
+
+@pytest.mark.parametrize(
+    "module", [simulators, base, icu, sensors, replay, cli], ids=lambda m: m.__name__
+)
+def test_docstring_examples_run(module: ModuleType) -> None:
+    """pytest collects doctests under streamwatch/ only; run the simulators' ones here."""
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
