@@ -153,6 +153,11 @@ class ForecastScorer:
         """Training loss (masked Gaussian NLL) of the latest optimiser step; NaN before."""
         return self.trainer.last_loss
 
+    @property
+    def skipped_steps(self) -> int:
+        """Optimiser steps refused because the loss or the gradient was not finite."""
+        return self.trainer.skipped_steps
+
     def readings_seen(self, stream_ids: Sequence[str]) -> np.ndarray:
         """Readings advanced per stream (0 for a stream without state)."""
         rows = self.state.lookup(stream_ids)
@@ -360,9 +365,14 @@ class ForecastScorer:
         self.state.import_(state)
 
     # ---------------------------------------------------------------- checkpoint
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly (plain tensors, dicts, lists, numbers)."""
-        return {
+    def state_dict(self, *, include_streams: bool = True) -> dict[str, Any]:
+        """Everything needed to continue exactly (plain tensors, dicts, lists, numbers).
+
+        With ``include_streams=False`` the per-stream state is left out (the global part
+        only: weights, optimiser, replay, RNGs), for services that keep per-stream state
+        per partition through ``export_streams``; loading such a state keeps no streams.
+        """
+        state = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "name": self.name,
@@ -371,12 +381,18 @@ class ForecastScorer:
             "config": self.config.model_dump(),
             "model": self.model.state_dict(),
             "trainer": self.trainer.state_dict(),
-            "streams": self.state.export_all(),
             "late_readings": self.late_readings,
         }
+        if include_streams:
+            state["streams"] = self.state.export_all()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore from ``state_dict()`` output; ``CheckpointError`` if it does not fit."""
+        """Restore from ``state_dict()`` output; ``CheckpointError`` if it does not fit.
+
+        The state is loaded into a fresh scorer first, so a failure leaves this one as it
+        was. Streams not in ``state`` are dropped.
+        """
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise CheckpointError(f"{self.name}: not a forecast scorer state (format "
                                   f"{state.get('format') if isinstance(state, dict) else None!r})")
@@ -405,7 +421,8 @@ class ForecastScorer:
         try:
             fresh.model.load_state_dict(state["model"])
             fresh.trainer.load_state_dict(state["trainer"])
-            fresh.state.import_(state["streams"])
+            if "streams" in state:
+                fresh.state.import_(state["streams"])
             fresh.late_readings = int(state.get("late_readings", 0))
         except KeyError as exc:
             raise CheckpointError(f"{self.name}: state lacks the field {exc.args[0]!r}") from None

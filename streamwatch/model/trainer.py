@@ -119,6 +119,7 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         self.steps = 0
+        self.skipped_steps = 0
         self.pending = 0
         self.last_loss = math.nan
 
@@ -150,7 +151,16 @@ class Trainer:
             loss = masked_gaussian_nll(mean, logvar, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+            if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))):
+                # Never let one bad batch turn every weight into NaN (which would make
+                # every forecast NaN and every score 0): skip it, loudly.
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                log.warning("training step skipped: non-finite loss or gradient",
+                            extra={"loss": float(loss.detach()), "grad_norm": float(norm),
+                                   "skipped_steps": self.skipped_steps})
+                return None
             self.optimizer.step()
         finally:
             self.model.eval()
@@ -167,6 +177,7 @@ class Trainer:
             "rng_numpy": self.rng.bit_generator.state,
             "rng_torch": self.generator.get_state(),
             "steps": self.steps,
+            "skipped_steps": self.skipped_steps,
             "pending": self.pending,
             "last_loss": self.last_loss,
         }
@@ -180,6 +191,7 @@ class Trainer:
             self.generator.set_state(state["rng_torch"])
             self.rng = rng
             self.steps = int(state["steps"])
+            self.skipped_steps = int(state.get("skipped_steps", 0))
             self.pending = int(state["pending"])
             self.last_loss = float(state["last_loss"])
         except KeyError as exc:

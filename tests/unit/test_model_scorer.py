@@ -297,3 +297,27 @@ def test_warming_up_and_readings_seen_follow_the_stream_count() -> None:
         assert scorer.warming_up(["a", "b"]).tolist() == [t < 3, True]
         step(scorer, wave(UNI, ["a"], t, [1.0]))
     assert scorer.readings_seen(["a", "b"]).tolist() == [4, 0]
+
+
+def test_a_non_finite_training_batch_is_skipped_and_weights_stay_finite() -> None:
+    scorer = ForecastScorer(UNI, tiny())
+    before = [p.detach().clone() for p in scorer.model.parameters()]
+    x = np.zeros((4, 8, scorer.model.input_size), dtype=np.float32)
+    x[:, 3, 0] = np.inf  # would turn every weight into NaN
+    scorer.trainer.replay.add(x, np.zeros((4, 8, 1), dtype=np.float32))
+    assert scorer.trainer.step() is None
+    assert scorer.skipped_steps == 1 and scorer.version == 0
+    for a, b in zip(before, scorer.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_state_without_streams_restores_the_global_model_only() -> None:
+    a = ForecastScorer(UNI, tiny())
+    for t in range(30):
+        step(a, wave(UNI, ["s", "u"], t, [float(t % 4), 1.0]))
+    b = ForecastScorer(UNI, tiny())
+    b.load_state_dict(a.state_dict(include_streams=False))
+    assert b.n_streams == 0 and b.version == a.version > 0
+    b.import_streams(a.export_streams(["s", "u"]))
+    batch = wave(UNI, ["s", "u"], 30, [2.0, 1.0])
+    np.testing.assert_array_equal(a.score_many(batch).score, b.score_many(batch).score)
