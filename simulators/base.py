@@ -1,13 +1,14 @@
 """What the ICU and sensor simulators share: seeding, chunked generation, Readings out.
 
 A simulator draws every random number from per-stream generators derived from
-``(seed, kind tag, stream index)``, so stream ``i`` looks the same whatever the number of
-streams, and the noise of a time chunk does not depend on the run's duration: the first
-hour of a 24 h run equals a 1 h run whenever no episode straddles the one-hour mark
-(episode plans depend on the duration, see ``simulators.episodes``).
+``(seed, kind tag, stream index)``, sequentially, so stream ``i`` looks the same whatever
+the number of streams or the chunk size, and the noise does not depend on the run's
+duration: the first hour of a 24 h run equals a 1 h run whenever no episode straddles the
+one-hour mark (episode plans depend on the duration, see ``simulators.episodes``).
 
-Generation is vectorised over streams, one chunk of ``CHUNK_STEPS`` time steps at a time;
-``readings()`` turns each chunk into lists of ``Reading`` (one list per time step).
+Generation is vectorised over streams, one chunk of time steps at a time (at most
+``CHUNK_STEPS`` steps and ``CHUNK_READINGS`` readings); ``readings()`` turns each chunk into
+lists of ``Reading`` (one list per time step).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ DEFAULT_START = 1767225600.0
 """2026-01-01T00:00:00Z: fixed epoch of simulated time, so output is reproducible."""
 
 CHUNK_STEPS = 600
-"""Time steps generated per vectorised chunk (the draw size never depends on duration)."""
+"""At most this many time steps per vectorised chunk."""
+CHUNK_READINGS = 100_000
+"""At most this many readings per chunk, so memory stays bounded with many streams."""
 
 MAX_RATE_HZ = 100.0
 MAX_STREAMS = 100_000
@@ -73,6 +76,15 @@ def check_weights(name: str, weights: Mapping[str, float], known: Sequence[str])
 def check_duration(duration_s: float) -> None:
     if not (math.isfinite(duration_s) and 0 < duration_s <= 366 * DAY_S):
         raise ConfigError(f"duration must be in (0 s, 366 d], got {duration_s!r} s")
+
+
+def chunk_steps(streams: int) -> int:
+    """Time steps per chunk for ``streams`` streams.
+
+    The output does not depend on it: each stream draws its normals sequentially from its
+    own generator, so the same numbers arrive whatever the chunk boundaries.
+    """
+    return max(1, min(CHUNK_STEPS, CHUNK_READINGS // streams))
 
 
 def n_steps(duration_s: float, rate_hz: float) -> int:
@@ -175,24 +187,23 @@ def chunk_to_readings(
     """One list of Readings per time step of ``chunk`` (streams in index order)."""
     values = chunk.values
     has_nan = np.isnan(values).any(axis=2)
-    rows = values.tolist()
     all_present = bool(chunk.present.all())
-    present = chunk.present.tolist()
-    nan_rows = has_nan.tolist()
     any_nan = has_nan.any(axis=1).tolist()
-    for t, step_rows in enumerate(rows):
+    for t in range(values.shape[0]):
         ts = start_ts + (chunk.first_step + t) / rate_hz
+        step_rows = values[t].tolist()
         if all_present and not any_nan[t]:
             yield [
                 Reading(stream_id=sid, kind=kind, ts=ts, values=dict(zip(channels, row, strict=True)))
                 for sid, row in zip(stream_ids, step_rows, strict=True)
             ]
             continue
+        present, nan_rows = chunk.present[t].tolist(), has_nan[t].tolist()
         step: list[Reading] = []
         for s, row in enumerate(step_rows):
-            if not present[t][s]:
+            if not present[s]:
                 continue
-            if nan_rows[t][s]:
+            if nan_rows[s]:
                 vals: dict[str, float | None] = {
                     c: (None if v != v else v) for c, v in zip(channels, row, strict=True)
                 }

@@ -29,7 +29,6 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from simulators.base import (
-    CHUNK_STEPS,
     DEFAULT_START,
     Chunk,
     Simulator,
@@ -38,6 +37,7 @@ from simulators.base import (
     check_rate,
     check_spacing,
     check_weights,
+    chunk_steps,
     round_columns,
     smooth_profile,
     stream_ids,
@@ -242,9 +242,10 @@ class IcuSimulator(Simulator):
         flat = [p for stream in plans for p in stream]
         frozen: dict[tuple[int, int], np.ndarray] = {}
         last = np.zeros((self.patients, len(CHANNELS)))
-        for first in range(0, total, CHUNK_STEPS):
-            z = np.stack([r.standard_normal((CHUNK_STEPS, _N_NOISE)) for r in noise_rngs], axis=1)
-            size = min(CHUNK_STEPS, total - first)
+        chunk = chunk_steps(len(noise_rngs))
+        for first in range(0, total, chunk):
+            z = np.stack([r.standard_normal((chunk, _N_NOISE)) for r in noise_rngs], axis=1)
+            size = min(chunk, total - first)
             z = z[:size]
             latent = ar1(z[..., :_N_LATENT], decay, state)
             steps = first + np.arange(size)

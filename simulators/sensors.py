@@ -25,7 +25,6 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from simulators.base import (
-    CHUNK_STEPS,
     DAY_S,
     DEFAULT_START,
     Chunk,
@@ -35,6 +34,7 @@ from simulators.base import (
     check_rate,
     check_spacing,
     check_weights,
+    chunk_steps,
     lowpass,
     round_columns,
     stream_ids,
@@ -178,9 +178,10 @@ class SensorSimulator(Simulator):
         last = np.zeros((self.machines, len(CHANNELS)))
         thermal_decay = np.exp(-1.0 / (_THERMAL_TAU * self.rate_hz))
         thermal: np.ndarray | None = None
-        for first in range(0, total, CHUNK_STEPS):
-            z = np.stack([r.standard_normal((CHUNK_STEPS, _N_NOISE)) for r in noise_rngs], axis=1)
-            size = min(CHUNK_STEPS, total - first)
+        chunk = chunk_steps(len(noise_rngs))
+        for first in range(0, total, chunk):
+            z = np.stack([r.standard_normal((chunk, _N_NOISE)) for r in noise_rngs], axis=1)
+            size = min(chunk, total - first)
             z = z[:size]
             lat = ar1(z[..., :_N_LATENT], decay, state)
             steps = first + np.arange(size)

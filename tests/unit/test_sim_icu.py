@@ -63,6 +63,20 @@ def test_run_without_episodes_is_a_prefix_of_a_longer_run() -> None:
     assert _encoded(long, 2000).startswith(head)
 
 
+def test_a_bed_is_the_same_whatever_the_number_of_beds() -> None:
+    # 300 beds are generated in smaller time chunks than 2 beds: the output must not care
+    kwargs = {"seed": 8, "warmup_s": 600, "clinical_per_day": 48, "artefacts_per_day": 48}
+    few, many = IcuSimulator(2, **kwargs), IcuSimulator(300, **kwargs)
+    _, v_few, _ = few.arrays(H)
+    _, v_many, _ = many.arrays(H)
+    assert np.array_equal(v_few, v_many[:, :2], equal_nan=True)
+    renamed = {many.stream_ids[i]: few.stream_ids[i] for i in range(2)}  # bed-001 vs bed-01
+    mine = [msgspec.structs.replace(e, stream_id=renamed[e.stream_id])
+            for e in many.episodes(H) if e.stream_id in renamed]
+    assert mine and [(e.stream_id, e.type, e.onset_ts, e.end_ts) for e in mine] == [
+        (e.stream_id, e.type, e.onset_ts, e.end_ts) for e in few.episodes(H)]
+
+
 def test_every_step_has_every_bed_once_in_order_without_dropouts() -> None:
     sim = IcuSimulator(12, seed=1, rate_hz=2.0)
     steps = list(sim.readings(120))
