@@ -190,9 +190,16 @@ class TansuBroker:
     def _launch(self, binary: Path, port: int) -> None:
         url = f"tcp://{self.host}:{port}"
         args = [
-            str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/", "--silent",
-        ]  # fmt: skip
+            str(binary),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+            "--silent",
+        ]
         fd, log_name = tempfile.mkstemp(prefix="streamwatch-tansu-", suffix=".log")
         self._log_path = Path(log_name)
         with os.fdopen(fd, "wb") as log_file:
@@ -226,19 +233,20 @@ class TansuBroker:
         )
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the broker: SIGTERM, then SIGKILL after ``timeout`` s. Idempotent."""
+        """Stop the broker: SIGINT (Tansu exits at once, even with clients connected; it
+        waits for them on SIGTERM), then SIGKILL after ``timeout`` s. Idempotent."""
         if self._proc is None:
             return
         proc = self._proc
         if proc.poll() is None:
             if self._paused:
                 self.resume()
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 logger.warning(
-                    "broker pid=%s ignored SIGTERM for %.1f s: killing", proc.pid, timeout
+                    "broker pid=%s ignored SIGINT for %.1f s: killing", proc.pid, timeout
                 )
                 self._kill()
         self._cleanup_process()
