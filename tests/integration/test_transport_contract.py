@@ -1,0 +1,264 @@
+"""One contract, three transports: in-memory, kafka-python and confluent-kafka.
+
+The Kafka variants run against the real broker of the test session (or, to make delivery
+fail, against a broker of their own that the test pauses).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from streamwatch.broker import TansuBroker
+from streamwatch.errors import TransportError
+from streamwatch.transport import (
+    Consumer,
+    Message,
+    TopicPartition,
+    Transport,
+    open_transport,
+    partition_for_key,
+)
+
+CLIENTS = ["memory", "kafka-python", "confluent"]
+SESSION_MS = 2000
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(params=CLIENTS)
+def client(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def transport(client: str, request: pytest.FixtureRequest) -> Iterator[Transport]:
+    bootstrap = None if client == "memory" else request.getfixturevalue("kafka_bootstrap")
+    bus = open_transport(bootstrap, client, session_timeout_ms=SESSION_MS)  # type: ignore[arg-type]
+    yield bus
+    bus.close()
+
+
+def drain(
+    consumers: list[Consumer],
+    done: Callable[[], bool],
+    *,
+    timeout: float = 20.0,
+    sink: dict[int, list[Message]] | None = None,
+) -> None:
+    """Poll every consumer in turn until ``done()`` or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        for i, consumer in enumerate(consumers):
+            got = consumer.poll(timeout=0.1)
+            if sink is not None:
+                sink.setdefault(i, []).extend(got)
+
+
+def all_partitions(topic: str, n: int) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in range(n)]
+
+
+def test_round_trip_keeps_per_key_order_on_the_key_partition(
+    transport: Transport, unique_topic: str
+) -> None:
+    transport.create_topics({unique_topic: 3})
+    producer = transport.producer()
+    keys = [f"stream-{k}".encode() for k in range(10)]
+    for seq in range(30):
+        for key in keys:
+            producer.send(unique_topic, f"{key.decode()}:{seq}".encode(), key=key)
+    producer.flush(timeout=30)
+    consumer = transport.consumer(None)
+    consumer.assign(all_partitions(unique_topic, 3))
+    got: list[Message] = []
+    deadline = time.monotonic() + 20
+    while len(got) < 300 and time.monotonic() < deadline:
+        got.extend(consumer.poll(timeout=0.5))
+    consumer.close()
+    producer.close()
+
+    assert len(got) == 300
+    by_key: dict[bytes, list[Message]] = {}
+    for m in got:
+        assert m.topic == unique_topic and m.key is not None and m.value is not None
+        by_key.setdefault(m.key, []).append(m)
+    for key, msgs in by_key.items():
+        assert [int(m.value.split(b":")[1]) for m in msgs if m.value] == list(range(30))
+        assert {m.partition for m in msgs} == {partition_for_key(key, 3)}
+    for p in range(3):
+        offsets = [m.offset for m in got if m.partition == p]
+        assert offsets == list(range(len(offsets)))
+
+
+def test_new_member_resumes_exactly_after_the_committed_offset(
+    transport: Transport, unique_topic: str, unique_group: str
+) -> None:
+    transport.create_topics({unique_topic: 2})
+    producer = transport.producer()
+    for i in range(40):
+        producer.send(unique_topic, b"%d" % i, key=b"k%d" % (i % 4))
+    producer.flush(timeout=30)
+    reader = transport.consumer(None)
+    ends = reader.end_offsets(all_partitions(unique_topic, 2))
+    reader.close()
+    assert sum(ends.values()) == 40
+
+    first = transport.consumer(unique_group)
+    first.subscribe([unique_topic])
+    seen: dict[int, list[Message]] = {}
+    drain([first], lambda: len(seen.get(0, [])) >= 40, sink=seen)
+    commit_at = {tp: min(3, end) for tp, end in ends.items()}
+    first.commit(commit_at)
+    assert {tp: first.committed(tp) for tp in commit_at} == commit_at
+    first.close()
+
+    second = transport.consumer(unique_group)
+    second.subscribe([unique_topic])
+    resumed: dict[int, list[Message]] = {}
+    expected = sum(ends[tp] - commit_at[tp] for tp in ends)
+    drain([second], lambda: len(resumed.get(0, [])) >= expected, sink=resumed)
+    second.close()
+    for tp, start in commit_at.items():
+        offsets = [m.offset for m in resumed[0] if m.partition == tp.partition]
+        assert offsets == list(range(start, ends[tp])), tp
+
+
+def test_group_members_split_partitions_and_a_leaver_hands_over(
+    transport: Transport, unique_topic: str, unique_group: str
+) -> None:
+    transport.create_topics({unique_topic: 4})
+    events: list[tuple[str, str, frozenset[TopicPartition]]] = []
+    handed: dict[TopicPartition, int] = {}
+
+    def member(name: str) -> Consumer:
+        consumer = transport.consumer(unique_group)
+
+        def on_revoke(parts: set[TopicPartition]) -> None:
+            events.append((name, "revoke", frozenset(parts)))
+            positions = {tp: consumer.position(tp) for tp in parts}
+            consumer.commit(positions)  # commit inside the callback must work
+            handed.update(positions)
+
+        def on_assign(parts: set[TopicPartition]) -> None:
+            events.append((name, "assign", frozenset(parts)))
+
+        consumer.subscribe([unique_topic], on_assign=on_assign, on_revoke=on_revoke)
+        return consumer
+
+    a = member("a")
+    drain([a], lambda: len(a.assignment()) == 4)
+    b = member("b")
+    drain([a, b], lambda: len(a.assignment()) + len(b.assignment()) == 4 and bool(b.assignment()))
+    assert a.assignment().isdisjoint(b.assignment())
+    assert len(a.assignment()) == 2 and len(b.assignment()) == 2
+    assert ("a", "revoke", frozenset(all_partitions(unique_topic, 4))) in events
+
+    producer = transport.producer()
+    for i in range(80):
+        producer.send(unique_topic, b"%d" % i, key=b"k%d" % i)
+    producer.flush(timeout=30)
+    producer.close()
+    read: dict[int, list[Message]] = {}
+    drain([a, b], lambda: sum(len(v) for v in read.values()) >= 80, sink=read)
+    assert {m.partition for m in read[0]} <= {tp.partition for tp in a.assignment()}
+    assert len({(m.partition, m.offset) for m in read[0] + read[1]}) == 80
+    moving = a.assignment()
+    events.clear()
+    handed.clear()
+    a.close()
+    after: dict[int, list[Message]] = {}
+    drain([b], lambda: len(b.assignment()) == 4, sink=after)
+    assert ("a", "revoke", frozenset(moving)) in events
+    assert ("b", "assign", frozenset(all_partitions(unique_topic, 4))) in [
+        (n, k, p) for n, k, p in events if n == "b" and k == "assign"
+    ][-1:]
+    for tp in moving:  # the new owner starts where the leaver committed: nothing re-read
+        assert b.position(tp) == handed[tp] == b.end_offsets([tp])[tp]
+    b.close()
+
+
+def test_assign_reads_without_a_group_and_seeks(transport: Transport, unique_topic: str) -> None:
+    transport.create_topics({unique_topic: 1})
+    producer = transport.producer()
+    for i in range(10):
+        producer.send(unique_topic, b"%d" % i)
+    producer.flush(timeout=30)
+    tp = TopicPartition(unique_topic, 0)
+    consumer = transport.consumer(None)
+    consumer.assign([tp])
+    assert consumer.assignment() == {tp}
+    got: dict[int, list[Message]] = {}
+    drain([consumer], lambda: len(got.get(0, [])) >= 10, sink=got)
+    assert [m.value for m in got[0]] == [b"%d" % i for i in range(10)]
+    assert consumer.position(tp) == 10
+    consumer.seek(tp, 7)
+    again: dict[int, list[Message]] = {}
+    drain([consumer], lambda: len(again.get(0, [])) >= 3, sink=again)
+    assert [m.offset for m in again[0]] == [7, 8, 9]
+    assert consumer.committed(tp) is None
+    with pytest.raises(TransportError, match="group_id"):
+        consumer.commit({tp: 10})
+    consumer.close()
+
+
+def test_end_offsets_count_every_record_across_batches(
+    transport: Transport, unique_topic: str
+) -> None:
+    transport.create_topics({unique_topic: 2})
+    producer = transport.producer()
+    key0 = next(k for k in (b"a%d" % i for i in range(100)) if partition_for_key(k, 2) == 0)
+    for batch in (3, 1, 5):  # several produce requests, several record batches
+        for i in range(batch):
+            producer.send(unique_topic, b"%d" % i, key=key0)
+        producer.flush(timeout=30)
+    consumer = transport.consumer(None)
+    tps = all_partitions(unique_topic, 2)
+    assert consumer.end_offsets(tps) == {tps[0]: 9, tps[1]: 0}
+    assert consumer.end_offsets(tps) == {tps[0]: 9, tps[1]: 0}  # repeatable
+    consumer.close()
+
+
+def test_create_topics_is_idempotent(transport: Transport, unique_topic: str) -> None:
+    transport.create_topics({unique_topic: 3})
+    transport.create_topics({unique_topic: 3})
+    transport.create_topics({unique_topic: 5})  # exists: left alone, not an error
+    assert transport.partitions_for(unique_topic) == 3
+    with pytest.raises(TransportError, match="unknown topic"):
+        transport.partitions_for(unique_topic + "-missing")
+
+
+def test_flush_raises_when_records_are_not_delivered(client: str, unique_topic: str) -> None:
+    if client == "memory":  # the in-memory bus has no outage: an unknown topic fails delivery
+        bus = open_transport(None, "memory")
+        producer = bus.producer()
+        producer.send(unique_topic, b"lost")
+        with pytest.raises(TransportError, match="not delivered"):
+            producer.flush()
+        producer.flush()  # errors are reported once
+        return
+    with TansuBroker() as broker:  # a broker of its own: this test pauses it
+        config: dict[str, Any] = {"delivery_timeout_ms": 1500, "request_timeout_ms": 1000}
+        bus = open_transport(broker.bootstrap, client, client_config=config)  # type: ignore[arg-type]
+        bus.create_topics({unique_topic: 1})
+        producer = bus.producer()
+        producer.send(unique_topic, b"before")
+        producer.flush(timeout=10)
+        broker.pause()
+        try:
+            producer.send(unique_topic, b"during outage")
+            started = time.monotonic()
+            with pytest.raises(TransportError, match=r"not delivered|not acknowledged"):
+                producer.flush(timeout=10)
+            assert time.monotonic() - started < 9  # the delivery timeout, not the flush's
+        finally:
+            broker.resume()
+        producer.send(unique_topic, b"after")
+        producer.flush(timeout=15)
+        producer.close()
+        bus.close()
