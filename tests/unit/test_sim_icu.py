@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -65,7 +66,8 @@ def test_run_without_episodes_is_a_prefix_of_a_longer_run() -> None:
 
 def test_a_bed_is_the_same_whatever_the_number_of_beds() -> None:
     # 300 beds are generated in smaller time chunks than 2 beds: the output must not care
-    kwargs = {"seed": 8, "warmup_s": 600, "clinical_per_day": 48, "artefacts_per_day": 48}
+    kwargs: dict[str, Any] = {"seed": 8, "warmup_s": 600, "clinical_per_day": 48,
+                              "artefacts_per_day": 48}
     few, many = IcuSimulator(2, **kwargs), IcuSimulator(300, **kwargs)
     _, v_few, _ = few.arrays(H)
     _, v_many, _ = many.arrays(H)
