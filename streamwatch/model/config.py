@@ -89,6 +89,10 @@ class ModelConfig(BaseModel):
     max_gap_s
         Time gaps longer than this (seconds) are clipped before the gap feature
         ``log1p(gap) / log1p(max_gap_s)`` is formed, > 0.
+    level_score
+        Also score each reading against its stream's baseline (normaliser mean and std)
+        and report the larger surprise; catches changes slow enough per step for the
+        one-step forecast to follow them (see ``streamwatch.detect.forecast_scorer``).
     seed
         Seed of parameter initialisation, dropout and replay sampling, >= 0.
     """
@@ -115,6 +119,7 @@ class ModelConfig(BaseModel):
     min_variance: float = Field(default=1e-4, gt=0.0)
     input_clip: float = Field(default=10.0, gt=0.0)
     max_gap_s: float = Field(default=3600.0, gt=0.0)
+    level_score: bool = True
     seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")

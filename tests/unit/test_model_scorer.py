@@ -61,7 +61,8 @@ def test_forecast_scorer_satisfies_the_scorer_protocol() -> None:
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_forecast_learns_a_noisy_sine_and_its_nll_falls(cell: str) -> None:
-    scorer = ForecastScorer(UNI, tiny(cell=cell, hidden_size=16, window=16, burn_in=4))
+    cfg = tiny(cell=cell, hidden_size=16, window=16, burn_in=4, level_score=False)
+    scorer = ForecastScorer(UNI, cfg)
     rng = np.random.default_rng(0)
     ids = [f"s{i}" for i in range(8)]
     nll = []
@@ -146,19 +147,53 @@ def test_missing_channels_are_nan_per_channel_and_all_missing_scores_zero() -> N
     assert out.score[0] == 0.0 and np.isnan(out.channel_scores).all()
 
 
-def test_combined_score_is_the_chi2_surprise_of_the_channel_z_scores() -> None:
-    scorer = ForecastScorer(TRI, tiny())
+def test_combined_score_is_the_chi2_surprise_of_the_forecast_and_of_the_baseline() -> None:
+    with_level = ForecastScorer(TRI, tiny())
     rng = np.random.default_rng(3)
     for t in range(30):
-        step(scorer, wave(TRI, ["a"], t, 5 + rng.standard_normal(3)))
+        step(with_level, wave(TRI, ["a"], t, 5 + rng.standard_normal(3)))
+    forecast_only = ForecastScorer(TRI, tiny(level_score=False))
+    forecast_only.load_state_dict(with_level.state_dict() | {
+        "config": forecast_only.config.model_dump()})
     values = np.array([[5.0, np.nan, 9.0]])
-    out = scorer.score_many(wave(TRI, ["a"], 30, values))
-    z = (values - out.mean) / out.std
-    expected = chi2_surprise(np.array([np.nansum(z * z)]), np.array([2]))
-    np.testing.assert_allclose(out.score, expected, rtol=1e-9)
-    nll = 0.5 * (np.log(2 * np.pi) + np.log(out.std[0, 0] ** 2) + z[0, 0] ** 2)
-    # per-channel NLL is in normalised units: it differs from the raw-unit NLL by log(scale)
-    assert np.isfinite(out.channel_scores[0, 0]) and out.channel_scores[0, 0] != nll
+    batch = wave(TRI, ["a"], 30, values)
+    f, both = forecast_only.score_many(batch), with_level.score_many(batch)
+    z = (values - f.mean) / f.std
+    s_f = chi2_surprise(np.array([np.nansum(z * z)]), np.array([2]))
+    np.testing.assert_allclose(f.score, s_f, rtol=1e-9)
+    row = with_level.state.rows["a"]
+    mean = with_level.state["norm_mean"][row]
+    std = np.sqrt(with_level.state["norm_var"][row])
+    zl = (values - mean) / std
+    s_l = chi2_surprise(np.array([np.nansum(zl * zl)]), np.array([2]))
+    np.testing.assert_allclose(both.score, np.maximum(s_f, s_l), rtol=1e-9)
+    assert np.isnan(both.channel_scores[0, 1])
+    nll_l = 0.5 * (np.log(2 * np.pi) + zl[0, 2] ** 2)
+    assert both.channel_scores[0, 2] == pytest.approx(max(f.channel_scores[0, 2], nll_l))
+    np.testing.assert_array_equal(f.mean, both.mean)  # the forecast itself is the same
+
+
+def test_level_term_catches_a_fast_ramp_the_one_step_forecast_follows() -> None:
+    """A fall of 20 noise-sds over 100 readings: 0.2 sd per step, which the one-step
+    forecast follows, but far from the stream's baseline. Learning is gated as the
+    detector would (a reading scoring >= 15 neither teaches nor is observed)."""
+    rng = np.random.default_rng(2)
+    base = [100 + rng.standard_normal() for _ in range(400)]
+    ramp = [100 - 0.2 * i + rng.standard_normal() for i in range(1, 101)]
+    flagged = {}
+    for level in (False, True):
+        scorer = ForecastScorer(UNI, tiny(level_score=level, hidden_size=16))
+        for t, v in enumerate(base):
+            step(scorer, wave(UNI, ["s"], t, [v]))
+        hits = []
+        for i, v in enumerate(ramp):
+            batch = wave(UNI, ["s"], 400 + i, [v])
+            ok = scorer.score_many(batch).score < 15
+            step(scorer, batch, ok)
+            hits.append(not ok[0])
+        flagged[level] = np.array(hits)
+    assert flagged[False].mean() < 0.05, "the forecast alone follows this ramp"
+    assert flagged[True].mean() > 0.5 and np.argmax(flagged[True]) < 50
 
 
 def test_duplicate_late_and_irregular_timestamps_are_fed_with_gap_zero_and_counted() -> None:
