@@ -222,7 +222,9 @@ RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
 }
 
 _encoder = msgspec.json.Encoder()
-_decoders = {name: msgspec.json.Decoder(t) for name, t in RECORD_TYPES.items()}
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(t) for name, t in RECORD_TYPES.items()
+}
 _AT_PATH = re.compile(r" - at (?P<key>`key` in )?`\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 
@@ -244,9 +246,9 @@ def encode(record: msgspec.Struct) -> bytes:
 def _schema_error(exc: msgspec.DecodeError | msgspec.ValidationError) -> SchemaError:
     text = str(exc)
     match = _AT_PATH.search(text)
-    missing = _MISSING.match(text)
-    if missing is not None:
-        return SchemaError("required field is missing", field=missing.group("name"))
+    absent = _MISSING.match(text)
+    if absent is not None:
+        return SchemaError("required field is missing", field=absent.group("name"))
     if match is None:
         if isinstance(exc, msgspec.ValidationError):
             return SchemaError(text)

@@ -1,0 +1,148 @@
+"""One frozen settings object for the services, from file, environment and CLI flags.
+
+Precedence (highest first): CLI flags, ``STREAMWATCH_*`` environment variables (nested
+with ``__``, e.g. ``STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS=host:9092``,
+``STREAMWATCH_MODEL__CELL=lstm``), a TOML or JSON config file (``--config``), defaults.
+The effective config is logged at start-up (secrets masked).
+
+>>> s = load_settings(overrides={"kafka": {"client": "confluent"}})
+>>> s.kafka.client, s.service.group_id, s.model.cell
+('confluent', 'streamwatch-detector', 'gru')
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from streamwatch.detect.config import DetectorConfig
+from streamwatch.errors import ConfigError
+from streamwatch.model.config import ModelConfig
+
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+SECRET_KEYS = ("password", "secret", "token", "key")
+
+
+class KafkaSettings(BaseModel):
+    model_config = _FROZEN
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port]; none = in-memory transport (tests)"
+    )
+    client: Literal["kafka-python", "confluent"] = "kafka-python"
+    session_timeout_ms: int = Field(default=6000, ge=500, le=300_000)
+    client_config: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="Passed through to the client: security_protocol, sasl_mechanism, "
+        "sasl_plain_username, sasl_plain_password, ssl_cafile, ...",
+    )
+
+
+class TopicSettings(BaseModel):
+    model_config = _FROZEN
+
+    readings: str = "streamwatch.readings"
+    scores: str = "streamwatch.scores"
+    alerts: str = "streamwatch.alerts"
+    deadletter: str = "streamwatch.deadletter"
+    health: str = "streamwatch.health"
+    truth: str = "streamwatch.truth"
+    partitions: int = Field(default=6, ge=1, le=10_000, description="when streamwatch creates them")
+
+
+class ServiceSection(BaseModel):
+    model_config = _FROZEN
+
+    group_id: str = "streamwatch-detector"
+    max_poll_records: int = Field(default=1000, ge=1, le=100_000)
+    poll_timeout_s: float = Field(default=0.5, gt=0, le=60)
+    emit_scores: Literal["all", "alerts"] = "all"
+    checkpoint_dir: Path = Path("runs/detector")
+    checkpoint_every_batches: int = Field(default=50, ge=1)
+    checkpoint_every_s: float = Field(default=10.0, gt=0)
+    health_every_s: float = Field(default=2.0, gt=0)
+    max_future_s: float = Field(default=300.0, ge=0)
+    payload_cap: int = Field(default=4096, ge=64, le=1_000_000)
+    fresh_start: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(default=9308, ge=0, le=65535)
+    torch_threads: int = Field(default=1, ge=1, le=256)
+
+
+class Settings(BaseSettings):
+    """Everything a detector process needs (see module docstring)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMWATCH_", env_nested_delimiter="__", frozen=True, extra="forbid"
+    )
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    service: ServiceSection = Field(default_factory=ServiceSection)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    detector: DetectorConfig = Field(default_factory=DetectorConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or JSON config file into a dict."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from None
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """File < environment < overrides (CLI flags). Errors name the setting and the range."""
+    file_values = read_config_file(config_file) if config_file else {}
+    try:
+        env_only = Settings()  # environment over defaults
+        env_values = env_only.model_dump(exclude_unset=True)
+        merged = _deep_merge(_deep_merge(file_values, env_values), overrides or {})
+        return Settings(**merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The settings as a dict with secret values masked, for the start-up log line."""
+    data = settings.model_dump(mode="json")
+    cfg = data["kafka"]["client_config"]
+    for key in list(cfg):
+        if any(word in key.lower() for word in SECRET_KEYS):
+            cfg[key] = "***"
+    return data
