@@ -171,6 +171,8 @@ class TansuBroker:
         if self._proc is not None:
             return self
         binary = self.binary or find_tansu_binary()
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            raise BrokerUnavailableError(f"{binary} is not an executable file: {_INSTALL_HINT}")
         attempts = 1 if self.port is not None else 3
         last_error: BrokerUnavailableError | None = None
         for _ in range(attempts):
@@ -272,16 +274,34 @@ class TansuBroker:
 
     # -- outage simulation --------------------------------------------------------------
     def pause(self) -> None:
-        """Freeze the broker (SIGSTOP): clients see an outage, no data is lost."""
+        """Freeze the broker (SIGSTOP): clients see an outage, no data is lost.
+
+        Returns once the kernel reports the process stopped.
+        """
         self._signal(signal.SIGSTOP)
         self._paused = True
+        self._wait_state(stopped=True)
         logger.info("broker paused pid=%s", self.pid)
 
     def resume(self) -> None:
         """Unfreeze a paused broker (SIGCONT)."""
         self._signal(signal.SIGCONT)
         self._paused = False
+        self._wait_state(stopped=False)
         logger.info("broker resumed pid=%s", self.pid)
+
+    def _wait_state(self, *, stopped: bool, timeout: float = 2.0) -> None:
+        stat = Path(f"/proc/{self.pid}/stat")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                return  # no procfs (not Linux): the signal was sent, nothing to wait on
+            if (state == "T") == stopped:
+                return
+            time.sleep(0.005)
+        logger.warning("broker pid=%s did not reach state stopped=%s", self.pid, stopped)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._proc is None or self._proc.poll() is not None:

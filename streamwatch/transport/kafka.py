@@ -98,7 +98,7 @@ class KafkaTransport:
         timeout_ms = config.get("bootstrap_timeout_ms", 5000)
         try:
             return factory(bootstrap_servers=self.bootstrap_servers, **config)
-        except (kerrors.KafkaTimeoutError, kerrors.NoBrokersAvailable) as exc:
+        except (kerrors.KafkaTimeoutError, kerrors.KafkaConnectionError) as exc:
             raise unreachable(self.bootstrap_servers, timeout_ms / 1000) from exc
         except kerrors.KafkaConfigurationError as exc:
             raise ConfigError(f"kafka-python rejected the client config: {exc}") from exc
