@@ -1,0 +1,560 @@
+"""The detection engine: any ``Scorer`` + SPOT thresholds + hard limits + alert machines.
+
+``StreamDetector.process(readings)`` runs test-then-train over a micro-batch:
+
+1. **Validate** the whole batch first (kind known, channels of the kind, values finite
+   and inside the kind's plausible range) and raise ``SchemaError`` before any state
+   changes; ``validate(reading)`` applies the same rules to one reading, so the service
+   can dead-letter bad records and hand only good ones to ``process``. Codes:
+   ``unknown_kind`` (field ``kind``), ``out_of_range`` / ``non_finite`` / ``schema``
+   (field ``values.<channel>``), ``non_finite`` (field ``ts``).
+2. **Group** by kind, then cut **waves**: the k-th reading of every stream in the batch
+   forms wave k (arrival order within a stream; timestamps never reorder readings, so
+   results do not depend on where batch boundaries fall and a replay gives the same ids).
+3. **Per wave**: ``scorer.score_many`` (pure) -> per-stream threshold -> hard limits ->
+   alert machines (only for streams with something to say) -> ``scorer.advance_many``
+   with ``observe = not anomalous and not inside an open alert`` -> ``scorer.learn_many``
+   with the same mask -> threshold update.
+4. One ``Score`` per reading, in input order, plus the alert events of the batch.
+
+Warm-up: a stream's scores feed its threshold only after ``warmup_readings`` readings
+(and after the scorer's own warm-up, when it has ``warming_up``), and no model-based alert
+fires before the threshold has then seen ``thresholds.warmup`` scores. Hard limits work
+from the first reading.
+
+No poisoning: a reading inside an open alert never reaches ``learn_many`` nor the
+threshold, and is fed to ``advance_many`` as missing, so the forecast is not dragged along.
+Anomalous readings outside an alert reach the threshold only as censored peaks (known to
+be above the bar, value unused; see ``thresholds``).
+
+Drift: the model cannot learn a new regime from inside an alert, so the alert machine
+bounds the time: a *model* alert whose m-of-n condition still holds
+``drift.accept_regime_after_s`` after onset (with no hard-limit condition on the reading)
+is closed with the summary "regime change accepted ..." and ``scorer.adapt_streams`` re-seeds
+that stream from its recent readings (observed or not). A hard-limit condition is never
+accepted: a critical vital stays alerted.
+
+Late or duplicate timestamps: a reading whose ``ts`` is not after the stream's last
+processed reading is scored against the current state and gets its ``Score`` (never
+``anomalous``), but changes nothing: no model step, no learning, no threshold or alert
+update. Counted in ``counters['late_readings']`` / ``counters['duplicate_readings']``.
+
+Probe-off: for kinds under the hard-limit layer, a value of exactly 0 in a
+``probe_off_zero`` channel (SpO2) is shown to the scorer as missing.
+
+State: ``state_dict`` (everything), ``global_state_dict`` (scorers without per-stream
+state + counters) and ``export_streams``/``import_streams``/``forget_streams`` for moving
+a partition's streams. Baseline scorers are evaluation-only and refuse to checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from streamwatch.alerts import AlertBook, Snapshot
+from streamwatch.detect.base import KindBatch, Scorer
+from streamwatch.detect.config import DetectorConfig
+from streamwatch.detect.hardlimits import LEVEL_NAMES, HardLimitBank
+from streamwatch.detect.slots import SlotTable
+from streamwatch.detect.thresholds import ThresholdBank
+from streamwatch.errors import CheckpointError, ConfigError, SchemaError
+from streamwatch.kinds import KindSpec, get_kind
+from streamwatch.schema import Alert, ChannelForecast, Reading, Score
+
+log = logging.getLogger(__name__)
+
+FORMAT, FORMAT_VERSION = "streamwatch.detector", 1
+COUNTERS = (
+    "readings", "anomalous", "warming_up", "hard_limit_readings", "late_readings",
+    "duplicate_readings", "unscored_readings", "ignored_channels", "alerts_opened",
+    "alerts_updated", "alerts_closed", "regimes_accepted",
+)  # fmt: skip
+ScorerSource = Mapping[str, Scorer] | Callable[[KindSpec], Scorer]
+
+
+class _Kind:
+    """Everything the detector keeps for one kind."""
+
+    def __init__(self, spec: KindSpec, scorer: Scorer, config: DetectorConfig) -> None:
+        self.spec, self.scorer = spec, scorer
+        self.channel_set = frozenset(spec.channels)
+        self.thresholds = ThresholdBank(config.thresholds)
+        self.hard = (HardLimitBank(config.hard_limits, spec)
+                     if HardLimitBank.applies(config.hard_limits, spec) else None)  # fmt: skip
+        alert_config = config.alerts_for(spec.name)
+        self.extreme_factor = alert_config.extreme_factor
+        self.alerts = AlertBook(spec.name, spec.channels, alert_config, config.drift)
+        self.table = SlotTable({"last_ts": ((), np.float64, np.nan),
+                                "n_seen": ((), np.int64, 0),
+                                "active": ((), np.bool_, False)})  # fmt: skip
+        lo = [spec.plausible.get(c, (-math.inf, math.inf))[0] for c in spec.channels]
+        hi = [spec.plausible.get(c, (-math.inf, math.inf))[1] for c in spec.channels]
+        self.low, self.high = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
+        self.scorer_warming: Callable[[Sequence[str]], np.ndarray] | None = getattr(
+            scorer, "warming_up", None)  # fmt: skip
+
+
+class StreamDetector:
+    """Detector protocol implementation around any scorer (see module docstring).
+
+    Parameters
+    ----------
+    scorers
+        ``{kind name: Scorer}``, or a factory ``KindSpec -> Scorer`` called on the first
+        reading of each kind.
+    config
+        Thresholds, alerts, hard limits, drift (default ``DetectorConfig()``).
+    kinds
+        Restrict (and define) the accepted kinds; by default every registered kind
+        (``streamwatch.kinds``) that has a scorer.
+    """
+
+    def __init__(self, scorers: ScorerSource, config: DetectorConfig | None = None, *,
+                 kinds: Sequence[KindSpec] | None = None) -> None:  # fmt: skip
+        if not isinstance(scorers, Mapping) and not callable(scorers):
+            raise ConfigError("scorers must be a mapping kind -> Scorer or a factory "
+                              f"KindSpec -> Scorer, got {type(scorers).__name__}")  # fmt: skip
+        if isinstance(scorers, Mapping):
+            for name, scorer in scorers.items():
+                if not isinstance(scorer, Scorer) or scorer.kind.name != name:
+                    raise ConfigError(f"scorers[{name!r}] must be a Scorer of kind {name!r}")
+        self.scorers = scorers
+        self.config = config if config is not None else DetectorConfig()
+        self.allowed = {k.name: k for k in kinds} if kinds is not None else None
+        self._kinds: dict[str, _Kind] = {}
+        self._kind_of: dict[str, str] = {}
+        self._counters = dict.fromkeys(COUNTERS, 0)
+
+    # -- kinds and validation --------------------------------------------------------
+    def _unknown(self, kind: str, why: str) -> SchemaError:
+        return SchemaError(f"unknown stream kind {kind!r}: {why}", field="kind",
+                           code="unknown_kind")  # fmt: skip
+
+    def _kind(self, name: str) -> _Kind:
+        ks = self._kinds.get(name)
+        if ks is not None:
+            return ks
+        if self.allowed is not None:
+            spec = self.allowed.get(name)
+            if spec is None:
+                raise self._unknown(name, f"this detector accepts {sorted(self.allowed)}")
+        else:
+            try:
+                spec = get_kind(name)
+            except ConfigError as exc:
+                raise self._unknown(name, str(exc)) from None
+        if isinstance(self.scorers, Mapping):
+            scorer = self.scorers.get(name)
+            if scorer is None:
+                raise self._unknown(name, f"no scorer configured; have {sorted(self.scorers)}")
+        else:
+            scorer = self.scorers(spec)
+            if not isinstance(scorer, Scorer):
+                raise ConfigError(f"the scorer factory returned {type(scorer).__name__} for "
+                                  f"kind {name!r}, not a Scorer")  # fmt: skip
+        ks = self._kinds[name] = _Kind(spec, scorer, self.config)
+        log.info("kind ready kind=%s scorer=%s hard_limits=%s", name, scorer.name,
+                 ks.hard is not None)  # fmt: skip
+        return ks
+
+    def validate(self, reading: Reading) -> None:
+        """Raise ``SchemaError`` (with field and code) if ``process`` would refuse it."""
+        ks = self._kind(reading.kind)
+        if not math.isfinite(reading.ts) or reading.ts < 0:
+            raise SchemaError("must be a finite number >= 0", field="ts", code="non_finite")
+        spec = ks.spec
+        for channel, value in reading.values.items():
+            if channel not in ks.channel_set:
+                if self.config.unknown_channels == "reject":
+                    raise self._unknown_channel(spec, channel)
+                continue
+            if value is None:
+                continue
+            c = spec.index(channel)
+            if not math.isfinite(value):
+                raise SchemaError("must be a finite number or null", field=f"values.{channel}",
+                                  code="non_finite")  # fmt: skip
+            if not ks.low[c] <= value <= ks.high[c]:
+                raise self._out_of_range(spec, channel, value)
+
+    @staticmethod
+    def _unknown_channel(spec: KindSpec, channel: str) -> SchemaError:
+        return SchemaError(f"kind {spec.name!r} has no channel {channel!r}; its channels are "
+                           f"{list(spec.channels)}", field=f"values.{channel}", code="schema")  # fmt: skip
+
+    @staticmethod
+    def _out_of_range(spec: KindSpec, channel: str, value: float) -> SchemaError:
+        lo, hi = spec.plausible[channel]
+        return SchemaError(f"{value:g} is outside the plausible range [{lo:g}, {hi:g}] of "
+                           f"{channel!r} for kind {spec.name!r}", field=f"values.{channel}",
+                           code="out_of_range")  # fmt: skip
+
+    def _matrix(self, ks: _Kind, rs: Sequence[Reading]) -> tuple[np.ndarray, np.ndarray]:
+        """Values (N, C) and timestamps of one kind's readings; raises on a bad reading."""
+        chans = ks.spec.channels
+        for r in rs:
+            if not r.values.keys() <= ks.channel_set:
+                if self.config.unknown_channels == "reject":
+                    self._validate_in_batch(r)
+                self._counters["ignored_channels"] += len(r.values.keys() - ks.channel_set)
+        values = np.array([[r.values.get(c) for c in chans] for r in rs], dtype=np.float64)
+        ts = np.fromiter((r.ts for r in rs), dtype=np.float64, count=len(rs))
+        with np.errstate(invalid="ignore"):
+            bad = (values < ks.low) | (values > ks.high) | np.isinf(values)
+        if bad.any() or not (np.isfinite(ts) & (ts >= 0)).all():
+            for r in rs:
+                self._validate_in_batch(r)
+        return values.reshape(len(rs), len(chans)), ts
+
+    def _validate_in_batch(self, reading: Reading) -> None:
+        try:
+            self.validate(reading)
+        except SchemaError as exc:
+            raise SchemaError(f"{exc.problem} (stream {reading.stream_id!r}, ts {reading.ts}; "
+                              "nothing of this batch was processed: validate() each reading "
+                              "to dead-letter the bad ones)", field=exc.field,
+                              code=exc.code) from None  # fmt: skip
+
+    # -- the micro-batch ---------------------------------------------------------------
+    def process(self, readings: Sequence[Reading]) -> tuple[list[Score], list[Alert]]:
+        """Test-then-train over a micro-batch (see module docstring)."""
+        groups: dict[str, list[int]] = {}
+        for i, r in enumerate(readings):
+            groups.setdefault(r.kind, []).append(i)
+        prepared = []
+        for name, idx in groups.items():
+            ks = self._kind(name)
+            rs = [readings[i] for i in idx]
+            values, ts = self._matrix(ks, rs)
+            prepared.append((ks, idx, rs, values, ts))
+        scores: list[Any] = [None] * len(readings)
+        alerts: list[Alert] = []
+        for ks, idx, rs, values, ts in prepared:
+            self._process_kind(ks, idx, rs, values, ts, scores, alerts)
+        self._counters["readings"] += len(readings)
+        return scores, alerts
+
+    def _process_kind(self, ks: _Kind, idx: list[int], rs: list[Reading], values: np.ndarray,
+                      ts: np.ndarray, scores: list[Any], alerts: list[Alert]) -> None:  # fmt: skip
+        sids = [r.stream_id for r in rs]
+        n, c = values.shape
+        scorer_values = ks.hard.mask_probe_off(values) if ks.hard is not None else values
+        out = _Outputs(n, c)
+        if len(set(sids)) == n:
+            waves = [np.arange(n)]
+        else:
+            seen: dict[str, int] = {}
+            rank = np.empty(n, dtype=np.int64)
+            for j, sid in enumerate(sids):
+                rank[j] = seen[sid] = seen.get(sid, -1) + 1
+            waves = [np.flatnonzero(rank == k) for k in range(int(rank.max()) + 1)]
+        for w in waves:
+            wsids = sids if len(w) == n else [sids[j] for j in w.tolist()]
+            self._wave(ks, w, wsids, ts[w], values[w], scorer_values[w], out, alerts)
+        self._emit(ks, idx, rs, out, scores)
+
+    def _wave(self, ks: _Kind, w: np.ndarray, sids: list[str], ts: np.ndarray,
+              raw: np.ndarray, values: np.ndarray, out: _Outputs, alerts: list[Alert]) -> None:  # fmt: skip
+        cfg, cnt, scorer = self.config, self._counters, ks.scorer
+        arrays = ks.table.arrays
+        known = len(ks.table)
+        slots = ks.table.slots(sids)
+        if len(ks.table) != known:
+            self._kind_of.update(dict.fromkeys(sids, ks.spec.name))
+        last = arrays["last_ts"][slots]
+        late = ts <= last
+        batch = KindBatch(kind=ks.spec, stream_ids=sids, ts=ts, values=values)
+        sb = scorer.score_many(batch)
+        version = int(scorer.version)
+        score = np.asarray(sb.score, dtype=np.float64)
+        finite = np.isfinite(score)
+        tslots = ks.thresholds.slots(sids)
+        thr, level = ks.thresholds.thresholds_at(tslots), ks.thresholds.levels_at(tslots)
+        ready = arrays["n_seen"][slots] >= cfg.warmup_readings
+        if ks.scorer_warming is not None:
+            ready &= ~np.asarray(ks.scorer_warming(sids), dtype=bool)
+        has_thr = ready & ~np.isnan(thr)
+        anomalous = has_thr & finite & (score > thr) & ~late
+        extreme = anomalous & (score > level + ks.extreme_factor * (thr - level))
+        nb = len(sids)
+        hl_level = hl_conf = np.zeros(nb, dtype=np.int8)
+        hl_onset = np.full(nb, np.nan)
+        if ks.hard is not None:
+            step = ks.hard.step_at(ks.hard.slots(sids), ts, raw, ~late)
+            hl_level, hl_conf, hl_onset = step.level, step.confirmed, step.onset
+            for r in np.flatnonzero(hl_level > 0).tolist():
+                out.hl_channels[int(w[r])] = ks.hard.channels(step.points[r], step.beyond[r])
+        in_alert = np.zeros(nb, dtype=bool)
+        to_step = (anomalous | (hl_level > 0) | arrays["active"][slots]) & ~late
+        if to_step.any():
+            accepted = self._step_alerts(ks, w, sids, ts, values, sb, score, thr, anomalous,
+                                         extreme, hl_level, hl_conf, hl_onset, version,
+                                         np.flatnonzero(to_step), slots, in_alert, out, alerts)  # fmt: skip
+        else:
+            accepted = []
+        keep = ~late
+        observe = ~anomalous & ~in_alert
+        if late.any():
+            sub = np.flatnonzero(keep)
+            self._count_late(ts, last, late)
+            batch = KindBatch(kind=ks.spec, stream_ids=[sids[i] for i in sub.tolist()],
+                              ts=ts[sub], values=values[sub])  # fmt: skip
+            observe_k = observe[sub]
+        else:
+            observe_k = observe
+        if len(batch):
+            scorer.advance_many(batch, observe_k)
+            scorer.learn_many(batch, observe_k)
+        ks.thresholds.update_at(tslots, score, keep & ready & finite & ~in_alert)
+        arrays["last_ts"][slots[keep]] = ts[keep]
+        arrays["n_seen"][slots[keep]] += 1
+        if accepted:
+            scorer.adapt_streams(accepted)
+            cnt["regimes_accepted"] += len(accepted)
+        out.fill(w, score, finite, np.where(has_thr, thr, np.nan), anomalous, ~has_thr, sb,
+                 version, hl_level)  # fmt: skip
+        cnt["anomalous"] += int(anomalous.sum())
+        cnt["warming_up"] += int((~has_thr).sum())
+        cnt["hard_limit_readings"] += int((hl_level > 0).sum())
+        cnt["unscored_readings"] += int((~finite).sum())
+
+    def _step_alerts(self, ks: _Kind, w: np.ndarray, sids: list[str], ts: np.ndarray,
+                     values: np.ndarray, sb: Any, score: np.ndarray, thr: np.ndarray,
+                     anomalous: np.ndarray, extreme: np.ndarray, hl_level: np.ndarray,
+                     hl_conf: np.ndarray, hl_onset: np.ndarray, version: int,
+                     rows: np.ndarray, slots: np.ndarray, in_alert: np.ndarray,
+                     out: _Outputs, alerts: list[Alert]) -> list[str]:  # fmt: skip
+        cnt, active = self._counters, ks.table.arrays["active"]
+        accepted = []
+        for r in rows.tolist():
+
+            def snapshot(r: int = r) -> Snapshot:
+                return Snapshot(float(ts[r]), float(score[r]), values[r].tolist(),
+                                sb.mean[r].tolist(), sb.std[r].tolist(),
+                                sb.channel_scores[r].tolist(),
+                                out.hl_channels.get(int(w[r]), []))  # fmt: skip
+
+            machine = ks.alerts.machine(sids[r])
+            events, acc = machine.step(
+                float(ts[r]), float(score[r]), float(thr[r]), bool(anomalous[r]),
+                bool(extreme[r]), int(hl_level[r]), int(hl_conf[r]), float(hl_onset[r]),
+                snapshot, version)  # fmt: skip
+            in_alert[r] = machine.is_open
+            active[slots[r]] = machine.active
+            for e in events:
+                cnt[f"alerts_{'opened' if e.event == 'open' else e.event + 'd'}"] += 1
+            alerts.extend(events)
+            if acc:
+                accepted.append(sids[r])
+        return accepted
+
+    def _count_late(self, ts: np.ndarray, last: np.ndarray, late: np.ndarray) -> None:
+        dup = int((late & (ts == last)).sum())
+        self._counters["duplicate_readings"] += dup
+        self._counters["late_readings"] += int(late.sum()) - dup
+        log.debug("late or duplicate readings scored but not learned count=%d", int(late.sum()))
+
+    def _emit(self, ks: _Kind, idx: list[int], rs: list[Reading], out: _Outputs,
+              scores: list[Any]) -> None:  # fmt: skip
+        chans, kind, model = ks.spec.channels, ks.spec.name, ks.scorer.name
+        fin = math.isfinite
+        mean, std, cs = out.mean.tolist(), out.std.tolist(), out.cs.tolist()
+        score, thr = out.score.tolist(), out.thr.tolist()
+        anom, warm = out.anomalous.tolist(), out.warming.tolist()
+        version, hl = out.version.tolist(), out.hl.tolist()
+        for j, r in enumerate(rs):
+            forecast = {ch: ChannelForecast(mu, sd) for ch, mu, sd in zip(chans, mean[j], std[j], strict=True)
+                        if fin(mu) and fin(sd)}  # fmt: skip
+            t = thr[j]
+            scores[idx[j]] = Score(
+                stream_id=r.stream_id, kind=kind, ts=r.ts, values=r.values, forecast=forecast,
+                channel_scores={ch: x if fin(x) else None for ch, x in zip(chans, cs[j], strict=True)},
+                score=score[j], threshold=t if t == t else None, anomalous=anom[j],
+                warming_up=warm[j], model=model, model_version=version[j],
+                hard_limit=LEVEL_NAMES[hl[j]],  # type: ignore[arg-type]
+                hard_limit_channels=out.hl_channels.get(j, []),
+            )  # fmt: skip
+
+    # -- queries ---------------------------------------------------------------------
+    def in_alert(self, stream_id: str) -> bool:
+        """Whether the stream has an open alert."""
+        kind = self._kind_of.get(stream_id)
+        machine = self._kinds[kind].alerts.machines.get(stream_id) if kind else None
+        return machine is not None and machine.is_open
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """Monotonic counters (plus ``training_steps``, ``open_alerts``, ``streams``)."""
+        out = dict(self._counters)
+        out["training_steps"] = sum(int(k.scorer.version) for k in self._kinds.values())
+        out["open_alerts"] = sum(k.alerts.open_count() for k in self._kinds.values())
+        out["streams"] = sum(len(k.table) for k in self._kinds.values())
+        return out
+
+    def health(self) -> dict[str, Any]:
+        """Counters plus the latest training loss (None when no scorer reports one)."""
+        info: dict[str, Any] = self.counters
+        losses = [float(getattr(k.scorer, "last_loss", math.nan)) for k in self._kinds.values()]
+        finite = [x for x in losses if math.isfinite(x)]
+        info["training_loss"] = sum(finite) / len(finite) if finite else None
+        return info
+
+    # -- state -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything (scorers, thresholds, hard limits, alert machines, counters)."""
+        kinds = {}
+        for name, ks in self._kinds.items():
+            kinds[name] = {"scorer": ks.scorer.state_dict(), **self._banks(ks, None)}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "counters": dict(self._counters), "kinds": kinds}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_format(state)
+        self._restore_counters(state)
+        for name, kstate in state["kinds"].items():
+            ks = self._kind_for_restore(name)
+            ks.scorer.load_state_dict(kstate["scorer"])
+            for sid in list(ks.table.ids):
+                self._kind_of.pop(sid, None)
+            ks.table.clear()
+            ks.alerts.machines.clear()
+            ks.thresholds.load_state_dict(kstate["thresholds"])
+            if ks.hard is not None:
+                ks.hard.load_state_dict(kstate["hard_limits"])
+            self._import_banks(name, ks, kstate)
+
+    def global_state_dict(self) -> dict[str, Any]:
+        """Scorers without their per-stream state, plus counters (per-stream state goes
+        through ``export_streams``). A scorer may offer ``global_state_dict()``; otherwise
+        a ``"streams"`` entry of its ``state_dict`` is replaced by an empty export."""
+        kinds = {}
+        for name, ks in self._kinds.items():
+            fn = getattr(ks.scorer, "global_state_dict", None)
+            if callable(fn):
+                scorer_state = fn()
+            else:
+                scorer_state = ks.scorer.state_dict()
+                if "streams" in scorer_state:
+                    scorer_state = {**scorer_state, "streams": ks.scorer.export_streams([])}
+            kinds[name] = {"scorer": scorer_state}
+        return {"format": FORMAT, "format_version": FORMAT_VERSION,
+                "counters": dict(self._counters), "kinds": kinds}  # fmt: skip
+
+    def load_global_state(self, state: dict[str, Any]) -> None:
+        """Restore ``global_state_dict()`` output (per-stream state comes by import)."""
+        self._check_format(state)
+        self._restore_counters(state)
+        for name, kstate in state["kinds"].items():
+            ks = self._kind_for_restore(name)
+            fn = getattr(ks.scorer, "load_global_state", None)
+            (fn if callable(fn) else ks.scorer.load_state_dict)(kstate["scorer"])
+
+    def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
+        """Per-stream state of these streams (unknown ids are left out)."""
+        by_kind: dict[str, list[str]] = {}
+        for sid in stream_ids:
+            kind = self._kind_of.get(sid)
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(sid)
+        kinds = {}
+        for name, ids in by_kind.items():
+            ks = self._kinds[name]
+            kinds[name] = {"scorer": ks.scorer.export_streams(ids), **self._banks(ks, ids)}
+        return {"stream_ids": [s for ids in by_kind.values() for s in ids], "kinds": kinds}
+
+    def import_streams(self, state: dict[str, Any]) -> None:
+        """Create or overwrite the streams of an ``export_streams`` result."""
+        if not isinstance(state, dict) or "kinds" not in state:
+            raise CheckpointError("stream state lacks 'kinds': not an export_streams result")
+        for name, kstate in state["kinds"].items():
+            ks = self._kind_for_restore(name)
+            ks.scorer.import_streams(kstate["scorer"])
+            ks.thresholds.import_streams(kstate["thresholds"])
+            if ks.hard is not None:
+                ks.hard.import_streams(kstate["hard_limits"])
+            self._import_banks(name, ks, kstate)
+
+    def forget_streams(self, stream_ids: Sequence[str]) -> None:
+        """Drop every trace of these streams (e.g. their partition was revoked)."""
+        by_kind: dict[str, list[str]] = {}
+        for sid in stream_ids:
+            kind = self._kind_of.pop(sid, None)
+            if kind is not None:
+                by_kind.setdefault(kind, []).append(sid)
+        for name, ids in by_kind.items():
+            ks = self._kinds[name]
+            ks.scorer.forget_streams(ids)
+            ks.thresholds.forget_streams(ids)
+            if ks.hard is not None:
+                ks.hard.forget_streams(ids)
+            ks.alerts.forget_streams(ids)
+            ks.table.forget(ids)
+
+    def _banks(self, ks: _Kind, ids: Sequence[str] | None) -> dict[str, Any]:
+        if ids is None:
+            return {"thresholds": ks.thresholds.state_dict(), "alerts": ks.alerts.state_dict(),
+                    "hard_limits": ks.hard.state_dict() if ks.hard is not None else None,
+                    "streams": ks.table.export_rows()}  # fmt: skip
+        return {"thresholds": ks.thresholds.export_streams(ids),
+                "alerts": ks.alerts.export_streams(ids),
+                "hard_limits": ks.hard.export_streams(ids) if ks.hard is not None else None,
+                "streams": ks.table.export_rows(ids)}  # fmt: skip
+
+    def _import_banks(self, name: str, ks: _Kind, kstate: dict[str, Any]) -> None:
+        try:
+            ks.alerts.import_streams(kstate["alerts"])
+            ks.table.import_rows(kstate["streams"])
+        except KeyError as exc:
+            raise CheckpointError(f"state of kind {name!r} lacks {exc.args[0]!r}") from None
+        self._kind_of.update(dict.fromkeys(ks.table.ids, name))
+
+    def _kind_for_restore(self, name: str) -> _Kind:
+        try:
+            return self._kind(name)
+        except SchemaError as exc:
+            raise CheckpointError(f"the state holds kind {name!r}, which this detector "
+                                  f"cannot run: {exc.problem}") from None  # fmt: skip
+
+    @staticmethod
+    def _check_format(state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise CheckpointError("not a streamwatch detector state")
+        if state.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"detector state format version {state.get('format_version')!r}"
+                                  f", this version reads {FORMAT_VERSION}")  # fmt: skip
+
+    def _restore_counters(self, state: dict[str, Any]) -> None:
+        saved = state.get("counters", {})
+        self._counters = {k: int(saved.get(k, 0)) for k in COUNTERS}
+
+
+class _Outputs:
+    """Per-reading results of one kind in one batch, filled wave by wave."""
+
+    def __init__(self, n: int, c: int) -> None:
+        self.score = np.zeros(n)
+        self.thr = np.full(n, np.nan)
+        self.anomalous = np.zeros(n, dtype=bool)
+        self.warming = np.ones(n, dtype=bool)
+        self.mean = np.full((n, c), np.nan)
+        self.std = np.full((n, c), np.nan)
+        self.cs = np.full((n, c), np.nan)
+        self.version = np.zeros(n, dtype=np.int64)
+        self.hl = np.zeros(n, dtype=np.int8)
+        self.hl_channels: dict[int, list[str]] = {}
+
+    def fill(self, w: np.ndarray, score: np.ndarray, finite: np.ndarray, thr: np.ndarray,
+             anomalous: np.ndarray, warming: np.ndarray, sb: Any, version: int,
+             hl: np.ndarray) -> None:  # fmt: skip
+        self.score[w] = np.where(finite, score, 0.0)
+        self.thr[w] = thr
+        self.anomalous[w] = anomalous
+        self.warming[w] = warming
+        self.mean[w], self.std[w], self.cs[w] = sb.mean, sb.std, sb.channel_scores
+        self.version[w] = version
+        self.hl[w] = hl

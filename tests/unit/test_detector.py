@@ -1,0 +1,357 @@
+"""The detection engine: order, waves, warm-up, hard limits, poisoning, drift, missing
+channels, timestamps, bad input, state and counters."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from streamwatch.detect.base import Detector, KindBatch, ScoreBatch, Scorer
+from streamwatch.detect.baselines import StreamStats
+from streamwatch.detect.config import DetectorConfig
+from streamwatch.detect.detector import StreamDetector
+from streamwatch.errors import CheckpointError, SchemaError
+from streamwatch.kinds import ICU, MACHINE, UNIVARIATE, KindSpec, get_kind
+from streamwatch.schema import Alert, Reading, Score
+
+ICU_NORMAL = {"hr": 75.0, "spo2": 97.0, "rr": 15.0, "sbp": 125.0, "dbp": 75.0, "map": 92.0,
+              "temp": 36.9}  # fmt: skip
+ICU_NOISE = {"hr": 2.0, "spo2": 0.6, "rr": 1.0, "sbp": 4.0, "dbp": 3.0, "map": 3.0,
+             "temp": 0.05}  # fmt: skip
+
+
+class EwmaScorer:
+    """A small real scorer for engine tests: per-stream EW mean/std forecast, score = mean
+    squared z over the observed channels. Records which (stream, ts) it learned from."""
+
+    name = "ewma"
+
+    def __init__(self, kind: KindSpec, halflife: float = 200.0) -> None:
+        self.kind = kind
+        self.stats = StreamStats(len(kind.channels), halflife, recent=32)
+        self.learned: list[tuple[str, float]] = []
+        self.adapted: list[str] = []
+        self._rows = 0
+
+    @property
+    def version(self) -> int:
+        return self._rows // 50
+
+    def score_many(self, batch: KindBatch) -> ScoreBatch:
+        mean, std = self.stats.moments(batch.stream_ids)
+        with np.errstate(invalid="ignore"):
+            z = (batch.values - mean) / std
+        seen = ~np.isnan(z)
+        sq = np.where(seen, z * z, 0.0).sum(axis=1) / np.maximum(seen.sum(axis=1), 1)
+        return ScoreBatch(score=sq, channel_scores=0.5 * z * z, mean=mean, std=std)
+
+    def advance_many(self, batch: KindBatch, observe: np.ndarray) -> None:
+        self.stats.record(batch.stream_ids, batch.values)
+
+    def learn_many(self, batch: KindBatch, mask: np.ndarray) -> None:
+        rows = np.flatnonzero(mask)
+        ids = [batch.stream_ids[i] for i in rows.tolist()]
+        self.stats.learn(ids, batch.values[rows])
+        self.learned += list(zip(ids, batch.ts[rows].tolist(), strict=True))
+        self._rows += len(rows)
+
+    def adapt_streams(self, stream_ids: Sequence[str]) -> None:
+        self.adapted += list(stream_ids)
+        for sid in stream_ids:
+            self.stats.reseed(sid)
+
+    def forget_streams(self, stream_ids: Sequence[str]) -> None:
+        self.stats.table.forget(stream_ids)
+
+    def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
+        return self.stats.table.export_rows(stream_ids)
+
+    def import_streams(self, state: dict[str, Any]) -> None:
+        self.stats.table.import_rows(state)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self._rows, "streams": self.stats.table.export_rows()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rows = int(state["rows"])
+        self.stats.table.clear()
+        self.stats.table.import_rows(state["streams"])
+
+
+def small_config(**overrides: Any) -> DetectorConfig:
+    base: dict[str, Any] = {"warmup_readings": 20, "thresholds": {"warmup": 150, "risk": 1e-3}}
+    return DetectorConfig(**{**base, **overrides})
+
+
+def detector(config: DetectorConfig | None = None) -> StreamDetector:
+    return StreamDetector(lambda kind: EwmaScorer(kind), config or small_config())
+
+
+def univariate(stream: str, values: Sequence[float | None], start: float = 1_000.0,
+               step: float = 1.0) -> list[Reading]:  # fmt: skip
+    return [Reading(stream, UNIVARIATE, start + i * step, {"value": v})
+            for i, v in enumerate(values)]  # fmt: skip
+
+
+def icu(
+    stream: str, n: int, seed: int, start: float = 1_000.0, **fixed: float | None
+) -> list[Reading]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        values: dict[str, float | None] = {
+            c: round(ICU_NORMAL[c] + ICU_NOISE[c] * rng.standard_normal(), 2) for c in ICU_NORMAL
+        }
+        values.update(fixed)
+        out.append(Reading(stream, ICU, start + i, values))
+    return out
+
+
+def run(
+    det: StreamDetector, readings: list[Reading], batch: int = 100
+) -> tuple[list[Score], list[Alert]]:
+    scores, alerts = [], []
+    for i in range(0, len(readings), batch):
+        s, a = det.process(readings[i : i + batch])
+        scores += s
+        alerts += a
+    return scores, alerts
+
+
+def interleave(*streams: list[Reading]) -> list[Reading]:
+    out = []
+    for group in zip(*streams, strict=False):
+        out.extend(group)
+    return out
+
+
+def test_stream_detector_implements_the_detector_protocol() -> None:
+    det = detector()
+    assert isinstance(det, Detector)
+    assert isinstance(EwmaScorer(get_kind(ICU)), Scorer)
+
+
+def test_one_score_per_reading_in_input_order_across_kinds_and_waves() -> None:
+    rng = np.random.default_rng(0)
+    per_stream = {  # two kinds, three streams, several readings per stream in one batch
+        "m/1": [Reading("m/1", MACHINE, 10.0 + i, {"temperature": 60 + rng.normal(),
+                "vibration": 2.0, "pressure": 5.0, "current": 10.0}) for i in range(40)],
+        "u/1": univariate("u/1", list(rng.normal(size=40)), start=10.0),
+        "u/2": univariate("u/2", list(5.0 + rng.normal(size=20)), start=10.0, step=2.0),
+    }  # fmt: skip
+    mixed: list[Reading] = []
+    while any(per_stream.values()):  # random interleaving, each stream's order kept
+        sid = rng.choice([k for k, v in per_stream.items() if v])
+        mixed.append(per_stream[sid].pop(0))
+    scores, _ = detector().process(mixed)
+    assert [(s.stream_id, s.ts) for s in scores] == [(r.stream_id, r.ts) for r in mixed]
+    assert {s.kind for s in scores} == {MACHINE, UNIVARIATE} and scores[0].model == "ewma"
+    first = {s.stream_id: s for s in reversed(scores)}
+    assert all(s.forecast == {} for s in first.values())  # no forecast before any reading
+    assert all(s.threshold is None and s.warming_up for s in scores)
+    last_u1 = [s for s in scores if s.stream_id == "u/1"][-1]
+    assert set(last_u1.forecast) == {"value"} and last_u1.forecast["value"].std > 0
+
+
+def test_batch_boundaries_do_not_change_scores_or_alerts() -> None:
+    data = interleave(
+        univariate("a", list(np.random.default_rng(1).normal(size=600)) + [9.0] * 20 + [0.0] * 80),
+        univariate("b", list(np.random.default_rng(2).normal(size=700))),
+    )
+    results = []
+    for batch in (1, 7, 64, len(data)):
+        scores, alerts = run(detector(), data, batch)
+        results.append(([(s.score, s.threshold, s.anomalous) for s in scores], alerts))
+    opened = [a for a in results[0][1] if a.event == "open"]
+    assert len(opened) == 1 and opened[0].stream_id == "a"
+    assert all(r == results[0] for r in results[1:])
+
+
+def test_several_readings_of_one_stream_in_a_batch_equal_one_by_one_processing() -> None:
+    data = univariate("solo", list(np.random.default_rng(3).normal(size=400)))
+    whole, _ = detector().process(data)
+    single, _ = run(detector(), data, 1)
+    assert [s.score for s in whole] == [s.score for s in single]
+
+
+def test_warmup_suppresses_model_alerts_but_hard_limits_fire() -> None:
+    det = detector()
+    readings = icu("icu/bed-1", 60, seed=4, spo2=80.0)  # critical from the first reading
+    scores, alerts = det.process(readings)
+    assert all(s.warming_up and s.threshold is None and not s.anomalous for s in scores)
+    assert all(s.hard_limit == "critical" and s.hard_limit_channels[0] == "spo2" for s in scores)
+    assert [(a.event, a.severity, a.onset_ts, a.ts) for a in alerts] == [
+        ("open", "critical", 1000.0, 1015.0)]  # fmt: skip
+    assert alerts[0].explanation.reasons == ["hard_limit"]
+    assert alerts[0].explanation.channels[0].channel == "spo2"
+
+
+def test_model_alert_after_warmup_on_a_level_shift() -> None:
+    det = detector()
+    normal = icu("icu/bed-2", 400, seed=5)
+    shifted = icu("icu/bed-2", 30, seed=6, start=1400.0)
+    shifted = [Reading(r.stream_id, r.kind, r.ts, {**r.values, "hr": 88.0}) for r in shifted]
+    scores, alerts = run(det, normal + shifted)
+    assert not any(s.anomalous for s in scores[:400]) or sum(s.anomalous for s in scores[:400]) < 3
+    opened = [a for a in alerts if a.event == "open"]
+    assert len(opened) == 1 and opened[0].onset_ts >= 1400.0
+    ex = opened[0].explanation
+    assert ex.channels[0].channel == "hr" and ex.channels[0].direction == "high"
+    assert ex.reasons == ["model"] and "hr high 88" in ex.summary
+
+
+def test_long_anomaly_is_not_learned_while_its_alert_is_open() -> None:
+    det = StreamDetector({UNIVARIATE: (scorer := EwmaScorer(get_kind(UNIVARIATE)))},
+                         small_config(drift={"accept_regime": False}))  # fmt: skip
+    rng = np.random.default_rng(7)
+    values = list(rng.normal(size=500)) + list(6.0 + rng.normal(size=400)) + list(
+        rng.normal(size=300))  # fmt: skip
+    scores, alerts = run(det, univariate("p", values))
+    opened = [a for a in alerts if a.event == "open"]
+    closed = [a for a in alerts if a.event == "close"]
+    assert len(opened) == 1 and len(closed) == 1
+    start, end = opened[0].ts, closed[0].end_ts
+    assert end is not None and end >= 1000.0 + 899
+    learned = [ts for _, ts in scorer.learned]
+    assert not [ts for ts in learned if start <= ts <= end]
+    inside = [s for s in scores if start <= s.ts <= end]
+    assert sum(s.anomalous for s in inside) > 0.95 * len(inside)  # the model still sees it
+    assert not any(s.anomalous for s in scores if s.ts > end + 60)  # and is not poisoned
+
+
+def test_lasting_level_shift_stops_alerting_within_accept_regime_after_s() -> None:
+    bound = 120.0
+    det = StreamDetector({UNIVARIATE: (scorer := EwmaScorer(get_kind(UNIVARIATE)))},
+                         small_config(drift={"accept_regime_after_s": bound}))  # fmt: skip
+    rng = np.random.default_rng(8)
+    values = list(rng.normal(size=500)) + list(5.0 + rng.normal(size=1000))
+    scores, alerts = run(det, univariate("d", values))
+    assert [a.event for a in alerts] == ["open", "close"]
+    opened, closed = alerts
+    assert closed.ts - opened.onset_ts <= bound + 1.0
+    assert closed.explanation.summary.startswith("regime change accepted")
+    assert scorer.adapted == ["d"] and det.counters["regimes_accepted"] == 1
+    assert sum(s.anomalous for s in scores if s.ts > closed.ts) < 5
+    assert not det.in_alert("d")
+
+
+def test_hard_limit_alert_is_never_accepted_as_a_new_regime() -> None:
+    det = detector(small_config(drift={"accept_regime_after_s": 60.0}))
+    normal = icu("icu/bed-3", 400, seed=9)
+    crisis = icu("icu/bed-3", 600, seed=10, start=1400.0, spo2=82.0)
+    _, alerts = run(det, normal + crisis)
+    assert [a.event for a in alerts if a.event != "update"] == ["open"]
+    assert det.in_alert("icu/bed-3")
+
+
+def test_missing_channels_are_scored_from_the_present_ones() -> None:
+    det = detector()
+    readings = icu("icu/bed-4", 300, seed=11)
+    gappy = [Reading(r.stream_id, r.kind, r.ts, {**r.values, "temp": None, "dbp": None}
+                     if i % 3 == 0 else {k: v for k, v in r.values.items() if k != "rr"})
+             for i, r in enumerate(readings)]  # fmt: skip
+    scores, alerts = det.process(gappy)
+    last = scores[-3]
+    assert last.values["temp"] is None and last.channel_scores["temp"] is None
+    assert last.channel_scores["hr"] is not None and "temp" in last.forecast
+    assert np.isfinite([s.score for s in scores]).all() and alerts == []
+
+
+def test_irregular_timestamps_are_processed_and_late_or_duplicate_ones_change_nothing() -> None:
+    rng = np.random.default_rng(12)
+    ts = np.cumsum(rng.choice([0.5, 1.0, 3.0, 30.0], size=300)) + 1000.0
+    clean = [Reading("irr", UNIVARIATE, float(t), {"value": float(v)})
+             for t, v in zip(ts, rng.normal(size=300), strict=True)]  # fmt: skip
+    dirty = list(clean)
+    dirty.insert(200, Reading("irr", UNIVARIATE, clean[199].ts, {"value": 50.0}))  # duplicate
+    dirty.insert(100, Reading("irr", UNIVARIATE, clean[50].ts, {"value": -40.0}))  # late
+    a_scores, a_alerts = run(detector(), clean, 37)
+    det = detector()
+    b_scores, b_alerts = run(det, dirty, 37)
+    assert len(b_scores) == len(dirty)
+    kept = [s for s in b_scores if (s.ts, s.values["value"]) not in
+            {(clean[199].ts, 50.0), (clean[50].ts, -40.0)}]  # fmt: skip
+    assert [s.score for s in kept] == [s.score for s in a_scores]
+    assert b_alerts == a_alerts
+    assert det.counters["late_readings"] == 1 and det.counters["duplicate_readings"] == 1
+    assert not any(s.anomalous for s in b_scores if s.values["value"] in (50.0, -40.0))
+
+
+def test_unknown_kind_and_implausible_values_are_schema_errors_that_change_nothing() -> None:
+    det = detector()
+    good = icu("icu/bed-5", 3, seed=13)
+    with pytest.raises(SchemaError) as err:
+        det.validate(Reading("x", "fridge", 1.0, {"t": 1.0}))
+    assert err.value.field == "kind" and err.value.code == "unknown_kind"
+    bad = Reading("icu/bed-6", ICU, 5.0, {**ICU_NORMAL, "hr": 400.0})
+    with pytest.raises(SchemaError) as err:
+        det.validate(bad)
+    assert (err.value.field, err.value.code) == ("values.hr", "out_of_range")
+    with pytest.raises(SchemaError) as err:
+        det.process([*good, bad])
+    assert err.value.field == "values.hr" and "icu/bed-6" in err.value.problem
+    assert det.counters["readings"] == 0 and det.counters["streams"] == 0
+    with pytest.raises(SchemaError) as err:
+        det.validate(Reading("icu/bed-7", ICU, 5.0, {**ICU_NORMAL, "etco2": 35.0}))
+    assert err.value.field == "values.etco2"
+    lenient = detector(small_config(unknown_channels="ignore"))
+    scores, _ = lenient.process([Reading("icu/bed-7", ICU, 5.0, {**ICU_NORMAL, "etco2": 35.0})])
+    assert len(scores) == 1 and lenient.counters["ignored_channels"] == 1
+    strict = StreamDetector({UNIVARIATE: EwmaScorer(get_kind(UNIVARIATE))}, small_config())
+    with pytest.raises(SchemaError, match="no scorer configured"):
+        strict.validate(good[0])
+
+
+def test_probe_off_spo2_is_not_a_desaturation() -> None:
+    det = detector()
+    readings = icu("icu/bed-8", 200, seed=14)
+    readings += icu("icu/bed-8", 120, seed=15, start=1200.0, spo2=0.0)
+    scores, alerts = run(det, readings)
+    assert alerts == [] and all(s.hard_limit is None for s in scores)
+    assert scores[-1].values["spo2"] == 0.0 and scores[-1].channel_scores["spo2"] is None
+
+
+def test_state_round_trip_and_stream_handover_continue_identically() -> None:
+    data = interleave(univariate("s1", list(np.random.default_rng(16).normal(size=800))),
+                      univariate("s2", [0.0] * 10 + list(np.random.default_rng(17).normal(size=790))))  # fmt: skip
+    data[1300:1320] = [Reading(r.stream_id, r.kind, r.ts, {"value": 9.0}) for r in data[1300:1320]]
+    reference, ref_alerts = run(detector(), data)
+    first = detector()
+    head, head_alerts = run(first, data[:1310])  # mid-episode: machines pending/open
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    restored = detector()
+    restored.load_state_dict(torch.load(buf, weights_only=True))
+    tail, tail_alerts = run(restored, data[1310:])
+    assert [s.score for s in head + tail] == [s.score for s in reference]
+    assert head_alerts + tail_alerts == ref_alerts
+    moved = detector()
+    moved.load_global_state(first.global_state_dict())
+    moved.import_streams(first.export_streams(["s1", "s2", "unknown"]))
+    tail2, tail_alerts2 = run(moved, data[1310:])
+    assert tail2 == tail and tail_alerts2 == tail_alerts
+    first.forget_streams(["s1"])
+    assert first.counters["streams"] == 1
+    with pytest.raises(CheckpointError):
+        detector().load_state_dict({"format": "something else"})
+
+
+def test_counters_report_what_the_detector_did() -> None:
+    det = StreamDetector({UNIVARIATE: EwmaScorer(get_kind(UNIVARIATE))},
+                         small_config(drift={"accept_regime": False},
+                                      alerts={"quiet_s": 10.0}))  # fmt: skip
+    rng = np.random.default_rng(18)
+    values = list(rng.normal(size=400)) + [8.0] * 20 + list(rng.normal(size=100))
+    _, alerts = run(det, univariate("c", values))
+    c = det.health()
+    assert c["readings"] == 520 and c["alerts_opened"] == 1 and c["alerts_closed"] == 1
+    assert c["anomalous"] >= 20 and c["warming_up"] == 20 + 150
+    assert c["training_steps"] == det._kinds[UNIVARIATE].scorer.version > 0
+    assert c["open_alerts"] == 0 and c["streams"] == 1 and c["training_loss"] is None
+    assert [a.event for a in alerts] == ["open", "close"]
