@@ -13,33 +13,11 @@ Per wave (at most one reading per stream):
 ``learn_many``
     Normaliser update, replay windows and periodic optimiser steps, for masked rows only.
 
-Scores
-------
-Let ``z_c = (y_c - mean_c) / std_c`` for each observed channel with a forecast (the same
-in original and normalised units), and ``k`` the number of such channels.
-
-- forecast surprise: the chi-square surprise ``S_f = -ln P(chi2_k >= sum_c z_c**2)``,
-  i.e. minus the log tail probability of the reading's joint likelihood under the
-  forecast. For a calibrated forecast it is Exponential(1) whatever ``k``, so it is
-  scale-free, does not change distribution when a channel drops out, and one extreme
-  channel is not diluted by the quiet ones (as a mean over channels would be).
-- level surprise (``ModelConfig.level_score``, on by default): the same statistic with
-  ``z_c`` taken against the stream's own baseline, the normaliser's mean and std (which
-  learn only from readings the detector lets through). A one-step forecast follows any
-  change slow enough per step, e.g. blood pressure falling 60 mmHg over two minutes at
-  1 Hz (measured on the ICU simulator: three hypotension episodes out of three scored
-  below 1 by the forecast alone); the baseline does not.
-- combined score: ``max(S_f, S_l)`` (0 when nothing is observed or the stream has no
-  forecast yet, e.g. its first two readings). Each term is about Exponential(1) under
-  normal behaviour, so the tail of the max is below ``2 exp(-x)``: measured on the ICU
-  simulator, normal periods have mean 1.6, p99 7.8, p99.9 12.6.
-- per-channel score: the Gaussian negative log-likelihood in normalised units,
-  ``0.5 * (log(2 pi) + logvar_c + z_c**2)``, or with the level term the larger of that
-  and the baseline's ``0.5 * (log(2 pi) + zl_c**2)`` (NaN where missing or not forecast).
-
-Readings during a stream's warm-up (``warming_up``) are scored, but with an immature
-normaliser: thresholds should neither alert on them nor learn from them, and the
-detector must still let them teach (``learn_many``), or the stream never warms up.
+Scores: see ``streamwatch.model.scoring`` (forecast surprise, level surprise against the
+stream's baseline, their max; per-channel NLL). Readings during a stream's warm-up
+(``warming_up``) are scored, but with an immature normaliser: thresholds should neither
+alert on them nor learn from them, and the detector must still let them teach
+(``learn_many``), or the stream never warms up.
 
 Timestamps
 ----------
@@ -69,34 +47,17 @@ from streamwatch.model.features import (
     gap_feature,
     step_inputs,
 )
-from streamwatch.model.forecaster import LOG_2PI, Forecaster
+from streamwatch.model.forecaster import Forecaster
+from streamwatch.model.scoring import chi2_surprise, forecast_scores, level_scores
 from streamwatch.model.state import StreamState
 from streamwatch.model.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
+__all__ = ["ForecastScorer", "chi2_surprise"]
+
 FORMAT = "streamwatch.forecast_scorer"
 FORMAT_VERSION = 1
-
-
-def chi2_surprise(sum_sq: np.ndarray, k: np.ndarray) -> np.ndarray:
-    """``-ln P(chi2_k >= sum_sq)``, 0 where ``k == 0``; accurate far into the tail.
-
-    >>> [round(float(v), 3) for v in chi2_surprise(np.array([0.0, 1.0, 9.0]), np.array([1, 1, 1]))]
-    [0.0, 1.148, 5.915]
-    """
-    k = np.asarray(k)
-    a = np.maximum(k, 1) / 2.0
-    y = np.maximum(np.asarray(sum_sq, dtype=np.float64), 0.0) / 2.0
-    q = torch.special.gammaincc(torch.from_numpy(a), torch.from_numpy(y)).numpy()
-    with np.errstate(divide="ignore"):
-        surprise = -np.log(q)
-    far = q <= 1e-200
-    if far.any():  # q underflows: Gamma(a, y) ~ y^(a-1) e^-y (1 + (a-1)/y), y large
-        af, yf = torch.from_numpy(a[far]), torch.from_numpy(y[far])
-        tail = yf - (af - 1) * torch.log(yf) + torch.lgamma(af) - torch.log1p((af - 1) / yf)
-        surprise[far] = tail.numpy()
-    return np.where(k > 0, surprise, 0.0) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 class ForecastScorer:
@@ -208,30 +169,15 @@ class ForecastScorer:
         mean = np.where(known[:, None], self.state["fc_mean"][safe], nan)
         std = np.where(known[:, None], self.state["fc_std"][safe], nan)
         logvar = np.where(known[:, None], self.state["fc_logvar"][safe], nan)
-        with np.errstate(invalid="ignore"):
-            z = (batch.values - mean) / std
-        channel = 0.5 * (LOG_2PI + logvar + z * z)  # NaN where missing or no forecast
-        finite = np.isfinite(channel)
-        k = finite.sum(axis=1)
-        score = chi2_surprise(np.where(finite, z * z, 0.0).sum(axis=1), k)
+        channel, score = forecast_scores(batch.values, mean, std, logvar)
         if self.config.level_score:
-            channel, score = self._with_level(batch.values, safe, known, finite, channel, score)
+            st, cfg = self.state, self.config
+            norm_mean = st["norm_mean"][safe]
+            norm_std = ew_scale(norm_mean, st["norm_var"][safe], cfg.min_std, cfg.rel_min_std)
+            usable = np.isfinite(channel) & known[:, None] & (st["norm_n"][safe] > 1)
+            level_channel, level = level_scores(batch.values, norm_mean, norm_std, usable)
+            channel, score = np.fmax(channel, level_channel), np.maximum(score, level)
         return ScoreBatch(score=score, channel_scores=channel, mean=mean, std=std)
-
-    def _with_level(
-        self, values: np.ndarray, rows: np.ndarray, known: np.ndarray, finite: np.ndarray,
-        channel: np.ndarray, score: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Fold in the level term: each value against its stream's own baseline
-        ``N(norm_mean, norm_std**2)`` (channels with a forecast and >= 2 learned values)."""
-        st, cfg = self.state, self.config
-        norm_mean = st["norm_mean"][rows]
-        norm_std = ew_scale(norm_mean, st["norm_var"][rows], cfg.min_std, cfg.rel_min_std)
-        usable = finite & known[:, None] & (st["norm_n"][rows] > 1)
-        z = np.where(usable, (np.where(usable, values, 0.0) - norm_mean) / norm_std, 0.0)
-        level_channel = np.where(usable, 0.5 * (LOG_2PI + z * z), np.nan)
-        level = chi2_surprise((z * z).sum(axis=1), usable.sum(axis=1))
-        return np.fmax(channel, level_channel), np.maximum(score, level)
 
     def advance_many(self, batch: KindBatch, observe: np.ndarray) -> None:
         """One batched cell step for the wave; rows with ``observe`` False are fed as

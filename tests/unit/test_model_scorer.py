@@ -10,10 +10,11 @@ import torch
 from numpy.typing import ArrayLike
 
 from streamwatch.detect.base import KindBatch, ScoreBatch, Scorer
-from streamwatch.detect.forecast_scorer import ForecastScorer, chi2_surprise
+from streamwatch.detect.forecast_scorer import ForecastScorer
 from streamwatch.errors import CheckpointError, StreamwatchError
 from streamwatch.kinds import KindSpec, get_kind
 from streamwatch.model.config import ModelConfig
+from streamwatch.model.scoring import chi2_surprise
 
 UNI = get_kind("univariate")
 TRI = KindSpec(name="tri", channels=("a", "b", "c"))
