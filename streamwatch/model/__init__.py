@@ -1,7 +1,6 @@
 """The online forecaster: network (``forecaster``), settings (``config``), per-stream
 state (``state``), pure input/normaliser helpers (``features``), score arithmetic
-(``scoring``) and training
-(``trainer``). The ``Scorer`` built from them is ``streamwatch.detect.forecast_scorer``.
+(``scoring``) and training (``trainer``). The ``Scorer`` built from them is ``streamwatch.detect.forecast_scorer``.
 """
 
 from __future__ import annotations
