@@ -288,7 +288,7 @@ class ForecastScorer:
         """
         st, cfg = self.state, self.config
         rows = st.lookup(stream_ids)
-        rows = rows[rows >= 0]
+        rows = np.unique(rows[rows >= 0])
         if rows.size == 0:
             return
         valid = st.ring_valid(rows)
