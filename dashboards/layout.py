@@ -235,7 +235,7 @@ def stream_rows(rows: Sequence[StreamSummary],
             alerts = [badge(s.worst_open or "warning", str(s.open_alerts)),
                       html.Span(s.headline or "", className="sw-headline")]
         age_class = "sw-age sw-age-stale" if s.stale else "sw-age"
-        out.append(html.Tr(className=f"sw-row sw-row-{s.status}", children=[
+        out.append(html.Tr(key=s.stream_id, className=f"sw-row sw-row-{s.status}", children=[
             html.Td(badge(s.status)),
             html.Td(dcc.Link(s.stream_id, href=stream_href(s.stream_id), className="sw-stream-link")),
             html.Td(s.kind, className="sw-muted"),
@@ -266,7 +266,7 @@ def alert_item(alert: Alert, utc_offset_s: float = 0.0, now_ts: float | None = N
                                f"{fmt_value(ch.observed)}{expected}{direction}"))
     reasons = " + ".join("clinical limit" if r == "hard_limit" else "model"
                          for r in alert.explanation.reasons)
-    return html.Div(className=f"sw-alert sw-alert-{alert.severity}"
+    return html.Div(key=alert.alert_id, className=f"sw-alert sw-alert-{alert.severity}"
                               f"{' sw-alert-open' if is_open else ''}", children=[
         html.Div(className="sw-alert-head", children=[
             badge(alert.severity),
@@ -287,6 +287,5 @@ def simple_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> html.T
     body = [html.Tr([html.Td(cell) for cell in row]) for row in rows]
     if not body:
         body = [html.Tr(html.Td("none yet", colSpan=len(header), className="sw-empty"))]
-    return html.Table(className="sw-table sw-compact", children=[
-        html.Thead(html.Tr([html.Th(h) for h in header])), html.Tbody(body),
-    ])
+    head = [html.Thead(html.Tr([html.Th(h) for h in header]))] if any(header) else []
+    return html.Table(className="sw-table sw-compact", children=[*head, html.Tbody(body)])

@@ -26,6 +26,7 @@ machine stream with the defaults: 15 min at 1 Hz full rate, 1-min buckets for 3 
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -222,7 +223,7 @@ class DashboardStore:
             stream.alert_ids.discard(victim)
 
     def add_health(self, health: Health) -> None:
-        """Keep the recent Health records of each detector process."""
+        """Keep the recent Health records of each detector process, in time order."""
         with self._lock:
             history = self._health.get(health.detector_id)
             if history is None:
@@ -231,7 +232,13 @@ class DashboardStore:
                     log.warning("too many detectors; forgetting detector_id=%s", oldest)
                     del self._health[oldest]
                 history = self._health[health.detector_id] = deque(maxlen=self.health_history)
-            history.append(health)
+            if not history or health.ts >= history[-1].ts:
+                history.append(health)
+            else:  # reports from several partitions may interleave: keep time order
+                if len(history) == history.maxlen:
+                    history.popleft()
+                at = bisect.bisect_right([h.ts for h in history], health.ts)
+                history.insert(at, health)
 
     def add_dead_letter(self, record: DeadLetter) -> None:
         """Count a dead letter by its code and remember the latest precise reason."""

@@ -223,6 +223,10 @@ def test_health_history_and_dead_letter_counts_are_bounded() -> None:
     history = store.health()
     assert len(history) == 2 and "d3" in history
     assert all(len(h) == 3 for h in history.values())
+    store.add_health(Health(detector_id="d3", ts=12.5, readings_per_s=1.0, consumer_lag=0,
+                            training_loss=None, training_steps=0, dead_letters={},
+                            open_alerts=0, streams=0))  # arrives late, from another partition
+    assert [h.ts for h in store.health()["d3"]] == [12.5, 13.0, 14.0]
     for reason in ("values.hr: must be a finite number or null", "ts: must be a finite number"):
         store.add_dead_letter(DeadLetter(code="non_finite", reason=reason, field=None, topic="t",
                                          partition=0, offset=1, payload="{}",

@@ -1,0 +1,332 @@
+"""The dashboard in real headless Chromium, fed live through the in-memory transport.
+
+Seeded ICU vitals from ``simulators.icu`` with an injected desaturation on one bed are
+scored by a small stand-in scorer (EWMA forecast, NEWS2 hard limits) into real ``Score``
+and ``Alert`` records, produced to the output topics and read by the dashboard's real
+``Feed`` thread while the browser watches.
+
+Chromium stays off the network (``--host-resolver-rules``) and keeps its profile and
+caches in a temp dir. Screenshots go to ``test-results/``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from dashboards import figures
+from dashboards.app import create_app, serve_in_thread
+from dashboards.callbacks import ViewConfig
+from dashboards.feed import FEED_TOPICS, Feed
+from dashboards.store import DashboardStore
+from simulators.icu import IcuSimulator
+from streamwatch.kinds import get_kind, news2_channel_score
+from streamwatch.schema import (
+    Alert,
+    ChannelExplanation,
+    ChannelForecast,
+    Explanation,
+    Health,
+    Reading,
+    Score,
+    alert_id_for,
+    encode,
+)
+from streamwatch.transport import ALERTS, HEALTH, SCORES, MemoryTransport
+
+pytestmark = pytest.mark.browser
+
+RESULTS = Path(__file__).resolve().parents[2] / "test-results"
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+BEDS, EPISODE_BED, HISTORY_S = 12, "icu/bed-07", 600
+CHANNELS = get_kind("icu_vitals").channels
+
+
+class StandInScorer:
+    """EWMA forecast per channel, z-score anomaly score, NEWS2 hard limits, simple alerts."""
+
+    def __init__(self, alpha: float = 0.05, threshold: float = 6.0) -> None:
+        self.alpha, self.threshold = alpha, threshold
+        self.mean: dict[str, dict[str, float]] = {}
+        self.var: dict[str, dict[str, float]] = {}
+        self.open: dict[str, Alert] = {}
+        self.calm: dict[str, int] = {}
+
+    def score(self, r: Reading) -> Score:
+        mean, var = self.mean.setdefault(r.stream_id, {}), self.var.setdefault(r.stream_id, {})
+        forecast: dict[str, ChannelForecast] = {}
+        channel_scores: dict[str, float | None] = {}
+        z2: list[float] = []
+        for c in CHANNELS:
+            x = r.values.get(c)
+            if c in mean:
+                sd = math.sqrt(max(var[c], 0.25))
+                forecast[c] = ChannelForecast(mean=mean[c], std=sd)
+                if x is not None:
+                    z = abs(x - mean[c]) / sd
+                    channel_scores[c] = z
+                    z2.append(z * z)
+            if x is None:
+                continue
+            if c not in mean:
+                mean[c], var[c] = x, (0.03 * abs(x) + 0.5) ** 2
+            else:
+                d = x - mean[c]
+                mean[c] += self.alpha * d
+                var[c] = (1 - self.alpha) * (var[c] + self.alpha * d * d)
+        value = sum(z2) / len(z2) if z2 else 0.0
+        limits = [c for c in CHANNELS if news2_channel_score(c, r.values.get(c)) == 3]
+        return Score(stream_id=r.stream_id, kind=r.kind, ts=r.ts, values=dict(r.values),
+                     forecast=forecast, channel_scores=channel_scores, score=value,
+                     threshold=self.threshold, anomalous=value > self.threshold or bool(limits),
+                     warming_up=False, model="standin-ewma", model_version=1,
+                     hard_limit="critical" if limits else None, hard_limit_channels=limits)
+
+    def alerts(self, s: Score) -> list[Alert]:
+        current = self.open.get(s.stream_id)
+        self.calm[s.stream_id] = 0 if s.anomalous else self.calm.get(s.stream_id, 0) + 1
+        if current is None and s.hard_limit:
+            current = self._alert(s, "open", s.ts, 0, s.score)
+        elif current is not None and self.calm[s.stream_id] >= 30:
+            self.open.pop(s.stream_id)
+            return [self._alert(s, "close", current.onset_ts, current.seq + 1,
+                                current.peak_score, end=s.ts)]
+        elif current is not None and s.anomalous and int(s.ts) % 15 == 0:
+            current = self._alert(s, "update", current.onset_ts, current.seq + 1,
+                                  max(current.peak_score, s.score))
+        else:
+            return []
+        self.open[s.stream_id] = current
+        return [current]
+
+    @staticmethod
+    def _alert(s: Score, event: str, onset: float, seq: int, peak: float,
+               end: float | None = None) -> Alert:
+        worst = sorted(s.channel_scores, key=lambda c: -(s.channel_scores[c] or 0.0))[:2]
+        channels = [ChannelExplanation(
+            channel=c, observed=s.values.get(c), expected=s.forecast[c].mean,
+            lower=s.forecast[c].mean - 2 * s.forecast[c].std,
+            upper=s.forecast[c].mean + 2 * s.forecast[c].std, score=s.channel_scores[c],
+            direction="high" if (s.values.get(c) or 0.0) > s.forecast[c].mean else "low",
+        ) for c in worst]
+        summary = "; ".join(f"{c.channel.upper()} {c.direction}" for c in channels)
+        return Alert(alert_id=alert_id_for(s.stream_id, onset), event=event,  # type: ignore[arg-type]
+                     stream_id=s.stream_id, kind=s.kind, ts=s.ts, onset_ts=onset, end_ts=end,
+                     severity="critical", peak_score=peak,
+                     explanation=Explanation(summary=summary, channels=channels,
+                                             duration_s=s.ts - onset,
+                                             reasons=["model", "hard_limit"]),
+                     model_version=1, seq=seq)
+
+
+def desaturate(r: Reading, onset: float) -> Reading:
+    """Inject a desaturation with compensatory tachycardia and tachypnoea on one bed."""
+    if r.stream_id != EPISODE_BED or r.ts < onset:
+        return r
+    k = min(1.0, (r.ts - onset) / 40.0)
+    v = dict(r.values)
+    v["spo2"] = (v["spo2"] or 97.0) - 13.0 * k
+    v["hr"] = (v["hr"] or 80.0) + 42.0 * k
+    v["rr"] = (v["rr"] or 16.0) + 11.0 * k
+    return Reading(stream_id=r.stream_id, kind=r.kind, ts=r.ts, values=v)
+
+
+class LiveSource:
+    """Scores simulated vitals onto the transport: history at once, then one step a second."""
+
+    def __init__(self, bus: MemoryTransport, now: float) -> None:
+        self.sim = IcuSimulator(patients=BEDS, seed=11, start_ts=now - HISTORY_S,
+                                episodes=False, artefacts=False)
+        self.steps = self.sim.readings(HISTORY_S + 3600)
+        self.scorer = StandInScorer()
+        self.producer = bus.producer()
+        self.onset = now - 150.0
+        self.steps_done = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def step(self) -> None:
+        ts = 0.0
+        for reading in next(self.steps):
+            s = self.scorer.score(desaturate(reading, self.onset))
+            key = s.stream_id.encode()
+            self.producer.send(SCORES, encode(s), key=key)
+            for a in self.scorer.alerts(s):
+                self.producer.send(ALERTS, encode(a), key=key)
+            ts = s.ts
+        self.steps_done += 1
+        if self.steps_done % 10 == 0:  # what a detector process reports about itself
+            self.producer.send(HEALTH, encode(Health(
+                detector_id="stand-in-1", ts=ts, readings_per_s=float(BEDS), consumer_lag=0,
+                training_loss=1.0 / self.steps_done, training_steps=self.steps_done // 10,
+                dead_letters={}, open_alerts=len(self.scorer.open), streams=BEDS)),
+                key=b"stand-in-1")
+        self.producer.flush()
+
+    def _run(self) -> None:
+        while not self.stop.wait(1.0):
+            self.step()
+
+
+def chrome(tmp: Path) -> webdriver.Chrome:
+    os.environ["XDG_CONFIG_HOME"] = str(tmp / "xdg-config")
+    os.environ["XDG_CACHE_HOME"] = str(tmp / "xdg-cache")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--no-first-run", "--window-size=1440,1000",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
+                f"--user-data-dir={tmp / 'profile'}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[tuple[Any, str, DashboardStore, LiveSource]]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run `make system-deps` "
+                    "(apt-get install chromium chromium-driver)", pytrace=False)
+    bus = MemoryTransport()
+    bus.create_topics({topic: 4 for topic in FEED_TOPICS})
+    source = LiveSource(bus, time.time())
+    for _ in range(HISTORY_S):
+        source.step()
+    store = DashboardStore()
+    feed = Feed(bus, store, poll_timeout_s=0.1).start()
+    server = serve_in_thread(create_app(store, config=ViewConfig(utc_offset_s=0.0), feed=feed),
+                             "127.0.0.1", 0)
+    source.thread.start()
+    driver = chrome(tmp_path)
+    try:
+        yield driver, server.url, store, source
+    finally:
+        source.stop.set()
+        driver.quit()
+        server.stop()
+        feed.stop()
+
+
+def plot(driver: Any, selector: str) -> dict[str, Any] | None:
+    """The live plotly figure of a dcc.Graph, as the browser holds it."""
+    result: dict[str, Any] | None = driver.execute_script(
+        "const g = document.querySelector(arguments[0] + ' .js-plotly-plot');"
+        "if (!g || !g.data || !g.data.length) return null;"
+        "return {data: g.data.map(t => ({meta: t.meta || null, fill: t.fill || null,"
+        "  x: Array.from(t.x || []), y: Array.from(t.y || [])})),"
+        "  shapes: (g.layout.shapes || []).map(s => s.name || ''),"
+        "  range: g.layout.xaxis.range};", selector)
+    return result
+
+
+def click(driver: Any, css: str, tries: int = 10) -> None:
+    """Click the first element matching ``css``, again if a live re-render replaced it."""
+    for attempt in range(tries):
+        try:
+            driver.find_element(By.CSS_SELECTOR, css).click()
+            return
+        except StaleElementReferenceException:
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.1)
+
+
+def severe(driver: Any) -> list[dict[str, Any]]:
+    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def test_critical_episode_shows_on_the_overview_and_in_its_live_stream_view(live) -> None:
+    driver, url, store, source = live
+    RESULTS.mkdir(exist_ok=True)
+    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    driver.get(url + "/")
+    first_row = "#stream-rows tr:first-child"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, first_row + " .sw-critical"))
+    rows = driver.execute_script(  # read in one go: the table re-renders every second
+        "return Array.from(document.querySelectorAll('#stream-rows tr')).map(r => ["
+        "r.querySelector('.sw-badge').textContent, r.querySelector('.sw-stream-link').textContent]);")
+    assert rows[0] == ["critical", EPISODE_BED]
+    assert len(rows) == BEDS and {r[0] for r in rows[1:]} == {"ok"}
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#alert-feed .sw-alert-open"))
+    driver.save_screenshot(str(RESULTS / "dashboard-overview.png"))
+
+    click(driver, first_row + " .sw-stream-link")
+    wait.until(lambda d: (plot(d, "#stream-graph") or {}).get("shapes"))
+    fig = plot(driver, "#stream-graph")
+    assert fig is not None
+    bands = [t for t in fig["data"] if (t["meta"] or {}).get("role") == "band_lo"]
+    assert [t["meta"]["channel"] for t in bands] == list(CHANNELS)
+    assert all(t["fill"] == "tonexty" and sum(y is not None for y in t["y"]) > 100
+               for t in bands)
+    assert any(name.startswith("alert:critical:open:") for name in fig["shapes"])
+    assert {f"news2:{c}" for c in ("hr", "spo2", "rr", "sbp", "temp")} <= set(fig["shapes"])
+    assert driver.find_element(By.CSS_SELECTOR, "#stream-title").text == EPISODE_BED
+
+    # live: points arrive once a second; none lost, none repeated
+    observed = figures.trace_index(len(CHANNELS), "observed", 0)
+    before = len(fig["data"][observed]["x"])
+    wait.until(lambda d: len((plot(d, "#stream-graph") or fig)["data"][observed]["x"])
+               >= before + 3)
+    driver.set_window_size(1440, driver.execute_script("return document.body.scrollHeight") + 40)
+    time.sleep(1.5)
+    driver.save_screenshot(str(RESULTS / "dashboard.png"))
+    source.stop.set()
+    source.thread.join(5)
+    time.sleep(2.5)  # the feed and one more tick catch up with the last step
+    fig = plot(driver, "#stream-graph")
+    assert fig is not None
+    xs = [x for x, y in zip(fig["data"][observed]["x"], fig["data"][observed]["y"], strict=True)
+          if y is not None]
+    held = store.series(EPISODE_BED, 0.0)
+    assert held is not None and (held.res == 0).all()
+    expected = [x for x in figures.to_x(held.ts) if x >= xs[0]]
+    assert len(xs) > before and xs == expected  # every point since the page opened, once, in order
+    assert severe(driver) == []
+
+
+def test_selecting_an_alert_opens_its_stream_at_that_time(live) -> None:
+    driver, url, store, _source = live
+    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    driver.get(url + "/")
+    link = "#alert-feed .sw-alert-open .sw-stream-link"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
+    (alert,) = store.alerts(open_only=True)
+    click(driver, link)
+    wait.until(lambda d: (plot(d, "#stream-graph") or {}).get("shapes"))
+    assert "at=" in driver.current_url and EPISODE_BED.replace("/", "%2F") in driver.current_url
+    fig = plot(driver, "#stream-graph")
+    assert fig is not None
+    start, end = figures.to_x([alert.onset_ts - 300, alert.onset_ts + 600])
+    assert [r[:19] for r in fig["range"]] == [start[:19], end[:19]]
+    follow = driver.find_element(By.CSS_SELECTOR, "#stream-follow input")
+    assert not follow.is_selected()  # looking back at the alert, not following live
+    assert severe(driver) == []
+
+
+def test_overview_and_health_pages_render_without_console_errors(live) -> None:
+    driver, url, _store, _source = live
+    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    driver.get(url + "/health")
+    wait.until(lambda d: "streams held" in d.find_element(By.ID, "health-feed").text)
+    assert "consumed streamwatch.scores" in driver.find_element(By.ID, "health-feed").text
+    assert "stand-in-1" in driver.find_element(By.ID, "health-detectors").text
+    wait.until(lambda d: len((plot(d, "#health-graph") or {"data": []})["data"]) == 2)
+    driver.save_screenshot(str(RESULTS / "dashboard-health.png"))
+    driver.get(url + "/nowhere")
+    wait.until(lambda d: "Page not found" in d.find_element(By.ID, "page").text)
+    assert severe(driver) == []
+
