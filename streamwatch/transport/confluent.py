@@ -150,7 +150,7 @@ class ConfluentTransport:
                     if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                         raise TransportError(f"could not create topic {name!r}: {exc}") from exc
         for name, partitions in topics.items():
-            have = self.partitions_for(name)
+            have = self._wait_visible(name)
             if have != partitions:
                 logger.warning(
                     "topic exists with other partition count name=%s have=%d asked=%d",
@@ -158,6 +158,17 @@ class ConfluentTransport:
                     have,
                     partitions,
                 )
+
+    def _wait_visible(self, topic: str, timeout: float = 10.0) -> int:
+        """Partition count of a topic just created, once the cluster's metadata shows it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.partitions_for(topic)
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def partitions_for(self, topic: str) -> int:
         # All topics, not list_topics(topic=...): that request auto-creates it on Tansu.

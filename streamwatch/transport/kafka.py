@@ -146,7 +146,7 @@ class KafkaTransport:
             except kerrors.KafkaError as exc:
                 raise TransportError(f"could not create topic {topic.name!r}: {exc}") from exc
         for name, partitions in topics.items():
-            have = self.partitions_for(name)
+            have = self._wait_visible(name)
             if have != partitions:
                 logger.warning(
                     "topic exists with other partition count name=%s have=%d asked=%d",
@@ -154,6 +154,17 @@ class KafkaTransport:
                     have,
                     partitions,
                 )
+
+    def _wait_visible(self, topic: str, timeout: float = 10.0) -> int:
+        """Partition count of a topic just created, once the cluster's metadata shows it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.partitions_for(topic)
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
 
     def partitions_for(self, topic: str) -> int:
         try:
