@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 # Add a module here to add its commands. Order = order in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "simulators.cli",
+    "streamwatch.commands.detect",
     "streamwatch.commands.evaluate",
     "dashboards.cli",
 )

@@ -1,0 +1,138 @@
+"""``streamwatch detect``: the detector service over Kafka (consumer group, at-least-once)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "detect",
+        help="run the detector service on streamwatch.readings",
+        description="Consume Readings in a consumer group, score them with the online "
+        "forecaster, produce Scores, Alerts and dead letters; at-least-once with checkpoints.",
+    )
+    p.add_argument("--config", type=Path, help="TOML or JSON settings file (see README)")
+    add_service_arguments(p)
+    p.add_argument("--timeout", type=float, help="stop after this many seconds (default: run until stopped)")
+    p.add_argument("--count", type=int, help="stop after handling this many records")
+    p.set_defaults(func=run)
+
+
+def add_service_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by ``detect`` and ``demo``; each overrides file and environment."""
+    k = p.add_argument_group("Kafka")
+    k.add_argument("--bootstrap-servers", metavar="HOST:PORT",
+                   help="Kafka cluster (default: $STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS)")
+    k.add_argument("--kafka-client", choices=["kafka-python", "confluent"])
+    k.add_argument("--session-timeout-ms", type=int)
+    k.add_argument("--group-id", help="consumer group (default streamwatch-detector)")
+    s = p.add_argument_group("service")
+    s.add_argument("--checkpoint-dir", type=Path,
+                   help="shared state directory (default runs/detector)")
+    s.add_argument("--checkpoint-every-batches", type=int)
+    s.add_argument("--checkpoint-every-s", type=float)
+    s.add_argument("--max-poll-records", type=int, help="micro-batch size (default 1000)")
+    s.add_argument("--emit-scores", choices=["all", "alerts"],
+                   help="produce a Score for every reading (default) or only around alerts")
+    s.add_argument("--fresh-start", action="store_true", default=None,
+                   help="ignore (and log) unreadable checkpoints instead of failing")
+    s.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
+    s.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 9308, 0 = off)")
+    s.add_argument("--cell", choices=["gru", "lstm"], help="recurrent cell (default gru)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    from streamwatch.config import load_settings
+
+    overrides: dict[str, Any] = {
+        "kafka": {
+            "bootstrap_servers": args.bootstrap_servers,
+            "client": args.kafka_client,
+            "session_timeout_ms": args.session_timeout_ms,
+        },
+        "service": {
+            "group_id": args.group_id,
+            "checkpoint_dir": args.checkpoint_dir,
+            "checkpoint_every_batches": args.checkpoint_every_batches,
+            "checkpoint_every_s": args.checkpoint_every_s,
+            "max_poll_records": args.max_poll_records,
+            "emit_scores": args.emit_scores,
+            "fresh_start": args.fresh_start,
+            "metrics_host": args.metrics_host,
+            "metrics_port": args.metrics_port,
+        },
+        "model": {"cell": args.cell},
+    }
+    return load_settings(getattr(args, "config", None), overrides)
+
+
+def build_detector(settings: Any) -> Any:
+    """The production detector: one online forecaster per kind behind thresholds + alerts."""
+    from streamwatch.detect.detector import StreamDetector
+    from streamwatch.detect.forecast_scorer import ForecastScorer
+
+    model = settings.model
+    return StreamDetector(lambda kind: ForecastScorer(kind, model, name=model.cell),
+                          settings.detector)
+
+
+def build_service(settings: Any, transport: Any, *, instance: str | None = None) -> Any:
+    """A ``DetectorService`` wired from settings (topics created if missing)."""
+    from streamwatch.metrics import ServiceMetrics
+    from streamwatch.pipeline import DetectorService, ServiceOptions
+    from streamwatch.state_store import FileStateStore
+
+    topics, svc = settings.topics, settings.service
+    transport.create_topics({
+        topics.readings: topics.partitions, topics.scores: topics.partitions,
+        topics.alerts: topics.partitions, topics.deadletter: 1, topics.health: 1,
+    })
+    options = ServiceOptions(
+        readings_topic=topics.readings, scores_topic=topics.scores, alerts_topic=topics.alerts,
+        deadletter_topic=topics.deadletter, health_topic=topics.health, group_id=svc.group_id,
+        max_poll_records=svc.max_poll_records, poll_timeout_s=svc.poll_timeout_s,
+        emit_scores=svc.emit_scores, checkpoint_every_batches=svc.checkpoint_every_batches,
+        checkpoint_every_s=svc.checkpoint_every_s, health_every_s=svc.health_every_s,
+        max_future_s=svc.max_future_s, payload_cap=svc.payload_cap, fresh_start=svc.fresh_start,
+    )
+    if instance is not None:
+        options = ServiceOptions(**{**options.__dict__, "instance": instance})
+    metrics = ServiceMetrics()
+    if svc.metrics_port:
+        metrics.serve(svc.metrics_port, svc.metrics_host)
+    store = FileStateStore(svc.checkpoint_dir, options.instance)
+    return DetectorService(transport, lambda: build_detector(settings), store, options, metrics)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from streamwatch.config import masked
+    from streamwatch.errors import ConfigError
+    from streamwatch.transport import open_transport
+
+    settings = settings_from_args(args)
+    torch.set_num_threads(settings.service.torch_threads)
+    if not settings.kafka.bootstrap_servers:
+        raise ConfigError("no Kafka cluster given: pass --bootstrap-servers HOST:PORT, set "
+                          "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS, or run `streamwatch demo`")
+    log.info("effective config", extra={"config": masked(settings)})
+    transport = open_transport(settings.kafka.bootstrap_servers, settings.kafka.client,
+                               session_timeout_ms=settings.kafka.session_timeout_ms,
+                               client_config=settings.kafka.client_config)
+    try:
+        service = build_service(settings, transport)
+        service.install_signal_handlers()
+        stats = service.run(timeout=args.timeout, count=args.count)
+    finally:
+        transport.close()
+    log.info("detector finished", extra={"readings": stats.readings,
+                                         "dead_letters": stats.dead_letters,
+                                         "alerts": stats.alerts})
+    return 0

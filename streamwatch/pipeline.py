@@ -1,0 +1,385 @@
+"""The detector service loop: consume -> validate -> score -> emit -> learn -> checkpoint -> commit.
+
+At-least-once with state (DESIGN.md):
+
+* every polled record ends as exactly one Score (when accepted) or one DeadLetter;
+* per micro-batch the producer is flushed before anything is considered done;
+* state is checkpointed on a schedule (every N batches or T seconds) and offsets are
+  committed only *after* the checkpoint that covers them is on disk;
+* on restart (or on being assigned a partition) the newest checkpoint of each partition is
+  restored and reading resumes at the checkpoint's offset, so every reading after it is
+  re-scored from the exact state that first scored it: same scores, same alert ids.
+
+Runs over any ``Transport`` (Kafka or in-memory); ``run(timeout=, count=)`` makes runs finite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from streamwatch import schema
+from streamwatch.errors import SchemaError, StreamwatchError, TransportError
+from streamwatch.metrics import ServiceMetrics
+from streamwatch.schema import Alert, DeadLetter, Health, Reading, Score
+from streamwatch.state_store import FileStateStore, PartitionState
+from streamwatch.transport.base import Consumer, Message, Producer, TopicPartition, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """What the service loop needs to know (built from ``config.ServiceSettings``)."""
+
+    readings_topic: str = "streamwatch.readings"
+    scores_topic: str = "streamwatch.scores"
+    alerts_topic: str = "streamwatch.alerts"
+    deadletter_topic: str = "streamwatch.deadletter"
+    health_topic: str = "streamwatch.health"
+    group_id: str = "streamwatch-detector"
+    max_poll_records: int = 1000
+    poll_timeout_s: float = 0.5
+    emit_scores: str = "all"  # "all" | "alerts"
+    checkpoint_every_batches: int = 50
+    checkpoint_every_s: float = 10.0
+    health_every_s: float = 2.0
+    max_future_s: float = 300.0
+    payload_cap: int = 4096
+    fresh_start: bool = False
+    retry_backoff_s: tuple[float, float] = (0.5, 10.0)
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+@dataclass
+class RunStats:
+    readings: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    alerts: int = 0
+    checkpoints: int = 0
+
+
+class DetectorService:
+    """One detector process in the consumer group (see module docstring)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        detector_factory: Callable[[], Any],
+        store: FileStateStore,
+        options: ServiceOptions | None = None,
+        metrics: ServiceMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.transport = transport
+        self.detector_factory = detector_factory
+        self.store = store
+        self.options = options or ServiceOptions()
+        self.metrics = metrics or ServiceMetrics()
+        self.clock = clock
+        self.stats = RunStats()
+        self._stop = threading.Event()
+        self.detector: Any = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._next_offsets: dict[TopicPartition, int] = {}
+        self._stream_partition: dict[str, TopicPartition] = {}
+        self._batches_since_ckpt = 0
+        self._last_ckpt = 0.0
+        self._last_health = 0.0
+        self._restored_global = False
+
+    # -- lifecycle -------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish its batch, checkpoint, commit and return."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, *, timeout: float | None = None, count: int | None = None) -> RunStats:
+        """Process until stopped, ``timeout`` seconds pass, or ``count`` records are handled."""
+        opts = self.options
+        self.detector = self.detector_factory()
+        self._producer = self.transport.producer()
+        self._consumer = self.transport.consumer(group_id=opts.group_id)
+        self._consumer.subscribe([opts.readings_topic], on_assign=self._on_assign,
+                                 on_revoke=self._on_revoke)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = opts.retry_backoff_s[0]
+        self._last_ckpt = time.monotonic()
+        log.info("detector started", extra={"group": opts.group_id, "instance": opts.instance})
+        try:
+            while not self._stop.is_set():
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+                if count is not None and self.stats.readings + self.stats.dead_letters >= count:
+                    break
+                try:
+                    messages = self._consumer.poll(opts.poll_timeout_s, opts.max_poll_records)
+                    if messages:
+                        self._process(messages)
+                    self._maybe_checkpoint()
+                    self._maybe_health()
+                    backoff = opts.retry_backoff_s[0]
+                except TransportError as exc:
+                    self.metrics.transport_errors.inc()
+                    log.warning("broker error; retrying", extra={"error": str(exc),
+                                                                "retry_in_s": backoff})
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, opts.retry_backoff_s[1])
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _shutdown(self) -> None:
+        assert self._consumer is not None and self._producer is not None
+        try:
+            self._producer.flush()
+            self._checkpoint_and_commit()
+        except StreamwatchError as exc:
+            log.error("could not checkpoint on shutdown; the next start replays from the "
+                      "last checkpoint", extra={"error": str(exc)})
+        finally:
+            self._consumer.close()
+            self._producer.close()
+            log.info("detector stopped", extra={"readings": self.stats.readings,
+                                                "dead_letters": self.stats.dead_letters})
+
+    # -- rebalance ---------------------------------------------------------------------
+    def _on_assign(self, partitions: set[TopicPartition]) -> None:
+        assert self._consumer is not None
+        snapshot = self.store.load(set(partitions), fresh_start=self.options.fresh_start)
+        if snapshot.global_state is not None and not self._restored_global:
+            self.detector.load_global_state(snapshot.global_state)
+            self._restored_global = True
+        for tp in partitions:
+            state = snapshot.partitions.get(tp)
+            if state is not None:
+                self.detector.import_streams(state.streams)
+                for sid in state.streams.get("stream_ids", []):
+                    self._stream_partition[sid] = tp
+                self._consumer.seek(tp, state.offset)
+                self._next_offsets[tp] = state.offset
+        log.info("partitions assigned", extra={
+            "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
+            "restored": len(snapshot.partitions)})
+
+    def _on_revoke(self, partitions: set[TopicPartition]) -> None:
+        assert self._producer is not None
+        self._producer.flush()
+        self._checkpoint_and_commit()
+        gone = [sid for sid, tp in self._stream_partition.items() if tp in partitions]
+        self.detector.forget_streams(gone)
+        for sid in gone:
+            del self._stream_partition[sid]
+        for tp in partitions:
+            self._next_offsets.pop(tp, None)
+        log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
+
+    # -- the batch ---------------------------------------------------------------------
+    def _validate(self, msg: Message) -> Reading:
+        if msg.value is None:
+            raise SchemaError("record has no value (tombstone)", code="empty")
+        reading = schema.decode_reading(msg.value)
+        self.detector.validate(reading)
+        if reading.ts > self.clock() + self.options.max_future_s:
+            raise SchemaError(
+                f"timestamp {reading.ts:.3f} is more than {self.options.max_future_s:g} s "
+                "in the future (check the producer's clock)", field="ts", code="future_timestamp")
+        if msg.key is not None and msg.key != reading.stream_id.encode():
+            raise SchemaError(
+                f"Kafka key {msg.key[:64]!r} differs from stream_id {reading.stream_id!r}; the key "
+                "must be the stream_id so a stream stays on one partition",
+                field="stream_id", code="key_mismatch")
+        return reading
+
+    def _process(self, messages: Sequence[Message]) -> None:
+        started = time.perf_counter()
+        assert self._producer is not None
+        accepted: list[Reading] = []
+        dead: list[DeadLetter] = []
+        now = self.clock()
+        for msg in messages:
+            tp = TopicPartition(msg.topic, msg.partition)
+            self._next_offsets[tp] = msg.offset + 1
+            try:
+                reading = self._validate(msg)
+            except SchemaError as exc:
+                dead.append(self._dead_letter(msg, exc.code, str(exc), exc.field, now))
+                continue
+            accepted.append(reading)
+            self._stream_partition[reading.stream_id] = tp
+        scores, alerts, failed = self._score(accepted, now)
+        dead.extend(failed)
+        self._deliver(self._outputs(scores, alerts, dead))
+        self.stats.readings += len(scores)
+        self.stats.dead_letters += len(dead)
+        self.stats.batches += 1
+        self.stats.alerts += len(alerts)
+        self._batches_since_ckpt += 1
+        m = self.metrics
+        m.readings.inc(len(scores))
+        m.batches.inc()
+        for letter in dead:
+            m.count_dead_letter(letter.code)
+        for alert in alerts:
+            m.alert_events.labels(event=alert.event).inc()
+        elapsed = time.perf_counter() - started
+        m.batch_latency.observe(elapsed)
+        m.last_batch_ms = elapsed * 1000.0
+
+    def _score(
+        self, readings: list[Reading], now: float
+    ) -> tuple[list[Score], list[Alert], list[DeadLetter]]:
+        """Score the batch; should the detector fail on a record, isolate and dead-letter it."""
+        if not readings:
+            return [], [], []
+        try:
+            scores, alerts = self.detector.process(readings)
+            return scores, alerts, []
+        except SchemaError:
+            raise
+        except Exception:  # a bug must not kill the loop: find the record that triggers it
+            log.exception("detector failed on a batch; retrying record by record")
+        scores, alerts, dead = [], [], []
+        for reading in readings:
+            try:
+                s, a = self.detector.process([reading])
+            except Exception as exc:  # reported as a dead letter with its reason
+                log.exception("detector failed on one reading", extra={"stream": reading.stream_id})
+                tp = self._stream_partition[reading.stream_id]
+                dead.append(schema.dead_letter(
+                    schema.encode(reading), "internal_error",
+                    f"detector error: {type(exc).__name__}: {exc}", field=None,
+                    topic=tp.topic, partition=tp.partition, offset=-1, ts=now,
+                    cap=self.options.payload_cap))
+                continue
+            scores.extend(s)
+            alerts.extend(a)
+        return scores, alerts, dead
+
+    def _dead_letter(
+        self, msg: Message, code: str, reason: str, fld: str | None, now: float
+    ) -> DeadLetter:
+        log.debug("dead letter", extra={"code": code, "offset": msg.offset, "reason": reason})
+        return schema.dead_letter(msg.value, code, reason, field=fld, topic=msg.topic,
+                                  partition=msg.partition, offset=msg.offset, ts=now,
+                                  key=msg.key, cap=self.options.payload_cap)
+
+    def _outputs(
+        self, scores: list[Score], alerts: list[Alert], dead: list[DeadLetter]
+    ) -> list[tuple[str, bytes, bytes | None]]:
+        opts = self.options
+        out: list[tuple[str, bytes, bytes | None]] = []
+        for score in scores:
+            if opts.emit_scores == "all" or score.anomalous or score.hard_limit is not None \
+                    or self.detector.in_alert(score.stream_id):
+                out.append((opts.scores_topic, schema.encode(score), score.stream_id.encode()))
+        for alert in alerts:
+            out.append((opts.alerts_topic, schema.encode(alert), alert.stream_id.encode()))
+        for letter in dead:
+            key = letter.key.encode() if letter.key is not None else None
+            out.append((opts.deadletter_topic, schema.encode(letter), key))
+        return out
+
+    def _deliver(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
+        """Send and flush until the broker has them all. The batch's state change has
+        already happened, so its outputs must not be lost: on a failed flush the whole
+        batch is sent again (consumers see at-least-once duplicates, same alert ids)."""
+        backoff = self.options.retry_backoff_s[0]
+        while True:
+            assert self._producer is not None
+            try:
+                for topic, value, key in records:
+                    self._producer.send(topic, value, key)
+                self._producer.flush()
+                return
+            except TransportError as exc:
+                self.metrics.transport_errors.inc()
+                log.warning("could not deliver a batch's outputs; resending", extra={
+                    "error": str(exc), "records": len(records), "retry_in_s": backoff})
+                if self._stop.wait(backoff) and not records:
+                    return
+                backoff = min(backoff * 2, self.options.retry_backoff_s[1])
+
+    # -- checkpoint + commit -----------------------------------------------------------
+    def _maybe_checkpoint(self) -> None:
+        opts = self.options
+        due = (self._batches_since_ckpt >= opts.checkpoint_every_batches
+               or (self._batches_since_ckpt > 0
+                   and time.monotonic() - self._last_ckpt >= opts.checkpoint_every_s))
+        if due:
+            self._checkpoint_and_commit()
+
+    def _checkpoint_and_commit(self) -> None:
+        assert self._consumer is not None
+        if self.detector is None or not self._next_offsets:
+            return
+        offsets = dict(self._next_offsets)
+        by_partition: dict[TopicPartition, list[str]] = {tp: [] for tp in offsets}
+        for sid, tp in self._stream_partition.items():
+            if tp in by_partition:
+                by_partition[tp].append(sid)
+        partitions = {
+            tp: PartitionState(offset, self.detector.export_streams(by_partition[tp]))
+            for tp, offset in offsets.items()
+        }
+        self.store.save(self.detector.global_state_dict(), partitions)
+        self.stats.checkpoints += 1
+        self.metrics.checkpoints.inc()
+        self._batches_since_ckpt = 0
+        self._last_ckpt = time.monotonic()
+        try:
+            self._consumer.commit(offsets)
+        except TransportError as exc:
+            # The checkpoint holds the offsets too: a restart resumes from it regardless.
+            self.metrics.transport_errors.inc()
+            log.warning("offset commit failed; the next checkpoint commits again",
+                        extra={"error": str(exc)})
+            return
+        self.metrics.commits.inc()
+        log.debug("checkpoint + commit", extra={"partitions": len(offsets)})
+
+    def _maybe_health(self) -> None:
+        now = time.monotonic()
+        if now - self._last_health < self.options.health_every_s:
+            return
+        self._last_health = now
+        assert self._consumer is not None and self._producer is not None
+        m = self.metrics
+        rate = m.record_rate(now, self.stats.readings)
+        lag = self._lag()
+        info = self.detector.health()
+        m.open_alerts.set(info["open_alerts"])
+        m.streams.set(info["streams"])
+        m.training_steps.set(info["training_steps"])
+        if info.get("training_loss") is not None:
+            m.training_loss.set(info["training_loss"])
+        if lag is not None:
+            m.consumer_lag.set(lag)
+        health = Health(
+            detector_id=self.options.instance, ts=self.clock(), readings_per_s=rate,
+            consumer_lag=lag, training_loss=info.get("training_loss"),
+            training_steps=info["training_steps"], dead_letters=dict(m.dead_letter_counts),
+            open_alerts=info["open_alerts"], streams=info["streams"],
+            batch_latency_ms=m.last_batch_ms)
+        self._producer.send(self.options.health_topic, schema.encode(health),
+                            self.options.instance.encode())
+
+    def _lag(self) -> int | None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        if not assigned:
+            return None
+        ends = self._consumer.end_offsets(assigned)
+        return sum(max(0, end - self._consumer.position(tp)) for tp, end in ends.items())
