@@ -220,7 +220,8 @@ def _feed(hasher: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         hasher.update(f"T{t.dtype}{tuple(t.shape)}".encode())
-        hasher.update(t.reshape(-1).numpy().tobytes() if t.numel() else b"")
+        if t.numel():  # bytes via a uint8 view: works for every dtype (bfloat16 too)
+            hasher.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     elif isinstance(obj, Mapping):
         hasher.update(f"D{len(obj)}".encode())
         for key, value in obj.items():

@@ -187,3 +187,18 @@ def test_numpy_values_are_refused_on_save_unless_made_plain(tmp_path: Path) -> N
                            {})
     state, _ = load_checkpoint(path)
     assert state["x"].tolist() == [0.0, 0.0, 0.0] and state["k"] == 2
+
+
+def test_unusual_tensors_round_trip_and_are_checksummed(tmp_path: Path) -> None:
+    state = {
+        "empty": torch.zeros(3, 0),
+        "expanded": torch.zeros(3).expand(4, 3),
+        "transposed": torch.arange(12.0).reshape(3, 4).T,
+        "bf16": torch.ones(3, dtype=torch.bfloat16),
+        "flags": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5),
+    }
+    path = save_checkpoint(tmp_path / "odd.pt", state, {})
+    loaded, _ = load_checkpoint(path)
+    for key, value in state.items():
+        assert torch.equal(loaded[key], value), key
