@@ -14,9 +14,9 @@ first appears, so a stream's memory is fixed from its first point on
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -57,6 +57,9 @@ class BufferConfig:
             raise ConfigError(
                 f"tier bucket widths must be in [1, 86400] s and strictly increasing, got {widths}"
             )
+        if any(b % a for a, b in itertools.pairwise(widths)):
+            raise ConfigError(f"each tier's bucket width must be a multiple of the finer one's, "
+                              f"got {widths}")
         if any(not 1 <= n <= 100_000 for _, n in self.tiers):
             raise ConfigError(f"buckets per tier must be in [1, 100000], got {self.tiers}")
 
@@ -145,8 +148,8 @@ class RecentRing:
         self.evicted_seq = -1
         """Sequence number of the newest point that fell out of the ring (-1: none)."""
 
-    def append(self, ts: float, seq: int, values: np.ndarray, mean: np.ndarray,
-               std: np.ndarray, score: float, threshold: float, anomalous: bool) -> None:
+    def append(self, ts: float, seq: int, values: list[float], mean: list[float],
+               std: list[float], score: float, threshold: float, anomalous: bool) -> None:
         i = self.head
         if self.size == self.capacity:
             self.evicted_seq = int(self.seq[i])
@@ -195,16 +198,113 @@ class RecentRing:
         )
 
 
+class Accumulator:
+    """Running aggregate of one bucket in plain Python floats (cheap per point for few channels).
+
+    Per channel: observed count, sum, min, max; forecast count, sum of means, sum of stds.
+    """
+
+    __slots__ = (
+        "anomalous",
+        "count",
+        "fc_n",
+        "hi",
+        "lo",
+        "mean_sum",
+        "n",
+        "score_max",
+        "std_sum",
+        "sum",
+        "thr_n",
+        "thr_sum",
+    )
+
+    def __init__(self, channels: int) -> None:
+        self.n = [0] * channels
+        self.sum = [0.0] * channels
+        self.lo = [math.inf] * channels
+        self.hi = [-math.inf] * channels
+        self.fc_n = [0] * channels
+        self.mean_sum = [0.0] * channels
+        self.std_sum = [0.0] * channels
+        self.count = 0
+        self.score_max = -math.inf
+        self.thr_sum = 0.0
+        self.thr_n = 0
+        self.anomalous = False
+
+    def add(self, values: list[float], mean: list[float], std: list[float], score: float,
+            threshold: float, anomalous: bool) -> None:
+        for c, x in enumerate(values):
+            if x == x:  # not NaN
+                self.n[c] += 1
+                self.sum[c] += x
+                if x < self.lo[c]:
+                    self.lo[c] = x
+                if x > self.hi[c]:
+                    self.hi[c] = x
+            m = mean[c]
+            if m == m:
+                self.fc_n[c] += 1
+                self.mean_sum[c] += m
+                sd = std[c]
+                if sd == sd:
+                    self.std_sum[c] += sd
+        self.count += 1
+        if score > self.score_max:
+            self.score_max = score
+        if threshold == threshold:
+            self.thr_sum += threshold
+            self.thr_n += 1
+        self.anomalous = self.anomalous or anomalous
+
+    def merge(self, other: Accumulator) -> None:
+        for c in range(len(self.n)):
+            self.n[c] += other.n[c]
+            self.sum[c] += other.sum[c]
+            self.lo[c] = min(self.lo[c], other.lo[c])
+            self.hi[c] = max(self.hi[c], other.hi[c])
+            self.fc_n[c] += other.fc_n[c]
+            self.mean_sum[c] += other.mean_sum[c]
+            self.std_sum[c] += other.std_sum[c]
+        self.count += other.count
+        self.score_max = max(self.score_max, other.score_max)
+        self.thr_sum += other.thr_sum
+        self.thr_n += other.thr_n
+        self.anomalous = self.anomalous or other.anomalous
+
+    def columns(self) -> tuple[list[float], ...]:
+        """low, high, observed mean, forecast mean, forecast std (NaN where nothing seen)."""
+        low, high, obs, fc, sd = [], [], [], [], []
+        for c, n in enumerate(self.n):
+            low.append(self.lo[c] if n else NAN)
+            high.append(self.hi[c] if n else NAN)
+            obs.append(self.sum[c] / n if n else NAN)
+            k = self.fc_n[c]
+            fc.append(self.mean_sum[c] / k if k else NAN)
+            sd.append(self.std_sum[c] / k if k else NAN)
+        return low, high, obs, fc, sd
+
+    def score(self) -> float:
+        return self.score_max if self.score_max > -math.inf else NAN
+
+    def threshold(self) -> float:
+        return self.thr_sum / self.thr_n if self.thr_n else NAN
+
+
 class BucketRing:
     """Fixed-width time buckets of one stream (one history tier).
 
-    The bucket being filled is accumulated in float64 and written to the ring when a
-    point of a later bucket arrives; queries include it as a partial bucket.
+    The bucket being filled is an ``Accumulator``, written to the ring when data of a
+    later bucket arrives. The finest tier takes every point (``add``); each coarser tier
+    takes the finer tier's closed buckets (``add_bucket``), so a point costs one
+    accumulator update whatever the number of tiers. Queries include the open bucket.
     """
 
     def __init__(self, width_s: float, capacity: int, channels: int) -> None:
         self.width_s = width_s
         self.capacity = capacity
+        self.channels = channels
         c = channels
         self.start = np.full(capacity, NAN)
         self.low = np.full((capacity, c), NAN, dtype=F4)
@@ -219,57 +319,41 @@ class BucketRing:
         self.head = 0
         self.size = 0
         self._bucket: int | None = None
-        self._acc = np.zeros((7, c))  # n_obs, sum, low, high, n_fc, sum mean, sum std
-        # count, score max, threshold sum, threshold count, any anomalous
-        self._acc_fixed: list[float] = [0, -math.inf, 0.0, 0, 0]
+        self._acc = Accumulator(c)
 
-    def add(self, ts: float, values: np.ndarray, mean: np.ndarray, std: np.ndarray,
-            score: float, threshold: float, anomalous: bool) -> None:
+    def _roll(self, ts: float) -> tuple[float, Accumulator] | None:
+        """Start the bucket of ``ts`` if it is a new one; returns the bucket it closed."""
         bucket = math.floor(ts / self.width_s)
-        if bucket != self._bucket:
-            if self._bucket is not None:
-                self._close()
-            self._bucket = bucket
-            acc = self._acc
-            acc[:] = 0.0
-            acc[2], acc[3] = math.inf, -math.inf
-            self._acc_fixed = [0, -math.inf, 0.0, 0, 0]
-        acc = self._acc
-        seen = ~np.isnan(values)
-        acc[0] += seen
-        acc[1] += np.where(seen, values, 0.0)
-        np.fmin(acc[2], values, out=acc[2])
-        np.fmax(acc[3], values, out=acc[3])
-        has_fc = ~np.isnan(mean)
-        acc[4] += has_fc
-        acc[5] += np.where(has_fc, mean, 0.0)
-        acc[6] += np.where(has_fc, np.nan_to_num(std), 0.0)
-        fixed = self._acc_fixed
-        fixed[0] += 1
-        if not math.isnan(score):
-            fixed[1] = max(fixed[1], score)
-        if not math.isnan(threshold):
-            fixed[2] += threshold
-            fixed[3] += 1
-        if anomalous:
-            fixed[4] = 1
+        if bucket == self._bucket:
+            return None
+        closed = None
+        if self._bucket is not None:
+            closed = (self._bucket * self.width_s, self._acc)
+            self._write(*closed)
+            self._acc = Accumulator(self.channels)
+        self._bucket = bucket
+        return closed
 
-    def _current(self) -> tuple[Any, ...]:
-        acc, (count, score_max, thr_sum, thr_n, anomalous) = self._acc, self._acc_fixed
-        assert self._bucket is not None
-        with np.errstate(invalid="ignore", divide="ignore"):
-            n_obs = np.where(acc[0] > 0, acc[0], np.nan)
-            n_fc = np.where(acc[4] > 0, acc[4], np.nan)
-            low = np.where(acc[0] > 0, acc[2], np.nan)
-            high = np.where(acc[0] > 0, acc[3], np.nan)
-            return (self._bucket * self.width_s, low, high, acc[1] / n_obs, acc[5] / n_fc,
-                    acc[6] / n_fc, score_max if score_max > -math.inf else NAN,
-                    thr_sum / thr_n if thr_n else NAN, int(count), bool(anomalous))
+    def add(self, ts: float, values: list[float], mean: list[float], std: list[float],
+            score: float, threshold: float, anomalous: bool) -> tuple[float, Accumulator] | None:
+        """Add one point; returns ``(start, accumulator)`` of a bucket this closed."""
+        closed = self._roll(ts)
+        self._acc.add(values, mean, std, score, threshold, anomalous)
+        return closed
 
-    def _close(self) -> None:
+    def add_bucket(self, start: float, acc: Accumulator) -> tuple[float, Accumulator] | None:
+        """Fold a finer tier's closed bucket in; returns a bucket of this tier it closed."""
+        closed = self._roll(start)
+        self._acc.merge(acc)
+        return closed
+
+    def _write(self, start: float, acc: Accumulator) -> None:
         i = self.head
-        (self.start[i], self.low[i], self.high[i], self.values[i], self.mean[i], self.std[i],
-         self.score[i], self.threshold[i], self.count[i], self.anomalous[i]) = self._current()
+        self.start[i] = start
+        (self.low[i], self.high[i], self.values[i], self.mean[i],
+         self.std[i]) = acc.columns()
+        self.score[i], self.threshold[i] = acc.score(), acc.threshold()
+        self.count[i], self.anomalous[i] = acc.count, acc.anomalous
         self.head = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
@@ -297,13 +381,15 @@ class BucketRing:
             "threshold": [self.threshold[keep].astype(float)],
             "anomalous": [self.anomalous[keep]],
         }
-        if self._bucket is not None:
-            b0, low, high, mean_obs, fc, sd, smax, thr, _, anom = self._current()
+        if self._bucket is not None and self._acc.count:
+            b0 = self._bucket * self.width_s
             if start <= b0 + half <= end:
+                low, high, obs, fc, sd = self._acc.columns()
                 for name, value in (("ts", [b0 + half]), ("low", [low]), ("high", [high]),
-                                    ("values", [mean_obs]), ("mean", [fc]), ("std", [sd]),
-                                    ("score", [smax]), ("threshold", [thr]),
-                                    ("anomalous", [anom])):
+                                    ("values", [obs]), ("mean", [fc]), ("std", [sd]),
+                                    ("score", [self._acc.score()]),
+                                    ("threshold", [self._acc.threshold()]),
+                                    ("anomalous", [self._acc.anomalous])):
                     cols[name].append(np.asarray(value))
         joined = {name: np.concatenate(parts) for name, parts in cols.items()}
         n = len(joined["ts"])

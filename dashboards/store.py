@@ -35,8 +35,6 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from dashboards.buffers import BucketRing, BufferConfig, RecentRing, Series
 from dashboards.status import StreamSummary, summarise
 from streamwatch.errors import ConfigError
@@ -156,14 +154,20 @@ class DashboardStore:
             channels = stream.channels
             values = _row(score.values, channels)
             fc = score.forecast
-            mean = np.array([fc[c].mean if c in fc else math.nan for c in channels], dtype=float)
-            std = np.array([fc[c].std if c in fc else math.nan for c in channels], dtype=float)
+            mean = [fc[c].mean if c in fc else math.nan for c in channels]
+            std = [fc[c].std if c in fc else math.nan for c in channels]
             threshold = math.nan if score.threshold is None else score.threshold
             self._seq += 1
             stream.recent.append(score.ts, self._seq, values, mean, std, score.score, threshold,
                                  score.anomalous)
-            for tier in stream.tiers:
-                tier.add(score.ts, values, mean, std, score.score, threshold, score.anomalous)
+            tiers = stream.tiers
+            if tiers:
+                closed = tiers[0].add(score.ts, values, mean, std, score.score, threshold,
+                                      score.anomalous)
+                for tier in tiers[1:]:
+                    if closed is None:
+                        break
+                    closed = tier.add_bucket(*closed)
             stream.latest, stream.last_ts, stream.arrived = score, score.ts, self.clock()
             self._last_arrival = stream.arrived
             stream.points += 1
@@ -389,11 +393,11 @@ def _series(s: _Stream, start: float, end: float) -> Series:
     return Series.concat([p for p in parts if len(p)] or [recent])
 
 
-def _row(values: dict[str, float | None], channels: tuple[str, ...]) -> np.ndarray:
-    out = np.empty(len(channels))
-    for i, c in enumerate(channels):
+def _row(values: dict[str, float | None], channels: tuple[str, ...]) -> list[float]:
+    out = []
+    for c in channels:
         v = values.get(c)
-        out[i] = math.nan if v is None else v
+        out.append(math.nan if v is None else v)
     return out
 
 
