@@ -4,7 +4,9 @@
   window_size=250)``, ONE river model per kind shared by all its streams, fed per-stream
   standardised values ``z = (x - mean) / std`` (exponentially weighted per-stream
   statistics, clipped to +-``clip``), so streams with different baselines share one model.
-  A missing channel is fed as z = 0 (the stream's usual value).
+  A missing channel is fed as z = 0 (the stream's usual value). The score is
+  ``-log(1 - hst_score)``: same order, but an open tail for the extreme-value threshold
+  (HalfSpaceTrees' own score is bounded by 1, where a fitted tail often ends beyond it).
 - ``gauss``: river ``anomaly.GaussianScorer`` per stream and channel (a univariate
   detector: it cannot be shared across streams with different levels); each channel's
   two-sided tail probability ``p = 1 - score`` becomes ``-log p`` and the channels add up
@@ -168,13 +170,22 @@ class HalfSpaceTreesScorer(_Baseline):
                               f"window_size >= 10, clip > 0; got {n_trees}, {height}, "
                               f"{window_size}, {clip}")  # fmt: skip
         super().__init__(kind, halflife, recent)
-        self.clip = clip
+        self.clip, self.window_size, self.min_count = clip, window_size, 10
         self.model = compose.Pipeline(
             preprocessing.MinMaxScaler(),
             anomaly.HalfSpaceTrees(
                 n_trees=n_trees, height=height, window_size=window_size, seed=seed
             ),
         )
+
+    def warming_up(self, stream_ids: Sequence[str]) -> np.ndarray:
+        """True until the shared trees have a reference window (HalfSpaceTrees scores 0
+        before) and the stream's statistics have ``min_count`` values in some channel."""
+        if self._learned < self.window_size:
+            return np.ones(len(stream_ids), dtype=bool)
+        rows = self.stats.table.lookup(stream_ids)
+        counts = self.stats.table.arrays["n"][np.maximum(rows, 0)].max(axis=1)
+        return (rows < 0) | (counts < self.min_count)
 
     def _z(self, batch: KindBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         mean, std = self.stats.moments(batch.stream_ids)
@@ -190,8 +201,9 @@ class HalfSpaceTreesScorer(_Baseline):
     def score_many(self, batch: KindBatch) -> ScoreBatch:
         z, mean, std = self._z(batch)
         score_one = self.model.score_one
-        score = np.fromiter((score_one(x) for x in self._features(z)), dtype=np.float64,
-                            count=len(batch))  # fmt: skip
+        raw = np.fromiter((score_one(x) for x in self._features(z)), dtype=np.float64,
+                          count=len(batch))  # fmt: skip
+        score = -np.log(np.maximum(1.0 - raw, 1e-9))  # [0, 1) -> [0, inf): an open tail
         return ScoreBatch(score=score, channel_scores=np.abs(z), mean=mean, std=std)
 
     def learn_many(self, batch: KindBatch, mask: np.ndarray) -> None:
@@ -225,6 +237,18 @@ class GaussianScorerBaseline(_Baseline):
         super().__init__(kind, 500.0, recent)
         self.window_size, self.grace_period = window_size, grace_period
         self.detectors: dict[str, list[anomaly.GaussianScorer]] = {}
+
+    def warming_up(self, stream_ids: Sequence[str]) -> np.ndarray:
+        """True until every channel's Gaussian has passed its grace period (it scores 0
+        before), for channels that have data at all."""
+        out = np.ones(len(stream_ids), dtype=bool)
+        for i, sid in enumerate(stream_ids):
+            dets = self.detectors.get(sid)
+            if dets is not None:
+                gaussians: list[Any] = [d.gaussian for d in dets]
+                counts = [int(g.n_samples) for g in gaussians]
+                out[i] = any(0 < n < self.grace_period for n in counts) or not any(counts)
+        return out
 
     def _new(self) -> list[anomaly.GaussianScorer]:
         return [anomaly.GaussianScorer(window_size=self.window_size,

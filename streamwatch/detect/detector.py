@@ -361,23 +361,34 @@ class StreamDetector:
 
     def _emit(self, ks: _Kind, idx: list[int], rs: list[Reading], out: _Outputs,
               scores: list[Any]) -> None:  # fmt: skip
+        """Build the Score records (the per-reading Python work: kept to dict building)."""
         chans, kind, model = ks.spec.channels, ks.spec.name, ks.scorer.name
-        fin = math.isfinite
+        fin, cf, hl_channels = math.isfinite, ChannelForecast, out.hl_channels
+        fc_ok = (np.isfinite(out.mean) & np.isfinite(out.std)).all(axis=1).tolist()
+        cs_ok = np.isfinite(out.cs).all(axis=1).tolist()
         mean, std, cs = out.mean.tolist(), out.std.tolist(), out.cs.tolist()
         score, thr = out.score.tolist(), out.thr.tolist()
         anom, warm = out.anomalous.tolist(), out.warming.tolist()
         version, hl = out.version.tolist(), out.hl.tolist()
         for j, r in enumerate(rs):
-            forecast = {ch: ChannelForecast(mu, sd) for ch, mu, sd in zip(chans, mean[j], std[j], strict=True)
-                        if fin(mu) and fin(sd)}  # fmt: skip
+            mu, sd, cj = mean[j], std[j], cs[j]
+            if fc_ok[j]:
+                forecast = dict(zip(chans, map(cf, mu, sd), strict=True))
+            else:
+                forecast = {ch: cf(m, s) for ch, m, s in zip(chans, mu, sd, strict=True)
+                            if fin(m) and fin(s)}  # fmt: skip
+            if cs_ok[j]:
+                channel_scores: dict[str, float | None] = dict(zip(chans, cj, strict=True))
+            else:
+                channel_scores = {ch: x if fin(x) else None for ch, x in zip(chans, cj, strict=True)}
             t = thr[j]
             scores[idx[j]] = Score(
                 stream_id=r.stream_id, kind=kind, ts=r.ts, values=r.values, forecast=forecast,
-                channel_scores={ch: x if fin(x) else None for ch, x in zip(chans, cs[j], strict=True)},
-                score=score[j], threshold=t if t == t else None, anomalous=anom[j],
-                warming_up=warm[j], model=model, model_version=version[j],
+                channel_scores=channel_scores, score=score[j],
+                threshold=t if t == t else None, anomalous=anom[j], warming_up=warm[j],
+                model=model, model_version=version[j],
                 hard_limit=LEVEL_NAMES[hl[j]],  # type: ignore[arg-type]
-                hard_limit_channels=out.hl_channels.get(j, []),
+                hard_limit_channels=hl_channels.get(j, []),
             )  # fmt: skip
 
     # -- queries ---------------------------------------------------------------------

@@ -78,6 +78,22 @@ class HardLimitBank:
         self.config = config
         self.kind = kind
         self._table = SlotTable({"start": ((2,), np.float64, np.nan), "count": ((2,), np.int64, 0)})
+        # Band tables padded to one matrix, so a wave is scored in a few array operations.
+        banded = [c for c, name in enumerate(kind.channels) if name in config.bands]
+        width = max((len(config.bands[kind.channels[c]]) for c in banded), default=1)
+        self._banded = np.array(banded, dtype=np.int64)
+        self._bounds = np.full((len(banded), width), np.inf)
+        self._points = np.zeros((len(banded), width), dtype=np.int8)
+        for k, c in enumerate(banded):
+            for b, (bound, pts) in enumerate(config.bands[kind.channels[c]]):
+                self._bounds[k, b], self._points[k, b] = bound, pts
+        limits = [config.critical_limits.get(name, (None, None)) for name in kind.channels]
+        self._low = np.array([-np.inf if lo is None else lo for lo, _ in limits])
+        self._high = np.array([np.inf if hi is None else hi for _, hi in limits])
+        self._scored = np.array(
+            [name in config.bands or name in config.critical_limits for name in kind.channels]
+        )
+        self._probe_off = [kind.index(c) for c in config.probe_off_zero if c in kind.channels]
 
     @staticmethod
     def applies(config: HardLimitConfig, kind: KindSpec) -> bool:
@@ -85,12 +101,9 @@ class HardLimitBank:
         return config.enabled and kind.name in config.kinds
 
     # -- pure evaluation -------------------------------------------------------------
-    def probe_off_columns(self) -> list[int]:
-        return [self.kind.index(c) for c in self.config.probe_off_zero if c in self.kind.channels]
-
     def mask_probe_off(self, values: np.ndarray) -> np.ndarray:
         """``values`` with probe-off zeros replaced by NaN (a copy only when needed)."""
-        cols = self.probe_off_columns()
+        cols = self._probe_off
         if not cols or not (values[:, cols] == 0).any():
             return values
         out = values.copy()
@@ -101,32 +114,19 @@ class HardLimitBank:
 
     def evaluate(self, values: np.ndarray) -> Evaluation:
         """NEWS2 points and level of each row of ``values`` (N, C); no state."""
-        cfg, channels = self.config, self.kind.channels
+        cfg = self.config
         values = self.mask_probe_off(values)
-        n = len(values)
-        points = np.zeros((n, len(channels)), dtype=np.int8)
-        beyond = np.zeros((n, len(channels)), dtype=bool)
-        present = np.zeros(n, dtype=bool)
-        for c, name in enumerate(channels):
-            col = values[:, c]
-            scored = False
-            bands = cfg.bands.get(name)
-            if bands is not None:
-                bounds = np.array([b for b, _ in bands])
-                pts = np.array([p for _, p in bands], dtype=np.int8)
-                idx = np.minimum(np.searchsorted(bounds, col, side="left"), len(bounds) - 1)
-                points[:, c] = np.where(np.isnan(col), 0, pts[idx])
-                scored = True
-            limits = cfg.critical_limits.get(name)
-            if limits is not None:
-                low, high = limits
-                if low is not None:
-                    beyond[:, c] |= col < low
-                if high is not None:
-                    beyond[:, c] |= col > high
-                scored = True
-            if scored:
-                present |= ~np.isnan(col)
+        n, c = values.shape
+        points = np.zeros((n, c), dtype=np.int8)
+        if len(self._banded):
+            v = values[:, self._banded]
+            band = (v[:, :, None] > self._bounds[None]).sum(axis=2)  # first bound >= v
+            band = np.minimum(band, self._bounds.shape[1] - 1)
+            pts = self._points[np.arange(len(self._banded))[None, :], band]
+            points[:, self._banded] = np.where(np.isnan(v), 0, pts)
+        with np.errstate(invalid="ignore"):
+            beyond = (values < self._low) | (values > self._high)
+        present = (~np.isnan(values) & self._scored).any(axis=1)
         aggregate = points.sum(axis=1)
         critical = (aggregate >= cfg.critical_aggregate) | beyond.any(axis=1)
         warning = (points >= cfg.warning_points).any(axis=1) | (aggregate >= cfg.warning_aggregate)

@@ -12,7 +12,8 @@ theory", KDD 2017. Per stream:
    (for fixed theta, gamma = mean(log(1 + theta*y)) is explicit, so the likelihood is
    searched over one variable on a log grid, then refined), or the method of moments.
    Numerical safety: fewer than ``min_peaks_gpd`` peaks -> exponential tail (gamma = 0,
-   sigma = mean excess); gamma is kept in [-0.5, 0.5]; sigma >= ``min_scale``.
+   sigma = mean excess); gamma is kept in [-1, 0.5] (-1 is a uniform tail: bounded scores
+   such as HalfSpaceTrees' in [0, 1]); sigma >= ``min_scale``.
 4. *Threshold* for risk q: ``z_q = t + sigma/gamma * ((q*n/N_t)^(-gamma) - 1)``
    (``t - sigma*log(q*n/N_t)`` when gamma = 0), never below t. ``N_t`` peaks were seen in
    the last ``n`` observations.
@@ -61,7 +62,7 @@ from streamwatch.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-GAMMA_MIN, GAMMA_MAX = -0.5, 0.5
+GAMMA_MIN, GAMMA_MAX = -1.0, 0.5
 _GRID = 48
 
 
