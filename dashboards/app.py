@@ -105,6 +105,7 @@ def serve(app: dash.Dash, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) ->
     server = make_server(host, port, app.server, threaded=True)
     log.info("dashboard serving url=http://%s:%d", host, server.server_address[1])
     try:
-        server.serve_forever()
+        server.serve_forever()  # returns on Ctrl-C (werkzeug handles KeyboardInterrupt)
     finally:
         server.server_close()
+        log.info("dashboard stopped")
