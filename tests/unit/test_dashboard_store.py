@@ -264,7 +264,7 @@ def test_concurrent_writer_and_reader_lose_and_repeat_nothing() -> None:
                                     {"tiers": ((0.5, 10),)}, {"tiers": ((60.0, 0),)},
                                     {"tiers": ((60.0, 10), (90.0, 10))}])
 def test_buffer_config_names_the_allowed_range(kwargs: dict[str, object]) -> None:
-    with pytest.raises(ConfigError, match="must be (in|a multiple)"):
+    with pytest.raises(ConfigError, match=r"must be (in|a multiple)"):
         BufferConfig(**kwargs)  # type: ignore[arg-type]
 
 
