@@ -15,6 +15,7 @@ Runs over any ``Transport`` (Kafka or in-memory); ``run(timeout=, count=)`` make
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import signal
@@ -58,6 +59,71 @@ class ServiceOptions:
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
+class EventTimeMerge:
+    """Merges the assigned partitions into one event-time order before scoring.
+
+    Readings wait here until every assigned partition has shown data at least as late
+    (the watermark = the minimum over partitions of their latest timestamp), then leave in
+    (ts, stream_id, offset) order. So the detector sees the same sequence however the
+    client interleaves partitions in its polls, and its event-time training ticks make
+    replays after a crash or a rebalance score identically. A partition that has sent
+    nothing for ``idle_s`` (wall time) does not hold the others back, and an empty poll
+    (the consumer has caught up) releases everything: live data waits at most ``idle_s``.
+    """
+
+    def __init__(self, idle_s: float = 2.0, max_held: int = 200_000) -> None:
+        self.idle_s = idle_s
+        self.max_held = max_held
+        self._heap: list[tuple[float, str, int, int, str, Reading]] = []
+        self._latest: dict[TopicPartition, float] = {}
+        self._seen: dict[TopicPartition, float] = {}  # wall time of the last data
+
+    def assign(self, partitions: set[TopicPartition], now: float) -> None:
+        for tp in partitions:
+            self._seen[tp] = now
+
+    @property
+    def held(self) -> int:
+        return len(self._heap)
+
+    def add(self, tp: TopicPartition, offset: int, reading: Reading, now: float) -> None:
+        heapq.heappush(self._heap, (reading.ts, reading.stream_id, offset, tp.partition,
+                                    tp.topic, reading))
+        self._seen[tp] = now
+        if reading.ts > self._latest.get(tp, float("-inf")):
+            self._latest[tp] = reading.ts
+
+    def release(self, now: float, *, everything: bool) -> list[Reading]:
+        limit = float("inf")
+        if not everything:
+            active = [tp for tp, seen in self._seen.items() if now - seen < self.idle_s]
+            limit = min((self._latest.get(tp, float("-inf")) for tp in active),
+                        default=float("inf"))
+        out: list[Reading] = []
+        heap = self._heap
+        while heap and (heap[0][0] <= limit or len(heap) > self.max_held):
+            out.append(heapq.heappop(heap)[-1])
+        return out
+
+    def safe_offsets(self, polled_next: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Per partition, the next offset such that nothing before it is still held."""
+        safe = dict(polled_next)
+        for _ts, _sid, offset, partition, topic, _r in self._heap:
+            tp = TopicPartition(topic, partition)
+            if offset < safe.get(tp, offset + 1):
+                safe[tp] = offset
+        return safe
+
+    def drop(self, partitions: set[TopicPartition]) -> None:
+        """Forget held readings of revoked partitions (their new owner re-reads them)."""
+        keep = [e for e in self._heap if TopicPartition(e[4], e[3]) not in partitions]
+        heapq.heapify(keep)
+        self._heap = keep
+        for tp in partitions:
+            self._latest.pop(tp, None)
+            self._seen.pop(tp, None)
+
+
 @dataclass
 class RunStats:
     readings: int = 0
@@ -90,7 +156,10 @@ class DetectorService:
         self.detector: Any = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._next_offsets: dict[TopicPartition, int] = {}
+        self._next_offsets: dict[TopicPartition, int] = {}  # safe to commit
+        self._polled_next: dict[TopicPartition, int] = {}
+        self._assigned: set[TopicPartition] = set()
+        self._merge = EventTimeMerge()
         self._stream_partition: dict[str, TopicPartition] = {}
         self._batches_since_ckpt = 0
         self._last_ckpt = 0.0
@@ -126,8 +195,8 @@ class DetectorService:
                     break
                 try:
                     messages = self._consumer.poll(opts.poll_timeout_s, opts.max_poll_records)
-                    if messages:
-                        self._process(messages)
+                    if messages or self._merge.held:
+                        self._process(messages, caught_up=not messages)
                     self._maybe_checkpoint()
                     self._maybe_health()
                     backoff = opts.retry_backoff_s[0]
@@ -170,6 +239,9 @@ class DetectorService:
                     self._stream_partition[sid] = tp
                 self._consumer.seek(tp, state.offset)
                 self._next_offsets[tp] = state.offset
+                self._polled_next[tp] = state.offset
+        self._assigned |= set(partitions)
+        self._merge.assign(set(partitions), time.monotonic())
         log.info("partitions assigned", extra={
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
             "restored": len(snapshot.partitions)})
@@ -184,6 +256,9 @@ class DetectorService:
             del self._stream_partition[sid]
         for tp in partitions:
             self._next_offsets.pop(tp, None)
+            self._polled_next.pop(tp, None)
+        self._assigned -= set(partitions)
+        self._merge.drop(partitions)
         log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
 
     # -- the batch ---------------------------------------------------------------------
@@ -203,22 +278,25 @@ class DetectorService:
                 field="stream_id", code="key_mismatch")
         return reading
 
-    def _process(self, messages: Sequence[Message]) -> None:
+    def _process(self, messages: Sequence[Message], caught_up: bool) -> None:
         started = time.perf_counter()
         assert self._producer is not None
-        accepted: list[Reading] = []
         dead: list[DeadLetter] = []
-        now = self.clock()
+        now, wall = self.clock(), time.monotonic()
         for msg in messages:
             tp = TopicPartition(msg.topic, msg.partition)
-            self._next_offsets[tp] = msg.offset + 1
+            self._polled_next[tp] = msg.offset + 1
             try:
                 reading = self._validate(msg)
             except SchemaError as exc:
                 dead.append(self._dead_letter(msg, exc.code, str(exc), exc.field, now))
                 continue
-            accepted.append(reading)
+            self._merge.add(tp, msg.offset, reading, wall)
             self._stream_partition[reading.stream_id] = tp
+        accepted = self._merge.release(wall, everything=caught_up)
+        self._next_offsets = self._merge.safe_offsets(self._polled_next)
+        if not accepted and not dead:
+            return
         scores, alerts, failed = self._score(accepted, now)
         dead.extend(failed)
         self._deliver(self._outputs(scores, alerts, dead))

@@ -110,6 +110,14 @@ class ForecastScorer:
         self._alpha = ew_alpha(cfg.norm_halflife)
         self.late_readings = 0
         self._wave: tuple[KindBatch, np.ndarray] | None = None  # rows of the last advance
+        self.defer_training = False
+        """When True (set by the detector), ``learn_many`` only stages windows and counts;
+        ``train_pending`` adds them to the replay buffer in canonical (ts, stream) order
+        and takes the optimiser steps. The detector calls it at event-time tick
+        boundaries, so parameters change at the same points of the stream whatever the
+        micro-batching or the interleaving of partitions: replays give identical scores."""
+        self._staged: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []
+        self._staged_learned = 0
 
     # ---------------------------------------------------------------- properties
     @property
@@ -251,11 +259,32 @@ class ForecastScorer:
         st["norm_mean"][sel], st["norm_var"][sel], st["norm_n"][sel] = mean, var, n
         st["ring_trainable"][sel, st.ring_latest(sel)] = True
         st["learned"][sel] += 1
-        eligible = sel[(st["learned"][sel] % cfg.replay_every == 0)
-                       & (st["count"][sel] >= max(cfg.warmup, 2))]
+        take = (st["learned"][sel] % cfg.replay_every == 0) & (st["count"][sel] >= max(cfg.warmup, 2))
+        eligible = sel[take]
+        if self.defer_training:
+            if eligible.size:
+                pos = np.flatnonzero(mask)[take]
+                self._staged.append((batch.ts[pos].copy(), [batch.stream_ids[i] for i in pos],
+                                     *self._windows(eligible)))
+            self._staged_learned += int(sel.size)
+            return
         if eligible.size:
             self.trainer.replay.add(*self._windows(eligible))
         self.trainer.on_learned(int(sel.size))
+
+    def train_pending(self) -> int:
+        """Move staged windows into the replay buffer in (ts, stream) order and take the
+        optimiser steps they are owed (see ``defer_training``). Returns steps taken."""
+        if self._staged:
+            ts = np.concatenate([item[0] for item in self._staged])
+            sids = [sid for item in self._staged for sid in item[1]]
+            x = np.concatenate([item[2] for item in self._staged])
+            y = np.concatenate([item[3] for item in self._staged])
+            order = sorted(range(len(sids)), key=lambda i: (ts[i], sids[i]))
+            self.trainer.replay.add(x[order], y[order])
+            self._staged = []
+        learned, self._staged_learned = self._staged_learned, 0
+        return self.trainer.on_learned(learned) if learned else 0
 
     def _windows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Training windows ending at each row's latest reading (current statistics)."""
@@ -356,6 +385,7 @@ class ForecastScorer:
             "model": self.model.state_dict(),
             "trainer": self.trainer.state_dict(),
             "late_readings": self.late_readings,
+            "staged": self._staged_state(),
         }
         if include_streams:
             state["streams"] = self.state.export_all()
@@ -398,6 +428,7 @@ class ForecastScorer:
             if "streams" in state:
                 fresh.state.import_(state["streams"])
             fresh.late_readings = int(state.get("late_readings", 0))
+            fresh._load_staged(state.get("staged"))
         except KeyError as exc:
             raise CheckpointError(f"{self.name}: state lacks the field {exc.args[0]!r}") from None
         except (RuntimeError, ValueError, TypeError) as exc:
@@ -405,4 +436,25 @@ class ForecastScorer:
         fresh.model.eval()
         self.model, self.trainer, self.state = fresh.model, fresh.trainer, fresh.state
         self.late_readings = fresh.late_readings
+        self._staged, self._staged_learned = fresh._staged, fresh._staged_learned
         self._wave = None
+
+    def _staged_state(self) -> dict[str, Any]:
+        if not self._staged:
+            return {"learned": self._staged_learned, "n": 0}
+        return {
+            "learned": self._staged_learned,
+            "n": sum(len(item[1]) for item in self._staged),
+            "ts": torch.from_numpy(np.concatenate([item[0] for item in self._staged])),
+            "sids": [sid for item in self._staged for sid in item[1]],
+            "x": torch.from_numpy(np.concatenate([item[2] for item in self._staged])),
+            "y": torch.from_numpy(np.concatenate([item[3] for item in self._staged])),
+        }
+
+    def _load_staged(self, staged: dict[str, Any] | None) -> None:
+        if not staged:
+            return
+        self._staged_learned = int(staged["learned"])
+        if int(staged["n"]):
+            self._staged = [(staged["ts"].numpy().copy(), list(staged["sids"]),
+                             staged["x"].numpy().copy(), staged["y"].numpy().copy())]
