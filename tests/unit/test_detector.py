@@ -355,3 +355,71 @@ def test_counters_report_what_the_detector_did() -> None:
     assert c["training_steps"] == det._kinds[UNIVARIATE].scorer.version > 0
     assert c["open_alerts"] == 0 and c["streams"] == 1 and c["training_loss"] is None
     assert [a.event for a in alerts] == ["open", "close"]
+
+
+def roundtrip(state: dict[str, Any]) -> Any:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def forecast_detector(seed: int = 0) -> StreamDetector:
+    from streamwatch.detect.forecast_scorer import ForecastScorer
+    from streamwatch.model.config import ModelConfig
+
+    model = ModelConfig(hidden_size=8, window=8, burn_in=2, batch_size=16, train_every=64,
+                        seed=seed)  # fmt: skip
+    return StreamDetector(lambda kind: ForecastScorer(kind, model), small_config())
+
+
+def ward(beds: int, seconds: int, shift_bed: int, shift_at: int) -> list[Reading]:
+    streams = []
+    for b in range(beds):
+        rs = icu(f"icu/bed-{b}", seconds, seed=100 + b)
+        if b == shift_bed:
+            rs = [Reading(r.stream_id, r.kind, r.ts, {**r.values, "hr": 100.0})
+                  if r.ts >= 1000.0 + shift_at else r for r in rs]  # fmt: skip
+        streams.append(rs)
+    return interleave(*streams)
+
+
+def test_engine_runs_the_gru_forecast_scorer_end_to_end() -> None:
+    det = forecast_detector()
+    data = ward(beds=4, seconds=700, shift_bed=2, shift_at=600)
+    scores, alerts = run(det, data, batch=40)
+    assert [(s.stream_id, s.ts) for s in scores] == [(r.stream_id, r.ts) for r in data]
+    assert all(s.model == "gru" for s in scores)
+    assert scores[0].warming_up and scores[0].threshold is None
+    late = [s for s in scores if s.ts >= 1500.0]
+    assert all(not s.warming_up and s.threshold is not None for s in late)
+    assert set(late[-1].forecast) == set(ICU_NORMAL) and late[-1].model_version > 0
+    opened = [a for a in alerts if a.event == "open"]
+    assert [a.stream_id for a in opened if a.onset_ts >= 1600.0] == ["icu/bed-2"]
+    assert opened[-1].explanation.channels[0].channel == "hr"
+    assert det.counters["training_steps"] == late[-1].model_version
+
+
+def test_forecast_scorer_state_restores_identically_through_both_checkpoint_paths() -> None:
+    data = ward(beds=3, seconds=500, shift_bed=1, shift_at=450)
+    cut = 3 * 430
+    reference, ref_alerts = run(forecast_detector(), data, batch=30)
+    first = forecast_detector()
+    head, head_alerts = run(first, data[:cut], batch=30)
+    ids = [f"icu/bed-{b}" for b in range(3)]
+    # Separate files, as in production: a state dict shares tensors with the live
+    # optimiser (torch semantics), so it must be serialised before it is loaded twice.
+    full = roundtrip(first.state_dict())
+    handover = roundtrip(
+        {"global": first.global_state_dict(), "streams": first.export_streams(ids)}
+    )
+    restored = forecast_detector()
+    restored.load_state_dict(full)
+    tail, tail_alerts = run(restored, data[cut:], batch=30)
+    assert [s.score for s in head + tail] == [s.score for s in reference]
+    assert head_alerts + tail_alerts == ref_alerts
+    handed = forecast_detector()
+    handed.load_global_state(handover["global"])
+    handed.import_streams(handover["streams"])
+    tail2, tail_alerts2 = run(handed, data[cut:], batch=30)
+    assert tail2 == tail and tail_alerts2 == tail_alerts
