@@ -295,10 +295,16 @@ class DetectorService:
             self._stream_partition[reading.stream_id] = tp
         accepted = self._merge.release(wall, everything=caught_up)
         self._next_offsets = self._merge.safe_offsets(self._polled_next)
-        if not accepted and not dead:
-            return
+        size = self.options.max_poll_records
+        for start in range(0, max(len(accepted), 1 if dead else 0), size):
+            self._score_and_emit(accepted[start:start + size], dead, now, started)
+            dead, started = [], time.perf_counter()
+
+    def _score_and_emit(self, accepted: list[Reading], dead: list[DeadLetter], now: float,
+                        started: float) -> None:
+        """One micro-batch: score, deliver outputs, count."""
         scores, alerts, failed = self._score(accepted, now)
-        dead.extend(failed)
+        dead = dead + failed
         self._deliver(self._outputs(scores, alerts, dead))
         self.stats.readings += len(scores)
         self.stats.dead_letters += len(dead)
