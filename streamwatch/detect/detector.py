@@ -56,50 +56,21 @@ from typing import Any
 
 import numpy as np
 
-from streamwatch.alerts import AlertBook, Snapshot
+from streamwatch.alerts import Snapshot
 from streamwatch.detect.base import KindBatch, Scorer
 from streamwatch.detect.config import DetectorConfig
-from streamwatch.detect.hardlimits import LEVEL_NAMES, HardLimitBank
-from streamwatch.detect.slots import SlotTable
-from streamwatch.detect.thresholds import ThresholdBank
-from streamwatch.errors import CheckpointError, ConfigError, SchemaError
+from streamwatch.detect.detector_state import COUNTERS, DetectorState, KindState
+from streamwatch.detect.hardlimits import LEVEL_NAMES
+from streamwatch.errors import ConfigError, SchemaError
 from streamwatch.kinds import KindSpec, get_kind
 from streamwatch.schema import Alert, ChannelForecast, Reading, Score
 
 log = logging.getLogger(__name__)
 
-FORMAT, FORMAT_VERSION = "streamwatch.detector", 1
-COUNTERS = (
-    "readings", "anomalous", "warming_up", "hard_limit_readings", "late_readings",
-    "duplicate_readings", "unscored_readings", "ignored_channels", "alerts_opened",
-    "alerts_updated", "alerts_closed", "regimes_accepted",
-)  # fmt: skip
 ScorerSource = Mapping[str, Scorer] | Callable[[KindSpec], Scorer]
 
 
-class _Kind:
-    """Everything the detector keeps for one kind."""
-
-    def __init__(self, spec: KindSpec, scorer: Scorer, config: DetectorConfig) -> None:
-        self.spec, self.scorer = spec, scorer
-        self.channel_set = frozenset(spec.channels)
-        self.thresholds = ThresholdBank(config.thresholds)
-        self.hard = (HardLimitBank(config.hard_limits, spec)
-                     if HardLimitBank.applies(config.hard_limits, spec) else None)  # fmt: skip
-        alert_config = config.alerts_for(spec.name)
-        self.extreme_factor = alert_config.extreme_factor
-        self.alerts = AlertBook(spec.name, spec.channels, alert_config, config.drift)
-        self.table = SlotTable({"last_ts": ((), np.float64, np.nan),
-                                "n_seen": ((), np.int64, 0),
-                                "active": ((), np.bool_, False)})  # fmt: skip
-        lo = [spec.plausible.get(c, (-math.inf, math.inf))[0] for c in spec.channels]
-        hi = [spec.plausible.get(c, (-math.inf, math.inf))[1] for c in spec.channels]
-        self.low, self.high = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
-        self.scorer_warming: Callable[[Sequence[str]], np.ndarray] | None = getattr(
-            scorer, "warming_up", None)  # fmt: skip
-
-
-class StreamDetector:
+class StreamDetector(DetectorState):
     """Detector protocol implementation around any scorer (see module docstring).
 
     Parameters
@@ -126,7 +97,7 @@ class StreamDetector:
         self.scorers = scorers
         self.config = config if config is not None else DetectorConfig()
         self.allowed = {k.name: k for k in kinds} if kinds is not None else None
-        self._kinds: dict[str, _Kind] = {}
+        self._kinds: dict[str, KindState] = {}
         self._kind_of: dict[str, str] = {}
         self._counters = dict.fromkeys(COUNTERS, 0)
 
@@ -135,7 +106,7 @@ class StreamDetector:
         return SchemaError(f"unknown stream kind {kind!r}: {why}", field="kind",
                            code="unknown_kind")  # fmt: skip
 
-    def _kind(self, name: str) -> _Kind:
+    def _kind(self, name: str) -> KindState:
         ks = self._kinds.get(name)
         if ks is not None:
             return ks
@@ -157,7 +128,7 @@ class StreamDetector:
             if not isinstance(scorer, Scorer):
                 raise ConfigError(f"the scorer factory returned {type(scorer).__name__} for "
                                   f"kind {name!r}, not a Scorer")  # fmt: skip
-        ks = self._kinds[name] = _Kind(spec, scorer, self.config)
+        ks = self._kinds[name] = KindState(spec, scorer, self.config)
         log.info("kind ready kind=%s scorer=%s hard_limits=%s", name, scorer.name,
                  ks.hard is not None)  # fmt: skip
         return ks
@@ -194,7 +165,7 @@ class StreamDetector:
                            f"{channel!r} for kind {spec.name!r}", field=f"values.{channel}",
                            code="out_of_range")  # fmt: skip
 
-    def _matrix(self, ks: _Kind, rs: Sequence[Reading]) -> tuple[np.ndarray, np.ndarray]:
+    def _matrix(self, ks: KindState, rs: Sequence[Reading]) -> tuple[np.ndarray, np.ndarray]:
         """Values (N, C) and timestamps of one kind's readings; raises on a bad reading."""
         chans = ks.spec.channels
         for r in rs:
@@ -239,7 +210,7 @@ class StreamDetector:
         self._counters["readings"] += len(readings)
         return scores, alerts
 
-    def _process_kind(self, ks: _Kind, idx: list[int], rs: list[Reading], values: np.ndarray,
+    def _process_kind(self, ks: KindState, idx: list[int], rs: list[Reading], values: np.ndarray,
                       ts: np.ndarray, scores: list[Any], alerts: list[Alert]) -> None:  # fmt: skip
         sids = [r.stream_id for r in rs]
         n, c = values.shape
@@ -258,7 +229,7 @@ class StreamDetector:
             self._wave(ks, w, wsids, ts[w], values[w], scorer_values[w], out, alerts)
         self._emit(ks, idx, rs, out, scores)
 
-    def _wave(self, ks: _Kind, w: np.ndarray, sids: list[str], ts: np.ndarray,
+    def _wave(self, ks: KindState, w: np.ndarray, sids: list[str], ts: np.ndarray,
               raw: np.ndarray, values: np.ndarray, out: _Outputs, alerts: list[Alert]) -> None:  # fmt: skip
         cfg, cnt, scorer = self.config, self._counters, ks.scorer
         arrays = ks.table.arrays
@@ -323,7 +294,7 @@ class StreamDetector:
         cnt["hard_limit_readings"] += int((hl_level > 0).sum())
         cnt["unscored_readings"] += int((~finite).sum())
 
-    def _step_alerts(self, ks: _Kind, w: np.ndarray, sids: list[str], ts: np.ndarray,
+    def _step_alerts(self, ks: KindState, w: np.ndarray, sids: list[str], ts: np.ndarray,
                      values: np.ndarray, sb: Any, score: np.ndarray, thr: np.ndarray,
                      anomalous: np.ndarray, extreme: np.ndarray, hl_level: np.ndarray,
                      hl_conf: np.ndarray, hl_onset: np.ndarray, version: int,
@@ -359,7 +330,7 @@ class StreamDetector:
         self._counters["late_readings"] += int(late.sum()) - dup
         log.debug("late or duplicate readings scored but not learned count=%d", int(late.sum()))
 
-    def _emit(self, ks: _Kind, idx: list[int], rs: list[Reading], out: _Outputs,
+    def _emit(self, ks: KindState, idx: list[int], rs: list[Reading], out: _Outputs,
               scores: list[Any]) -> None:  # fmt: skip
         """Build the Score records (the per-reading Python work: kept to dict building)."""
         chans, kind, model = ks.spec.channels, ks.spec.name, ks.scorer.name
@@ -414,135 +385,6 @@ class StreamDetector:
         finite = [x for x in losses if math.isfinite(x)]
         info["training_loss"] = sum(finite) / len(finite) if finite else None
         return info
-
-    # -- state -------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything (scorers, thresholds, hard limits, alert machines, counters)."""
-        kinds = {}
-        for name, ks in self._kinds.items():
-            kinds[name] = {"scorer": ks.scorer.state_dict(), **self._banks(ks, None)}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "counters": dict(self._counters), "kinds": kinds}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._check_format(state)
-        self._restore_counters(state)
-        for name, kstate in state["kinds"].items():
-            ks = self._kind_for_restore(name)
-            ks.scorer.load_state_dict(kstate["scorer"])
-            for sid in list(ks.table.ids):
-                self._kind_of.pop(sid, None)
-            ks.table.clear()
-            ks.alerts.machines.clear()
-            ks.thresholds.load_state_dict(kstate["thresholds"])
-            if ks.hard is not None:
-                ks.hard.load_state_dict(kstate["hard_limits"])
-            self._import_banks(name, ks, kstate)
-
-    def global_state_dict(self) -> dict[str, Any]:
-        """Scorers without their per-stream state, plus counters (per-stream state goes
-        through ``export_streams``). A scorer may offer ``global_state_dict()``; otherwise
-        a ``"streams"`` entry of its ``state_dict`` is replaced by an empty export."""
-        kinds = {}
-        for name, ks in self._kinds.items():
-            fn = getattr(ks.scorer, "global_state_dict", None)
-            if callable(fn):
-                scorer_state = fn()
-            else:
-                scorer_state = ks.scorer.state_dict()
-                if "streams" in scorer_state:
-                    scorer_state = {**scorer_state, "streams": ks.scorer.export_streams([])}
-            kinds[name] = {"scorer": scorer_state}
-        return {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "counters": dict(self._counters), "kinds": kinds}  # fmt: skip
-
-    def load_global_state(self, state: dict[str, Any]) -> None:
-        """Restore ``global_state_dict()`` output (per-stream state comes by import)."""
-        self._check_format(state)
-        self._restore_counters(state)
-        for name, kstate in state["kinds"].items():
-            ks = self._kind_for_restore(name)
-            fn = getattr(ks.scorer, "load_global_state", None)
-            (fn if callable(fn) else ks.scorer.load_state_dict)(kstate["scorer"])
-
-    def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
-        """Per-stream state of these streams (unknown ids are left out)."""
-        by_kind: dict[str, list[str]] = {}
-        for sid in stream_ids:
-            kind = self._kind_of.get(sid)
-            if kind is not None:
-                by_kind.setdefault(kind, []).append(sid)
-        kinds = {}
-        for name, ids in by_kind.items():
-            ks = self._kinds[name]
-            kinds[name] = {"scorer": ks.scorer.export_streams(ids), **self._banks(ks, ids)}
-        return {"stream_ids": [s for ids in by_kind.values() for s in ids], "kinds": kinds}
-
-    def import_streams(self, state: dict[str, Any]) -> None:
-        """Create or overwrite the streams of an ``export_streams`` result."""
-        if not isinstance(state, dict) or "kinds" not in state:
-            raise CheckpointError("stream state lacks 'kinds': not an export_streams result")
-        for name, kstate in state["kinds"].items():
-            ks = self._kind_for_restore(name)
-            ks.scorer.import_streams(kstate["scorer"])
-            ks.thresholds.import_streams(kstate["thresholds"])
-            if ks.hard is not None:
-                ks.hard.import_streams(kstate["hard_limits"])
-            self._import_banks(name, ks, kstate)
-
-    def forget_streams(self, stream_ids: Sequence[str]) -> None:
-        """Drop every trace of these streams (e.g. their partition was revoked)."""
-        by_kind: dict[str, list[str]] = {}
-        for sid in stream_ids:
-            kind = self._kind_of.pop(sid, None)
-            if kind is not None:
-                by_kind.setdefault(kind, []).append(sid)
-        for name, ids in by_kind.items():
-            ks = self._kinds[name]
-            ks.scorer.forget_streams(ids)
-            ks.thresholds.forget_streams(ids)
-            if ks.hard is not None:
-                ks.hard.forget_streams(ids)
-            ks.alerts.forget_streams(ids)
-            ks.table.forget(ids)
-
-    def _banks(self, ks: _Kind, ids: Sequence[str] | None) -> dict[str, Any]:
-        if ids is None:
-            return {"thresholds": ks.thresholds.state_dict(), "alerts": ks.alerts.state_dict(),
-                    "hard_limits": ks.hard.state_dict() if ks.hard is not None else None,
-                    "streams": ks.table.export_rows()}  # fmt: skip
-        return {"thresholds": ks.thresholds.export_streams(ids),
-                "alerts": ks.alerts.export_streams(ids),
-                "hard_limits": ks.hard.export_streams(ids) if ks.hard is not None else None,
-                "streams": ks.table.export_rows(ids)}  # fmt: skip
-
-    def _import_banks(self, name: str, ks: _Kind, kstate: dict[str, Any]) -> None:
-        try:
-            ks.alerts.import_streams(kstate["alerts"])
-            ks.table.import_rows(kstate["streams"])
-        except KeyError as exc:
-            raise CheckpointError(f"state of kind {name!r} lacks {exc.args[0]!r}") from None
-        self._kind_of.update(dict.fromkeys(ks.table.ids, name))
-
-    def _kind_for_restore(self, name: str) -> _Kind:
-        try:
-            return self._kind(name)
-        except SchemaError as exc:
-            raise CheckpointError(f"the state holds kind {name!r}, which this detector "
-                                  f"cannot run: {exc.problem}") from None  # fmt: skip
-
-    @staticmethod
-    def _check_format(state: dict[str, Any]) -> None:
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise CheckpointError("not a streamwatch detector state")
-        if state.get("format_version") != FORMAT_VERSION:
-            raise CheckpointError(f"detector state format version {state.get('format_version')!r}"
-                                  f", this version reads {FORMAT_VERSION}")  # fmt: skip
-
-    def _restore_counters(self, state: dict[str, Any]) -> None:
-        saved = state.get("counters", {})
-        self._counters = {k: int(saved.get(k, 0)) for k in COUNTERS}
-
 
 class _Outputs:
     """Per-reading results of one kind in one batch, filled wave by wave."""
