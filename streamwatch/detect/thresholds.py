@@ -30,7 +30,9 @@ theory", KDD 2017. Per stream:
    observations those peaks come from); the GPD is refitted every ``refit_every`` new
    peaks, the threshold itself is recomputed on every update.
 
-Cost: a wave of B streams is a few dozen numpy operations on length-B arrays; fitting
+Memory: ~2.3 KB per stream with the defaults (peaks as float32, their positions as
+int32), plus 1.2 KB of warm-up scores. Cost: a wave of B streams is a few dozen numpy
+operations on length-B arrays; fitting
 happens once per stream at the end of warm-up and every ``refit_every`` peaks (about
 every ``refit_every / (1 - init_quantile)`` = 500 readings by default).
 
@@ -160,11 +162,11 @@ class ThresholdBank:
         self._table = SlotTable(
             {
                 "n_obs": ((), np.int64, 0),
-                "warm": ((cfg.warmup,), np.float64, np.nan),
+                "warm": ((cfg.warmup,), np.float32, np.nan),
                 "fitted": ((), np.bool_, False),
                 "level": ((), np.float64, np.nan),
-                "peaks": ((cfg.max_peaks,), np.float64, np.nan),
-                "peak_obs": ((cfg.max_peaks,), np.int64, 0),
+                "peaks": ((cfg.max_peaks,), np.float32, np.nan),
+                "peak_obs": ((cfg.max_peaks,), np.int32, 0),
                 "censored": ((cfg.max_peaks,), np.bool_, False),
                 "head": ((), np.int64, 0),
                 "count": ((), np.int64, 0),
@@ -297,7 +299,7 @@ class ThresholdBank:
         for slot in slots.tolist():
             k = int(a["count"][slot])
             gamma, sigma = fit_gpd(
-                a["peaks"][slot, :k],
+                a["peaks"][slot, :k].astype(np.float64),
                 a["censored"][slot, :k],
                 estimator=cfg.estimator,
                 min_peaks=cfg.min_peaks_gpd,
