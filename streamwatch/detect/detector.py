@@ -175,8 +175,7 @@ class StreamDetector(DetectorState):
                 self._counters["ignored_channels"] += len(r.values.keys() - ks.channel_set)
         values = np.array([[r.values.get(c) for c in chans] for r in rs], dtype=np.float64)
         ts = np.fromiter((r.ts for r in rs), dtype=np.float64, count=len(rs))
-        with np.errstate(invalid="ignore"):
-            bad = (values < ks.low) | (values > ks.high) | np.isinf(values)
+        bad = (values < ks.low) | (values > ks.high) | np.isinf(values)
         if bad.any() or not (np.isfinite(ts) & (ts >= 0)).all():
             for r in rs:
                 self._validate_in_batch(r)

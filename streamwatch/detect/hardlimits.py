@@ -124,8 +124,7 @@ class HardLimitBank:
             band = np.minimum(band, self._bounds.shape[1] - 1)
             pts = self._points[np.arange(len(self._banded))[None, :], band]
             points[:, self._banded] = np.where(np.isnan(v), 0, pts)
-        with np.errstate(invalid="ignore"):
-            beyond = (values < self._low) | (values > self._high)
+        beyond = (values < self._low) | (values > self._high)
         present = (~np.isnan(values) & self._scored).any(axis=1)
         aggregate = points.sum(axis=1)
         critical = (aggregate >= cfg.critical_aggregate) | beyond.any(axis=1)
@@ -161,8 +160,7 @@ class HardLimitBank:
             broken = ~cond & ~ev.neutral
             start[broken, j] = np.nan
             count[broken, j] = 0
-        with np.errstate(invalid="ignore"):
-            held = ts[:, None] - start >= np.array([cfg.persist_s, cfg.critical_persist_s])
+        held = ts[:, None] - start >= np.array([cfg.persist_s, cfg.critical_persist_s])
         ok = held & (count >= cfg.min_readings)
         confirmed = np.where(ok[:, 1], CRITICAL, np.where(ok[:, 0], WARNING, NONE))
         confirmed = np.where(update, confirmed, NONE).astype(np.int8)

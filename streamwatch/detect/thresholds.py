@@ -314,13 +314,12 @@ class ThresholdBank:
         n_eff = np.where(count < cap, n, n - oldest + 1).astype(np.float64)
         ratio = self.config.risk * n_eff / np.maximum(count, 1)
         gamma, sigma = a["gamma"][s], a["sigma"][s]
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            safe_g = np.where(np.abs(gamma) < 1e-9, 1.0, gamma)
-            z = np.where(
-                np.abs(gamma) < 1e-9,
-                t - sigma * np.log(ratio),
-                t + sigma / safe_g * (ratio ** (-gamma) - 1.0),
-            )
+        safe_g = np.where(np.abs(gamma) < 1e-9, 1.0, gamma)
+        z = np.where(
+            np.abs(gamma) < 1e-9,
+            t - sigma * np.log(ratio),
+            t + sigma / safe_g * (ratio ** (-gamma) - 1.0),
+        )
         a["z"][s] = np.maximum(z, t)
 
     # -- state -----------------------------------------------------------------------
