@@ -40,7 +40,9 @@ processed reading is scored against the current state and gets its ``Score`` (ne
 update. Counted in ``counters['late_readings']`` / ``counters['duplicate_readings']``.
 
 Probe-off: for kinds under the hard-limit layer, a value of exactly 0 in a
-``probe_off_zero`` channel (SpO2) is shown to the scorer as missing.
+``probe_off_zero`` channel (SpO2) is shown to the scorer as missing. ``Score.hard_limit``
+is the reading's own NEWS2 verdict (no persistence); alerts use the persisted one.
+A stream keeps the kind of its first reading (another kind later is a ``SchemaError``).
 
 State: ``state_dict`` (everything), ``global_state_dict`` (scorers without per-stream
 state + counters) and ``export_streams``/``import_streams``/``forget_streams`` for moving
@@ -136,6 +138,11 @@ class StreamDetector(DetectorState):
     def validate(self, reading: Reading) -> None:
         """Raise ``SchemaError`` (with field and code) if ``process`` would refuse it."""
         ks = self._kind(reading.kind)
+        known = self._kind_of.get(reading.stream_id)
+        if known is not None and known != reading.kind:
+            raise SchemaError(f"stream {reading.stream_id!r} is of kind {known!r}, not "
+                              f"{reading.kind!r}; a stream keeps its kind", field="kind",
+                              code="schema")  # fmt: skip
         if not math.isfinite(reading.ts) or reading.ts < 0:
             raise SchemaError("must be a finite number >= 0", field="ts", code="non_finite")
         spec = ks.spec
@@ -167,8 +174,10 @@ class StreamDetector(DetectorState):
 
     def _matrix(self, ks: KindState, rs: Sequence[Reading]) -> tuple[np.ndarray, np.ndarray]:
         """Values (N, C) and timestamps of one kind's readings; raises on a bad reading."""
-        chans = ks.spec.channels
+        chans, name, kind_of = ks.spec.channels, ks.spec.name, self._kind_of
         for r in rs:
+            if kind_of.get(r.stream_id, name) != name:
+                self._validate_in_batch(r)
             if not r.values.keys() <= ks.channel_set:
                 if self.config.unknown_channels == "reject":
                     self._validate_in_batch(r)

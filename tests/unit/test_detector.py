@@ -302,6 +302,9 @@ def test_unknown_kind_and_implausible_values_are_schema_errors_that_change_nothi
     lenient = detector(small_config(unknown_channels="ignore"))
     scores, _ = lenient.process([Reading("icu/bed-7", ICU, 5.0, {**ICU_NORMAL, "etco2": 35.0})])
     assert len(scores) == 1 and lenient.counters["ignored_channels"] == 1
+    det.process(good)
+    with pytest.raises(SchemaError, match="keeps its kind"):
+        det.process([Reading("icu/bed-5", UNIVARIATE, 9.0, {"value": 1.0})])
     strict = StreamDetector({UNIVARIATE: EwmaScorer(get_kind(UNIVARIATE))}, small_config())
     with pytest.raises(SchemaError, match="no scorer configured"):
         strict.validate(good[0])
