@@ -198,11 +198,24 @@ def _evaluate_nab(args: argparse.Namespace, names: list[str]) -> int:
     return 0
 
 
+def _one_thread(names: list[str]) -> list[str]:
+    """The forecasters run best on one torch thread here (STACK.md); set it before use."""
+    if {"gru", "lstm"} & set(names):
+        import torch
+
+        torch.set_num_threads(1)
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
     from streamwatch.errors import ConfigError
+
+    if logging.getLogger().level > logging.DEBUG:
+        # one log line per alert open/close would drown the tables; the JSON has them all
+        logging.getLogger("streamwatch.alerts").setLevel(logging.WARNING)
 
     if args.report_streams < 0:
         raise ConfigError(f"--report-streams must be >= 0, got {args.report_streams}")
     if args.target == "nab":
-        return _evaluate_nab(args, _detectors(args, NAB_DETECTORS))
-    return _evaluate_scenario(args, _detectors(args, SCENARIO_DETECTORS))
+        return _evaluate_nab(args, _one_thread(_detectors(args, NAB_DETECTORS)))
+    return _evaluate_scenario(args, _one_thread(_detectors(args, SCENARIO_DETECTORS)))

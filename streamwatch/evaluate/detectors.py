@@ -33,9 +33,9 @@ def _scorer_factory(name: str, seed: int, model_overrides: dict[str, Any]) -> Ca
 
         config = ModelConfig.build(cell=name, seed=seed, **model_overrides)
         return lambda kind: ForecastScorer(kind, config, name=name)
-    from streamwatch.detect import baselines
+    from streamwatch.detect.baselines import factory
 
-    return baselines.factory(name, seed=seed)
+    return factory(name, seed=seed)
 
 
 def detector_factory(name: str, kind: str, seed: int,

@@ -44,18 +44,21 @@ def _bucket(x: np.ndarray, edges: np.ndarray, how: str) -> np.ndarray:
 def _downsample(trace: Trace, max_points: int) -> dict[str, np.ndarray]:
     n = len(trace.ts)
     edges = np.arange(n) if n <= max_points else np.linspace(0, n, max_points, endpoint=False).astype(int)
-    return {
-        "ts": np.asarray(trace.ts)[edges],
+    cols = {
         "values": _bucket(np.asarray(trace.values, dtype=float), edges, "mean"),
         "mean": _bucket(np.asarray(trace.mean, dtype=float), edges, "mean"),
         "std": _bucket(np.asarray(trace.std, dtype=float), edges, "mean"),
         "score": _bucket(np.asarray(trace.score, dtype=float), edges, "max"),
         "threshold": _bucket(np.asarray(trace.threshold, dtype=float), edges, "mean"),
     }
+    # float32 halves the embedded arrays; time stays float64 (epoch ms needs 41 bits)
+    return {"ts": np.asarray(trace.ts, dtype=np.float64)[edges],
+            **{k: v.astype(np.float32) for k, v in cols.items()}}
 
 
 def _time(ts: np.ndarray | float) -> Any:
-    return pd.to_datetime(ts, unit="s")
+    """Epoch milliseconds (a date axis reads them; numpy arrays travel as compact binary)."""
+    return np.asarray(ts, dtype=np.float64) * 1000.0 if isinstance(ts, np.ndarray) else float(ts) * 1000.0
 
 
 def _shade(fig: go.Figure, start: float, stop: float, colour: str, label: str | None = None) -> None:
@@ -67,13 +70,24 @@ def _shade(fig: go.Figure, start: float, stop: float, colour: str, label: str | 
                            showarrow=False, xanchor="left", yanchor="bottom", font={"size": 10})
 
 
+def _score_range(score: np.ndarray, threshold: np.ndarray) -> list[float] | None:
+    """Keep the threshold in view: a few start-up scores can be thousands of times larger."""
+    finite = score[np.isfinite(score)]
+    if not finite.size:
+        return None
+    top = float(np.quantile(finite, 0.995))
+    if np.isfinite(threshold).any():
+        top = max(top, 2.0 * float(np.nanmax(threshold)))
+    return [0.0, 1.05 * top] if top > 0 else None
+
+
 def stream_figure(
     trace: Trace,
     title: str,
     alerts: Sequence[AlertSpan] = (),
     episodes: Sequence[Episode] = (),
     windows: Sequence[tuple[float, float]] = (),
-    max_points: int = 4000,
+    max_points: int = 1500,
 ) -> go.Figure:
     """One stream as one detector saw it (see module docstring). ``windows`` are extra
     labelled spans (NAB anomaly windows), shaded like true episodes."""
@@ -108,6 +122,8 @@ def stream_figure(
         _shade(fig, start, stop, EPISODE_COLOURS["clinical"])
     for span in alerts:
         _shade(fig, span.onset_ts, span.end_ts, ALERT_COLOUR)
+    fig.update_yaxes(range=_score_range(cols["score"], cols["threshold"]), row=n_ch + 1, col=1)
+    fig.update_xaxes(type="date")
     fig.update_layout(title=title, height=170 * (n_ch + 1) + 80, margin={"l": 60, "r": 20, "t": 60, "b": 30},
                       legend={"orientation": "h", "y": -0.03})
     return fig
