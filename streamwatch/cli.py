@@ -22,7 +22,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "simulators.cli",
     "streamwatch.commands.detect",
     "streamwatch.commands.evaluate",
+    "streamwatch.commands.bench",
     "dashboards.cli",
+    "streamwatch.commands.demo",
 )
 
 
