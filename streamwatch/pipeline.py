@@ -93,7 +93,7 @@ class EventTimeMerge:
         if reading.ts > self._latest.get(tp, float("-inf")):
             self._latest[tp] = reading.ts
 
-    def release(self, now: float, *, everything: bool) -> list[Reading]:
+    def release(self, now: float, *, everything: bool, max_n: int | None = None) -> list[Reading]:
         limit = float("inf")
         if not everything:
             active = [tp for tp, seen in self._seen.items() if now - seen < self.idle_s]
@@ -101,7 +101,8 @@ class EventTimeMerge:
                         default=float("inf"))
         out: list[Reading] = []
         heap = self._heap
-        while heap and (heap[0][0] <= limit or len(heap) > self.max_held):
+        budget = len(heap) if max_n is None else max_n
+        while heap and len(out) < budget and (heap[0][0] <= limit or len(heap) > self.max_held):
             out.append(heapq.heappop(heap)[-1])
         return out
 
@@ -196,7 +197,8 @@ class DetectorService:
                 try:
                     messages = self._consumer.poll(opts.poll_timeout_s, opts.max_poll_records)
                     if messages or self._merge.held:
-                        self._process(messages, caught_up=not messages)
+                        left = None if count is None else count - self.stats.readings - self.stats.dead_letters
+                        self._process(messages, caught_up=not messages, budget=left)
                     self._maybe_checkpoint()
                     self._maybe_health()
                     backoff = opts.retry_backoff_s[0]
@@ -278,7 +280,8 @@ class DetectorService:
                 field="stream_id", code="key_mismatch")
         return reading
 
-    def _process(self, messages: Sequence[Message], caught_up: bool) -> None:
+    def _process(self, messages: Sequence[Message], caught_up: bool,
+                 budget: int | None = None) -> None:
         started = time.perf_counter()
         assert self._producer is not None
         dead: list[DeadLetter] = []
@@ -293,7 +296,9 @@ class DetectorService:
                 continue
             self._merge.add(tp, msg.offset, reading, wall)
             self._stream_partition[reading.stream_id] = tp
-        accepted = self._merge.release(wall, everything=caught_up)
+        if budget is not None:
+            budget = max(0, budget - len(dead))
+        accepted = self._merge.release(wall, everything=caught_up, max_n=budget)
         self._next_offsets = self._merge.safe_offsets(self._polled_next)
         size = self.options.max_poll_records
         for start in range(0, max(len(accepted), 1 if dead else 0), size):

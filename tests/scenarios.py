@@ -1,0 +1,30 @@
+"""Small seeded scenarios shared by the service tests (episodes early and often)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from simulators.icu import IcuSimulator
+from streamwatch.config import Settings, load_settings
+from streamwatch.schema import Episode, Reading
+
+
+def icu_readings(patients: int = 8, minutes: int = 25, seed: int = 8) -> tuple[list[Reading], list[Episode]]:
+    """``patients`` beds for ``minutes``; clinical episodes from minute 8 on (seed 8: five)."""
+    sim = IcuSimulator(patients, seed=seed, warmup_s=480, clinical_per_day=150, gap_s=300,
+                       artefacts_per_day=24)
+    duration = minutes * 60
+    readings = [r for step in sim.readings(duration) for r in step]
+    return readings, sim.episodes(duration)
+
+
+def service_settings(checkpoint_dir: Path | None = None, **service: Any) -> Settings:
+    """Production settings with a private checkpoint dir, no metrics port, small timeouts."""
+    directory = checkpoint_dir or Path(tempfile.mkdtemp(prefix="sw-ckpt-"))
+    return load_settings(overrides={
+        "kafka": {"session_timeout_ms": 2000},
+        "service": {"checkpoint_dir": directory, "metrics_port": 0, "poll_timeout_s": 0.2,
+                    "checkpoint_every_s": 1.0, **service},
+    })
