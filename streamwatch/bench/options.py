@@ -1,0 +1,125 @@
+"""Options of ``streamwatch bench kafka`` (checked on construction, ranges in the errors).
+
+>>> BenchOptions(clients=("confluent",), seconds=10).prefill_rate_for("confluent")
+150000.0
+>>> BenchOptions(clients=("kafka",))
+Traceback (most recent call last):
+...
+streamwatch.errors.ConfigError: clients must be kafka-python and/or confluent, got 'kafka'
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from streamwatch.bench.report import TARGETS
+from streamwatch.errors import ConfigError
+
+CLIENTS = ("kafka-python", "confluent")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run.
+
+    Parameters
+    ----------
+    clients
+        Kafka clients to measure, in order (``kafka-python``, ``confluent``).
+    streams
+        ICU beds sending 1 reading per simulated second each, 1-100,000.
+    seconds
+        Length of each measurement window (throughput and latency), > 0.
+    warmup_s
+        Time excluded before each window (after the first scored batch; after the start of
+        the paced load), >= 0.
+    rate
+        Latency phase at this many readings/s; ``None`` = ``latency_rate_fraction`` times
+        the sustained rate measured for the client.
+    latency_rate_fraction
+        In (0, 1].
+    train_every
+        Overrides ``model.train_every`` (learned readings per optimiser step), >= 1.
+    bootstrap_servers
+        Kafka cluster to use; ``None`` starts a Tansu broker for the run.
+    partitions
+        Partitions of the bench topics; ``None`` = the settings' ``topics.partitions``.
+    prefill_rate
+        The throughput phase pre-fills ``prefill_rate * (warmup_s + seconds) * 1.1``
+        readings; ``None`` = 1.5 x the client's target. Should exceed the real rate, or the
+        window ends early (reported as ``drained_early``).
+    seed
+        Simulator seed.
+    producer_client
+        Client of the load process; ``None`` = confluent when installed (cheapest per
+        record, leaves the most CPU to the detector), else kafka-python.
+    profile
+        Sample the detector thread with py-spy during the throughput window.
+    progress
+        tqdm progress bars.
+    drain_timeout_s
+        After the paced load, wait at most this long for every reading's Score, > 0.
+    session_timeout_ms
+        Consumer-group session timeout (group join takes about half of it on Tansu).
+    config_file
+        Settings file (TOML/JSON) for model, detector and service settings.
+    """
+
+    clients: tuple[str, ...] = CLIENTS
+    streams: int = 1000
+    seconds: float = 30.0
+    warmup_s: float = 5.0
+    rate: float | None = None
+    latency_rate_fraction: float = 0.5
+    train_every: int | None = None
+    bootstrap_servers: str | None = None
+    partitions: int | None = None
+    prefill_rate: float | None = None
+    seed: int = 1
+    producer_client: str | None = None
+    profile: bool = False
+    progress: bool = True
+    drain_timeout_s: float = 60.0
+    session_timeout_ms: int | None = None
+    config_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.clients or any(c not in CLIENTS for c in self.clients):
+            got = ",".join(self.clients) or "nothing"
+            raise ConfigError(f"clients must be kafka-python and/or confluent, got {got!r}")
+        if len(set(self.clients)) != len(self.clients):
+            raise ConfigError(f"clients must not repeat, got {','.join(self.clients)}")
+        if not 1 <= self.streams <= 100_000:
+            raise ConfigError(f"streams must be in 1..100000, got {self.streams}")
+        if not self.seconds > 0 or not self.warmup_s >= 0:
+            raise ConfigError(f"seconds must be > 0 and warmup_s >= 0, got {self.seconds}, "
+                              f"{self.warmup_s}")  # fmt: skip
+        if self.rate is not None and not self.rate > 0:
+            raise ConfigError(f"rate must be > 0 readings/s, got {self.rate}")
+        if not 0 < self.latency_rate_fraction <= 1:
+            raise ConfigError(f"latency_rate_fraction must be in (0, 1], got "
+                              f"{self.latency_rate_fraction}")  # fmt: skip
+        if self.train_every is not None and self.train_every < 1:
+            raise ConfigError(f"train_every must be >= 1, got {self.train_every}")
+        if self.partitions is not None and not 1 <= self.partitions <= 10_000:
+            raise ConfigError(f"partitions must be in 1..10000, got {self.partitions}")
+        if self.prefill_rate is not None and not self.prefill_rate > 0:
+            raise ConfigError(f"prefill_rate must be > 0 readings/s, got {self.prefill_rate}")
+        if self.producer_client not in (None, *CLIENTS):
+            raise ConfigError(f"producer_client must be one of {CLIENTS}, got "
+                              f"{self.producer_client!r}")  # fmt: skip
+        if not self.drain_timeout_s > 0:
+            raise ConfigError(f"drain_timeout_s must be > 0, got {self.drain_timeout_s}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+    def prefill_rate_for(self, client: str) -> float:
+        return self.prefill_rate if self.prefill_rate is not None else 1.5 * TARGETS[client]
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["clients"] = list(self.clients)
+        out["config_file"] = None if self.config_file is None else str(self.config_file)
+        return out

@@ -1,0 +1,114 @@
+"""The bench's machine description, targets, verdict and printed table.
+
+>>> v = verdict({"kafka-python": {"throughput": {"readings_per_s": 25000.0},
+...     "latency": {"p99_ms": 120.0, "missing": 0, "measured": 10}}})
+>>> v["kafka-python"]["throughput_met"], v["kafka-python"]["latency_met"], v["kafka-python"]["met"]
+(True, True, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+from streamwatch.bench.measure import load_average
+
+log = logging.getLogger(__name__)
+
+#: Issue 4: sustained readings/s per client (1,000 ICU streams, training on), and the p99
+#: of produce -> Score latency at half that rate.
+TARGETS: dict[str, float] = {"kafka-python": 20_000, "confluent": 100_000, "p99_ms": 250}
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError as exc:  # not Linux: fall back to platform's answer below
+        log.debug("no /proc/cpuinfo: %s", exc)
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on (load average is added at start and end)."""
+    import torch
+
+    try:
+        import psutil
+
+        memory = round(psutil.virtual_memory().total / 2**30, 1)
+    except ImportError:
+        memory = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": memory,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "kafka-python": _version("kafka-python"),
+        "crc32c": _version("crc32c"),
+        "confluent-kafka": _version("confluent-kafka"),
+        "msgspec": _version("msgspec"),
+        "env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                               "MKL_NUM_THREADS", "OPENBLAS_CORETYPE")},
+        "load_average_start": load_average(),
+    }  # fmt: skip
+
+
+def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per client: throughput target met, latency target met (p99 and nothing missing)."""
+    out: dict[str, dict[str, Any]] = {}
+    for client, run in runs.items():
+        rate = (run.get("throughput") or {}).get("readings_per_s")
+        lat = run.get("latency") or {}
+        target = TARGETS.get(client)
+        t_met = None if rate is None or target is None else rate >= target
+        p99 = lat.get("p99_ms")
+        l_met = None if p99 is None else (p99 < TARGETS["p99_ms"] and lat.get("missing", 1) == 0)
+        out[client] = {
+            "readings_per_s": rate, "target_readings_per_s": target, "throughput_met": t_met,
+            "p99_ms": p99, "target_p99_ms": TARGETS["p99_ms"], "all_scores_joined":
+            None if not lat else lat.get("missing") == 0, "latency_met": l_met,
+            "met": bool(t_met) and bool(l_met),
+        }  # fmt: skip
+    return out
+
+
+def table(result: dict[str, Any]) -> str:
+    """A short side-by-side table of the runs."""
+    head = (f"{'client':<13} {'readings/s':>11} {'target':>8} {'cpu us/rd':>9} {'train':>6} "
+            f"{'lat rate':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} "
+            f"{'joined':>14} {'verdict':>8}")  # fmt: skip
+    lines = [head, "-" * len(head)]
+
+    def f(x: Any, spec: str = ".0f") -> str:
+        return "-" if x is None else format(x, spec)
+
+    for client, run in result["runs"].items():
+        tp, lat = run.get("throughput") or {}, run.get("latency") or {}
+        v = result["verdict"][client]
+        joined = f"{lat.get('joined', '-')}/{lat.get('readings', '-')}" if lat else "-"
+        lines.append(
+            f"{client:<13} {f(tp.get('readings_per_s')):>11} {f(v['target_readings_per_s']):>8} "
+            f"{f(tp.get('cpu_us_per_reading'), '.1f'):>9} {f(tp.get('training_steps'), 'd'):>6} "
+            f"{f(lat.get('rate'))!s:>9} {f(lat.get('p50_ms'), '.1f'):>7} "
+            f"{f(lat.get('p95_ms'), '.1f'):>7} {f(lat.get('p99_ms'), '.1f'):>7} "
+            f"{f(lat.get('max_ms'), '.1f'):>7} {joined:>14} "
+            f"{'met' if v['met'] else 'NOT met':>8}")  # fmt: skip
+    m = result["machine"]
+    lines.append(f"load average start {m['load_average_start']} end {m.get('load_average_end')}"
+                 f"; {m['cores']} cores, {m['cpu_model']}")  # fmt: skip
+    return "\n".join(lines)

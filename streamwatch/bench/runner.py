@@ -1,0 +1,358 @@
+"""The two phases of ``streamwatch bench kafka`` for one client (see ``streamwatch.bench``)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from tqdm import tqdm
+
+from streamwatch.bench.load import LoadProcess, LoadSpec
+from streamwatch.bench.measure import (
+    Sample,
+    ServiceRun,
+    latency_stats,
+    load_average,
+    per_second,
+    window_figures,
+)
+from streamwatch.bench.options import BenchOptions
+from streamwatch.errors import StreamwatchError
+
+log = logging.getLogger(__name__)
+
+#: Stream time starts this long before now, so no reading is ever "in the future".
+HISTORY_S = 30 * 86_400
+
+
+class _Key(msgspec.Struct):
+    stream_id: str
+    ts: float
+
+
+_key_decoder = msgspec.json.Decoder(_Key)
+
+
+@dataclass(frozen=True)
+class Phase1:
+    """What the latency phase needs from the throughput phase."""
+
+    checkpoint_dir: Path
+    instance: str
+    readings_topic: str
+    partitions: int
+    next_ts: float
+    readings_per_s: float
+
+
+class ClientBench:
+    """Both phases for one Kafka client, sharing one broker and one work directory."""
+
+    def __init__(self, opts: BenchOptions, client: str, bootstrap: str, workdir: Path,
+                 broker_pid: int | None, producer_client: str) -> None:  # fmt: skip
+        self.opts = opts
+        self.client = client
+        self.bootstrap = bootstrap
+        self.workdir = workdir
+        self.broker_pid = broker_pid
+        self.producer_client = producer_client
+        self.start_ts = float(math.floor(time.time()) - HISTORY_S)
+
+    # -- settings and plumbing -------------------------------------------------------
+    def settings(self, suffix: str) -> Any:
+        from streamwatch.config import load_settings
+
+        o = self.opts
+        names = ("readings", "scores", "alerts", "deadletter", "health")
+        overrides: dict[str, Any] = {
+            "kafka": {"bootstrap_servers": self.bootstrap, "client": self.client,
+                      "session_timeout_ms": o.session_timeout_ms},
+            "topics": {**{n: f"bench-{suffix}.{n}" for n in names}, "partitions": o.partitions},
+            "service": {"group_id": f"bench-{suffix}", "metrics_port": 0, "emit_scores": "all",
+                        "checkpoint_dir": self.workdir / suffix},
+            "model": {"train_every": o.train_every},
+        }  # fmt: skip
+        return load_settings(o.config_file, _without_none(overrides))
+
+    def transport(self, settings: Any) -> Any:
+        from streamwatch.transport import open_transport
+
+        k = settings.kafka
+        return open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
+                              client_config=k.client_config)  # fmt: skip
+
+    def _bar(self, total: float, desc: str, unit: str) -> tqdm:  # type: ignore[type-arg]
+        return tqdm(total=total, desc=f"{self.client}: {desc}", unit=unit, leave=False,
+                    disable=not self.opts.progress, dynamic_ncols=True)  # fmt: skip
+
+    def _broker_cpu(self) -> float | None:
+        if self.broker_pid is None:
+            return None
+        import psutil
+
+        try:
+            t = psutil.Process(self.broker_pid).cpu_times()
+        except psutil.Error as exc:
+            log.warning("cannot read the broker's CPU time: %s", exc)
+            return None
+        return float(t.user + t.system)
+
+    def _wait_load(self, load: LoadProcess, until: str, bar: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg = load.next_message(timeout=0.2)
+            if msg is None:
+                continue
+            kind, payload = msg
+            if kind == "progress" and bar is not None:
+                bar.n = payload
+                bar.refresh()
+            elif kind == until:
+                return payload
+        raise StreamwatchError(f"the load process did not report {until!r} within {timeout:.0f} s")
+
+    # -- phase 1 ---------------------------------------------------------------------
+    def throughput(self) -> tuple[dict[str, Any], Phase1]:
+        from streamwatch.commands.detect import build_service
+
+        o = self.opts
+        suffix = f"{self.client}-tp-{uuid.uuid4().hex[:8]}"
+        settings = self.settings(suffix)
+        transport = self.transport(settings)
+        try:
+            topic, parts = settings.topics.readings, settings.topics.partitions
+            transport.create_topics({topic: parts})
+            steps = math.ceil(o.prefill_rate_for(self.client) * (o.warmup_s + o.seconds) * 1.1
+                              / o.streams)  # fmt: skip
+            spec = LoadSpec(self.bootstrap, self.producer_client, topic, o.streams, o.seed,
+                            self.start_ts, steps)  # fmt: skip
+            load = LoadProcess(spec).start()
+            with self._bar(spec.readings, "pre-fill", "rd") as bar:
+                prefill = self._wait_load(load, "done", bar, timeout=3600)
+            load.stop()
+            instance = f"bench-{suffix}"
+            service = build_service(settings, transport, instance=instance)
+            figures, scored = self._measure_throughput(ServiceRun(service), spec.readings)
+        finally:
+            transport.close()
+        figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
+                                for k, v in prefill.items()}, topic=topic, partitions=parts)  # fmt: skip
+        phase1 = Phase1(settings.service.checkpoint_dir, instance, topic, parts,
+                        self.start_ts + (scored - 1) // o.streams + 2,
+                        figures["readings_per_s"] or 0.0)  # fmt: skip
+        return figures, phase1
+
+    def _measure_throughput(self, run: ServiceRun, prefilled: int) -> tuple[dict[str, Any], int]:
+        run.start()
+        try:
+            figures = self._throughput_window(run, prefilled)
+        except BaseException:
+            run.service.stop()
+            raise
+        run.stop()
+        figures["scored_total"] = run.service.stats.readings
+        return figures, run.service.stats.readings
+
+    def _throughput_window(self, run: ServiceRun, prefilled: int) -> dict[str, Any]:
+        o = self.opts
+
+        def drained(s: Sample) -> bool:
+            return s.readings + s.dead_letters >= prefilled
+
+        first = run.wait_until(lambda s: s.batches > 0, 120, "the first scored batch")
+        start = run.wait_until(lambda s: s.t >= first.t + o.warmup_s or drained(s),
+                               o.warmup_s + 120, "the end of the warm-up")  # fmt: skip
+        if drained(start):
+            raise StreamwatchError(
+                f"{self.client}: the detector consumed the whole pre-fill ({prefilled} readings) "
+                "within the warm-up: raise --prefill-rate so the measurement has data")
+        load_start, broker0 = load_average(), self._broker_cpu()
+        spy = self._start_profile(o.seconds, "throughput")
+        samples = [start]
+        with self._bar(o.seconds, "throughput", "s") as bar:
+
+            def tick(s: Sample) -> None:
+                samples.append(s)
+                bar.n = round(min(s.t - start.t, o.seconds), 1)
+                rate = (s.readings - start.readings) / max(s.t - start.t, 1e-9)
+                bar.set_postfix(rd_s=f"{rate:,.0f}")
+
+            end = run.wait_until(lambda s: s.t >= start.t + o.seconds or drained(s),
+                                 o.seconds + 120, "the end of the measurement", tick)  # fmt: skip
+        broker1 = self._broker_cpu()
+        figures = window_figures(start, end)
+        figures.update(
+            warmup_s=round(start.t - first.t, 3), drained_early=drained(end),
+            per_second=per_second(samples),
+            broker_cpu_s=None if broker0 is None or broker1 is None else round(broker1 - broker0, 3),
+            load_average_start=load_start, load_average_end=load_average())  # fmt: skip
+        if figures["drained_early"]:
+            log.warning("%s: the pre-fill ran out after %.1f s of measurement; raise "
+                        "--prefill-rate for a full window", self.client, figures["elapsed_s"])  # fmt: skip
+        if spy is not None:
+            figures["profile"] = self._finish_profile(spy, figures["readings"], figures["elapsed_s"])
+        return figures
+
+    # -- phase 2 ---------------------------------------------------------------------
+    def latency(self, phase1: Phase1) -> dict[str, Any]:
+        from streamwatch.commands.detect import build_service
+
+        o = self.opts
+        rate = o.rate if o.rate is not None else o.latency_rate_fraction * phase1.readings_per_s
+        if rate <= 0:
+            raise StreamwatchError(f"{self.client}: no latency rate (measured 0 readings/s)")
+        suffix = f"{self.client}-lat-{uuid.uuid4().hex[:8]}"
+        settings = self.settings(suffix)
+        transport = self.transport(settings)
+        try:
+            topic, parts = settings.topics.readings, settings.topics.partitions
+            transport.create_topics({topic: parts})
+            steps = 1 + math.ceil(rate * (o.warmup_s + o.seconds) / o.streams)
+            spec = LoadSpec(self.bootstrap, self.producer_client, topic, o.streams, o.seed,
+                            phase1.next_ts, steps, rate=rate, primer_steps=1)  # fmt: skip
+            load = LoadProcess(spec).start()
+            run: ServiceRun | None = None
+            try:
+                self._wait_load(load, "primed", None, timeout=1800)
+                service = build_service(settings, transport, instance=f"bench-{suffix}")
+                service.detector_factory = _restore_factory(settings, phase1)
+                run = ServiceRun(service).start()
+                run.wait_until(lambda s: s.readings >= o.streams, 120, "the primer step's scores")
+                sent = self._paced(run, load, rate)
+                load.stop()
+                drained = self._drain(run, sent["sent"])
+            finally:
+                load.stop()
+                if run is not None:
+                    run.stop()
+            readings = _keys(transport, topic, parts)
+            scores = _keys(transport, settings.topics.scores, parts)
+        finally:
+            transport.close()
+        measure_from = int((sent["paced_start_epoch"] + o.warmup_s) * 1000)
+        stats = latency_stats(readings, scores, measure_from)
+        stats.update(rate=round(rate, 1), topic=topic, scores_topic=settings.topics.scores,
+                     producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
+                     drained_within_s=drained, dead_letters=run.service.stats.dead_letters)  # fmt: skip
+        if stats["missing"]:
+            log.warning("%s: %d readings have no Score (examples %s)", self.client,
+                        stats["missing"], stats["missing_examples"])  # fmt: skip
+        return stats
+
+    def _paced(self, run: ServiceRun, load: LoadProcess, rate: float) -> dict[str, Any]:
+        o = self.opts
+        load.go()
+        t0, total = time.monotonic(), o.warmup_s + o.seconds
+        with self._bar(total, f"latency @ {rate:,.0f} rd/s", "s") as bar:
+            while True:
+                run.check()
+                msg = load.next_message(timeout=0.2)
+                bar.n = round(min(time.monotonic() - t0, total), 1)
+                bar.refresh()
+                if msg is not None and msg[0] == "done":
+                    return dict(msg[1])
+                if time.monotonic() - t0 > total * 3 + 120:
+                    raise StreamwatchError("the paced load did not finish in time")
+
+    def _drain(self, run: ServiceRun, sent: int) -> float | None:
+        """Seconds until every sent reading is scored, or None after the drain timeout."""
+        t0 = time.monotonic()
+        try:
+            run.wait_until(lambda s: s.readings + s.dead_letters >= sent,
+                           self.opts.drain_timeout_s, "every reading to be scored")  # fmt: skip
+        except StreamwatchError as exc:
+            run.check()
+            log.warning("%s: %s; the missing readings are reported", self.client, exc)
+            return None
+        return round(time.monotonic() - t0, 3)
+
+    # -- profile ---------------------------------------------------------------------
+    def _start_profile(self, seconds: float, phase: str) -> tuple[Any, Path] | None:
+        if not self.opts.profile:
+            return None
+        import os
+
+        from streamwatch.bench.profile import start_py_spy
+
+        out = self.workdir / f"py-spy-{self.client}-{phase}.txt"
+        return start_py_spy(os.getpid(), seconds, out), out
+
+    def _finish_profile(self, spy: tuple[Any, Path], readings: int, wall_s: float) -> dict[str, Any]:
+        from streamwatch.bench.profile import parse_raw, summarise
+
+        proc, out = spy
+        try:
+            text, _ = proc.communicate(timeout=60)
+        except Exception:
+            proc.kill()
+            raise
+        if proc.returncode != 0 or not out.exists():
+            raise StreamwatchError(f"py-spy failed (code {proc.returncode}): "
+                                   f"{text.decode(errors='replace')[-500:]}")  # fmt: skip
+        with out.open() as f:
+            counts = parse_raw(f, "streamwatch-bench-detector")
+        return summarise(counts, readings, wall_s)
+
+
+def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
+    """Overrides minus unset (None) values: ``load_settings`` takes a missing section whole."""
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in tree.items()
+            if v is not None}  # fmt: skip
+
+
+def _restore_factory(settings: Any, phase1: Phase1) -> Callable[[], Any]:
+    """A detector factory that starts from phase 1's final checkpoint (warm model, warm
+    thresholds and per-stream state), as a restarted detector would."""
+    from streamwatch.commands.detect import build_detector
+    from streamwatch.state_store import FileStateStore
+    from streamwatch.transport.base import TopicPartition
+
+    def factory() -> Any:
+        detector = build_detector(settings)
+        wanted = {TopicPartition(phase1.readings_topic, p) for p in range(phase1.partitions)}
+        snap = FileStateStore(phase1.checkpoint_dir, phase1.instance).load(wanted)
+        if snap.global_state is None:
+            raise StreamwatchError(f"the throughput phase left no checkpoint in {phase1.checkpoint_dir}")
+        detector.load_global_state(snap.global_state)
+        for state in snap.partitions.values():
+            detector.import_streams(state.streams)
+        return detector
+
+    return factory
+
+
+def _keys(transport: Any, topic: str, partitions: int) -> list[tuple[str, float, int]]:
+    """``(stream_id, ts, CreateTime ms)`` of every record of ``topic``."""
+    from streamwatch.transport.base import TopicPartition
+
+    consumer = transport.consumer(None)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        want = sum(consumer.end_offsets(tps).values())
+        out: list[tuple[str, float, int]] = []
+        stall = time.monotonic() + 30
+        while len(out) < want and time.monotonic() < stall:
+            batch = consumer.poll(0.5, 100_000)
+            if batch:
+                stall = time.monotonic() + 30
+            for m in batch:
+                k = _key_decoder.decode(m.value)
+                out.append((k.stream_id, k.ts, m.timestamp_ms))
+        if len(out) < want:
+            raise StreamwatchError(f"read {len(out)} of {want} records of {topic} back")
+        return out
+    finally:
+        consumer.close()
+
+
+def new_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="streamwatch-bench-"))

@@ -1,0 +1,95 @@
+"""``streamwatch bench kafka``: sustained readings/s and produce -> Score latency per client.
+
+Speed targets are checked here, by a benchmark on a quiet machine, never by timed tests.
+See ``docs/bench.md`` and :mod:`streamwatch.bench`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _clients(text: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark the detector service through Kafka (readings/s, latency)",
+        description="Throughput (pre-filled topic, readings/s sustained after a warm-up) and "
+        "latency (live load at a fraction of that rate, Reading CreateTime -> Score "
+        "CreateTime) of the real detector service, for each Kafka client, side by side.",
+    )
+    p.add_argument("target", choices=["kafka"], help="what to benchmark")
+    p.add_argument("--clients", type=_clients, default=("kafka-python", "confluent"),
+                   help="comma-separated: kafka-python,confluent (default both)")
+    p.add_argument("--streams", type=int, default=1000, help="ICU beds at 1 Hz (default 1000)")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="measurement window per phase (default 30)")
+    p.add_argument("--warmup-s", type=float, default=5.0,
+                   help="excluded before each window (default 5)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float,
+                      help="latency phase at this many readings/s for every client")
+    rate.add_argument("--max", action="store_true",
+                      help="latency phase at --latency-rate-fraction x the measured sustained "
+                      "rate (default)")
+    p.add_argument("--latency-rate-fraction", type=float, default=0.5,
+                   help="fraction of the measured rate for the latency phase (default 0.5)")
+    p.add_argument("--train-every", type=int,
+                   help="learned readings per optimiser step (default: the model settings', 256)")
+    p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
+                   help="Kafka cluster (default: start a Tansu broker for the run)")
+    p.add_argument("--partitions", type=int, help="partitions of the bench topics (default 6)")
+    p.add_argument("--prefill-rate", type=float,
+                   help="pre-fill for this many readings/s over the window (default 1.5 x the "
+                   "client's target); raise it if the window ends early (drained_early)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--producer-client", choices=["kafka-python", "confluent"],
+                   help="client of the load process (default confluent if installed)")
+    p.add_argument("--session-timeout-ms", type=int,
+                   help="consumer-group session timeout (default: settings, 6000)")
+    p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the detector thread with py-spy during the throughput window "
+                   "(pip install -e .[bench])")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the full result here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from streamwatch.bench import BenchOptions, run_bench, table
+
+    opts = BenchOptions(
+        clients=args.clients, streams=args.streams, seconds=args.seconds,
+        warmup_s=args.warmup_s, rate=args.rate,
+        latency_rate_fraction=args.latency_rate_fraction, train_every=args.train_every,
+        bootstrap_servers=args.bootstrap_servers, partitions=args.partitions,
+        prefill_rate=args.prefill_rate, seed=args.seed, producer_client=args.producer_client,
+        profile=args.profile, progress=not args.no_progress,
+        session_timeout_ms=args.session_timeout_ms, config_file=args.config,
+    )  # fmt: skip
+    result = run_bench(opts)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        log.info("bench result written", extra={"path": str(args.json)})
+    print(table(result))
+    for client, run_ in result["runs"].items():
+        if "error" in run_:
+            print(f"{client}: FAILED: {run_['error']}")
+        profile = (run_.get("throughput") or {}).get("profile")
+        if profile:
+            print(f"\n{client}: where the detector's wall time goes (us per reading, "
+                  f"{profile['samples']} py-spy samples)")  # fmt: skip
+            for cat, fig in profile["categories"].items():
+                print(f"  {cat:<45} {fig['us_per_reading']:>8.2f}  {fig['share']:>6.1%}")
+    return 0 if all("error" not in r for r in result["runs"].values()) else 1
