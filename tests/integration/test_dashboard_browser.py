@@ -1,9 +1,11 @@
-"""The dashboard in real headless Chromium, fed live through the in-memory transport.
+"""The dashboard in real headless Chromium, fed live by the real pipeline.
 
-Seeded ICU vitals from ``simulators.icu`` with an injected desaturation on one bed are
-scored by a small stand-in scorer (EWMA forecast, NEWS2 hard limits) into real ``Score``
-and ``Alert`` records, produced to the output topics and read by the dashboard's real
-``Feed`` thread while the browser watches.
+Seeded ICU vitals from ``simulators.icu``, with a desaturation injected on one bed, go
+to ``streamwatch.readings`` on the in-memory transport; the real detector service
+(``streamwatch detect``'s ``DetectorService``: GRU forecaster, adaptive thresholds, NEWS2
+hard limits, alert state machine) turns them into ``Score``/``Alert``/``Health``
+records; the dashboard's ``Feed`` thread reads those into its store while the browser
+watches.
 
 Chromium stays off the network (``--host-resolver-rules``) and keeps its profile and
 caches in a temp dir. Screenshots go to ``test-results/``.
@@ -11,7 +13,6 @@ caches in a temp dir. Screenshots go to ``test-results/``.
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -29,22 +30,14 @@ from selenium.webdriver.support.ui import WebDriverWait
 from dashboards import figures
 from dashboards.app import create_app, serve_in_thread
 from dashboards.callbacks import ViewConfig
-from dashboards.feed import FEED_TOPICS, Feed
+from dashboards.feed import Feed
 from dashboards.store import DashboardStore
 from simulators.icu import IcuSimulator
-from streamwatch.kinds import get_kind, news2_channel_score
-from streamwatch.schema import (
-    Alert,
-    ChannelExplanation,
-    ChannelForecast,
-    Explanation,
-    Health,
-    Reading,
-    Score,
-    alert_id_for,
-    encode,
-)
-from streamwatch.transport import ALERTS, HEALTH, SCORES, MemoryTransport
+from streamwatch.commands.detect import build_service
+from streamwatch.config import load_settings
+from streamwatch.kinds import get_kind
+from streamwatch.schema import Reading, encode
+from streamwatch.transport import READINGS, MemoryTransport
 
 pytestmark = pytest.mark.browser
 
@@ -52,83 +45,6 @@ RESULTS = Path(__file__).resolve().parents[2] / "test-results"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 BEDS, EPISODE_BED, HISTORY_S = 12, "icu/bed-07", 600
 CHANNELS = get_kind("icu_vitals").channels
-
-
-class StandInScorer:
-    """EWMA forecast per channel, z-score anomaly score, NEWS2 hard limits, simple alerts."""
-
-    def __init__(self, alpha: float = 0.05, threshold: float = 6.0) -> None:
-        self.alpha, self.threshold = alpha, threshold
-        self.mean: dict[str, dict[str, float]] = {}
-        self.var: dict[str, dict[str, float]] = {}
-        self.open: dict[str, Alert] = {}
-        self.calm: dict[str, int] = {}
-
-    def score(self, r: Reading) -> Score:
-        mean, var = self.mean.setdefault(r.stream_id, {}), self.var.setdefault(r.stream_id, {})
-        forecast: dict[str, ChannelForecast] = {}
-        channel_scores: dict[str, float | None] = {}
-        z2: list[float] = []
-        for c in CHANNELS:
-            x = r.values.get(c)
-            if c in mean:
-                sd = math.sqrt(max(var[c], 0.25))
-                forecast[c] = ChannelForecast(mean=mean[c], std=sd)
-                if x is not None:
-                    z = abs(x - mean[c]) / sd
-                    channel_scores[c] = z
-                    z2.append(z * z)
-            if x is None:
-                continue
-            if c not in mean:
-                mean[c], var[c] = x, (0.03 * abs(x) + 0.5) ** 2
-            else:
-                d = x - mean[c]
-                mean[c] += self.alpha * d
-                var[c] = (1 - self.alpha) * (var[c] + self.alpha * d * d)
-        value = sum(z2) / len(z2) if z2 else 0.0
-        limits = [c for c in CHANNELS if news2_channel_score(c, r.values.get(c)) == 3]
-        return Score(stream_id=r.stream_id, kind=r.kind, ts=r.ts, values=dict(r.values),
-                     forecast=forecast, channel_scores=channel_scores, score=value,
-                     threshold=self.threshold, anomalous=value > self.threshold or bool(limits),
-                     warming_up=False, model="standin-ewma", model_version=1,
-                     hard_limit="critical" if limits else None, hard_limit_channels=limits)
-
-    def alerts(self, s: Score) -> list[Alert]:
-        current = self.open.get(s.stream_id)
-        self.calm[s.stream_id] = 0 if s.anomalous else self.calm.get(s.stream_id, 0) + 1
-        if current is None and s.hard_limit:
-            current = self._alert(s, "open", s.ts, 0, s.score)
-        elif current is not None and self.calm[s.stream_id] >= 30:
-            self.open.pop(s.stream_id)
-            return [self._alert(s, "close", current.onset_ts, current.seq + 1,
-                                current.peak_score, end=s.ts)]
-        elif current is not None and s.anomalous and int(s.ts) % 15 == 0:
-            current = self._alert(s, "update", current.onset_ts, current.seq + 1,
-                                  max(current.peak_score, s.score))
-        else:
-            return []
-        self.open[s.stream_id] = current
-        return [current]
-
-    @staticmethod
-    def _alert(s: Score, event: str, onset: float, seq: int, peak: float,
-               end: float | None = None) -> Alert:
-        worst = sorted(s.channel_scores, key=lambda c: -(s.channel_scores[c] or 0.0))[:2]
-        channels = [ChannelExplanation(
-            channel=c, observed=s.values.get(c), expected=s.forecast[c].mean,
-            lower=s.forecast[c].mean - 2 * s.forecast[c].std,
-            upper=s.forecast[c].mean + 2 * s.forecast[c].std, score=s.channel_scores[c],
-            direction="high" if (s.values.get(c) or 0.0) > s.forecast[c].mean else "low",
-        ) for c in worst]
-        summary = "; ".join(f"{c.channel.upper()} {c.direction}" for c in channels)
-        return Alert(alert_id=alert_id_for(s.stream_id, onset), event=event,  # type: ignore[arg-type]
-                     stream_id=s.stream_id, kind=s.kind, ts=s.ts, onset_ts=onset, end_ts=end,
-                     severity="critical", peak_score=peak,
-                     explanation=Explanation(summary=summary, channels=channels,
-                                             duration_s=s.ts - onset,
-                                             reasons=["model", "hard_limit"]),
-                     model_version=1, seq=seq)
 
 
 def desaturate(r: Reading, onset: float) -> Reading:
@@ -144,40 +60,28 @@ def desaturate(r: Reading, onset: float) -> Reading:
 
 
 class LiveSource:
-    """Scores simulated vitals onto the transport: history at once, then one step a second."""
+    """Simulated bedside monitors: history at once, then one reading per bed a second."""
 
     def __init__(self, bus: MemoryTransport, now: float) -> None:
         self.sim = IcuSimulator(patients=BEDS, seed=11, start_ts=now - HISTORY_S,
                                 episodes=False, artefacts=False)
         self.steps = self.sim.readings(HISTORY_S + 3600)
-        self.scorer = StandInScorer()
         self.producer = bus.producer()
         self.onset = now - 150.0
-        self.steps_done = 0
         self.stop = threading.Event()
+        self.paused = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def step(self) -> None:
-        ts = 0.0
         for reading in next(self.steps):
-            s = self.scorer.score(desaturate(reading, self.onset))
-            key = s.stream_id.encode()
-            self.producer.send(SCORES, encode(s), key=key)
-            for a in self.scorer.alerts(s):
-                self.producer.send(ALERTS, encode(a), key=key)
-            ts = s.ts
-        self.steps_done += 1
-        if self.steps_done % 10 == 0:  # what a detector process reports about itself
-            self.producer.send(HEALTH, encode(Health(
-                detector_id="stand-in-1", ts=ts, readings_per_s=float(BEDS), consumer_lag=0,
-                training_loss=1.0 / self.steps_done, training_steps=self.steps_done // 10,
-                dead_letters={}, open_alerts=len(self.scorer.open), streams=BEDS)),
-                key=b"stand-in-1")
+            r = desaturate(reading, self.onset)
+            self.producer.send(READINGS, encode(r), key=r.stream_id.encode())
         self.producer.flush()
 
     def _run(self) -> None:
         while not self.stop.wait(1.0):
-            self.step()
+            if not self.paused.is_set():
+                self.step()
 
 
 def chrome(tmp: Path) -> webdriver.Chrome:
@@ -195,30 +99,50 @@ def chrome(tmp: Path) -> webdriver.Chrome:
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[Any, str, DashboardStore, LiveSource]]:
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
-    if missing:
-        pytest.fail(f"{', '.join(missing)} missing: run `make system-deps` "
-                    "(apt-get install chromium chromium-driver)", pytrace=False)
-    bus = MemoryTransport()
-    bus.create_topics({topic: 4 for topic in FEED_TOPICS})
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, DashboardStore,
+                                                                          LiveSource]]:
+    """Simulator -> detector service -> feed -> dashboard server, shared by the module."""
+    tmp = tmp_path_factory.mktemp("pipeline")
+    bus = MemoryTransport(session_timeout_ms=2000)
+    settings = load_settings(overrides={
+        "topics": {"partitions": 4},
+        "service": {"checkpoint_dir": str(tmp / "detector"), "metrics_port": None,
+                    "health_every_s": 1.0, "poll_timeout_s": 0.1},
+    })
+    detector = build_service(settings, bus, instance="detector-1")
     source = LiveSource(bus, time.time())
     for _ in range(HISTORY_S):
         source.step()
     store = DashboardStore()
     feed = Feed(bus, store, poll_timeout_s=0.1).start()
+    detecting = threading.Thread(target=detector.run, daemon=True)
+    detecting.start()
     server = serve_in_thread(create_app(store, config=ViewConfig(utc_offset_s=0.0), feed=feed),
                              "127.0.0.1", 0)
     source.thread.start()
-    driver = chrome(tmp_path)
     try:
-        yield driver, server.url, store, source
+        yield server.url, store, source
     finally:
         source.stop.set()
-        driver.quit()
         server.stop()
+        detector.stop()
+        detecting.join(30)
         feed.stop()
+
+
+@pytest.fixture
+def live(pipeline: tuple[str, DashboardStore, LiveSource],
+         tmp_path: Path) -> Iterator[tuple[Any, str, DashboardStore, LiveSource]]:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: run `make system-deps` "
+                    "(apt-get install chromium chromium-driver)", pytrace=False)
+    driver = chrome(tmp_path)
+    try:
+        yield (driver, *pipeline)
+    finally:
+        driver.quit()
 
 
 def plot(driver: Any, selector: str) -> dict[str, Any] | None:
@@ -252,7 +176,7 @@ def severe(driver: Any) -> list[dict[str, Any]]:
 def test_critical_episode_shows_on_the_overview_and_in_its_live_stream_view(live) -> None:
     driver, url, store, source = live
     RESULTS.mkdir(exist_ok=True)
-    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    wait = WebDriverWait(driver, 60, poll_frequency=0.25)
     driver.get(url + "/")
     first_row = "#stream-rows tr:first-child"
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, first_row + " .sw-critical"))
@@ -284,9 +208,8 @@ def test_critical_episode_shows_on_the_overview_and_in_its_live_stream_view(live
     driver.set_window_size(1440, driver.execute_script("return document.body.scrollHeight") + 40)
     time.sleep(1.5)
     driver.save_screenshot(str(RESULTS / "dashboard.png"))
-    source.stop.set()
-    source.thread.join(5)
-    time.sleep(2.5)  # the feed and one more tick catch up with the last step
+    source.paused.set()
+    time.sleep(5.0)  # the detector, the feed and one more tick catch up with the last step
     fig = plot(driver, "#stream-graph")
     assert fig is not None
     xs = [x for x, y in zip(fig["data"][observed]["x"], fig["data"][observed]["y"], strict=True)
@@ -295,12 +218,13 @@ def test_critical_episode_shows_on_the_overview_and_in_its_live_stream_view(live
     assert held is not None and (held.res == 0).all()
     expected = [x for x in figures.to_x(held.ts) if x >= xs[0]]
     assert len(xs) > before and xs == expected  # every point since the page opened, once, in order
+    source.paused.clear()
     assert severe(driver) == []
 
 
 def test_selecting_an_alert_opens_its_stream_at_that_time(live) -> None:
     driver, url, store, _source = live
-    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    wait = WebDriverWait(driver, 60, poll_frequency=0.25)
     driver.get(url + "/")
     link = "#alert-feed .sw-alert-open .sw-stream-link"
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, link))
@@ -319,11 +243,11 @@ def test_selecting_an_alert_opens_its_stream_at_that_time(live) -> None:
 
 def test_overview_and_health_pages_render_without_console_errors(live) -> None:
     driver, url, _store, _source = live
-    wait = WebDriverWait(driver, 30, poll_frequency=0.25)
+    wait = WebDriverWait(driver, 60, poll_frequency=0.25)
     driver.get(url + "/health")
     wait.until(lambda d: "streams held" in d.find_element(By.ID, "health-feed").text)
     assert "consumed streamwatch.scores" in driver.find_element(By.ID, "health-feed").text
-    assert "stand-in-1" in driver.find_element(By.ID, "health-detectors").text
+    assert "detector-1" in driver.find_element(By.ID, "health-detectors").text
     wait.until(lambda d: len((plot(d, "#health-graph") or {"data": []})["data"]) == 2)
     driver.save_screenshot(str(RESULTS / "dashboard-health.png"))
     driver.get(url + "/nowhere")
