@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+from pathlib import Path
 from typing import Any
 
 from streamwatch.errors import ConfigError
@@ -40,11 +40,12 @@ def register(subparsers: Any) -> None:
             "http://HOST:PORT (127.0.0.1:8050 by default)."
         ),
     )
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML/JSON settings (kafka.*, topics.*), as for streamwatch detect")
     p.add_argument("--bootstrap-servers", metavar="HOST:PORT",
-                   default=os.environ.get(ENV_BOOTSTRAP),
-                   help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP})")
+                   help=f"Kafka bootstrap servers (default: ${ENV_BOOTSTRAP} or the config)")
     p.add_argument("--kafka-client", choices=["kafka-python", "confluent"],
-                   default="kafka-python", help="Kafka client library (default: kafka-python)")
+                   help="Kafka client library (default: kafka-python)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)")
     p.add_argument("--port", type=_positive_int, default=8050, help="HTTP port (default: 8050)")
@@ -68,23 +69,34 @@ def run_dashboard(args: argparse.Namespace) -> int:
     from dashboards.app import create_app, serve
     from dashboards.buffers import BufferConfig
     from dashboards.callbacks import ViewConfig
-    from dashboards.feed import Feed
+    from dashboards.feed import Feed, FeedTopics
     from dashboards.store import DashboardStore
+    from streamwatch.config import load_settings, masked
     from streamwatch.transport import open_transport
 
-    if not args.bootstrap_servers:
+    flags = {"bootstrap_servers": args.bootstrap_servers, "client": args.kafka_client}
+    settings = load_settings(args.config, {"kafka": {k: v for k, v in flags.items() if v}})
+    kafka, topics = settings.kafka, settings.topics
+    if not kafka.bootstrap_servers:
         raise ConfigError(
             "no Kafka broker given: pass --bootstrap-servers HOST:PORT (or set "
             f"{ENV_BOOTSTRAP}); `streamwatch demo` runs everything locally without one"
         )
+    effective = masked(settings)
+    log.info("effective config", extra={"kafka": effective["kafka"],
+                                        "topics": effective["topics"]})
     store = DashboardStore(BufferConfig(recent_points=args.recent_points),
                            max_streams=args.max_streams)
     config = ViewConfig(interval_ms=args.interval_ms, stale_after_s=args.stale_after)
-    transport = open_transport(args.bootstrap_servers, args.kafka_client)
-    feed = Feed(transport, store, args.group_id, backfill=args.backfill)
+    transport = open_transport(kafka.bootstrap_servers, kafka.client,
+                               session_timeout_ms=kafka.session_timeout_ms,
+                               client_config=kafka.client_config)
+    feed = Feed(transport, store, args.group_id, backfill=args.backfill,
+                topics=FeedTopics(scores=topics.scores, alerts=topics.alerts,
+                                  health=topics.health, deadletter=topics.deadletter))
     app = create_app(store, config=config, feed=feed)
     log.info("dashboard starting bootstrap_servers=%s client=%s group_id=%s host=%s port=%d "
-             "max_streams=%d recent_points=%d", args.bootstrap_servers, args.kafka_client,
+             "max_streams=%d recent_points=%d", kafka.bootstrap_servers, kafka.client,
              feed.group_id, args.host, args.port, args.max_streams, args.recent_points)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("dashboard exposed on host=%s: anyone who can reach it sees the data "

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dashboards.store import DashboardStore
@@ -36,8 +37,20 @@ from streamwatch.transport.base import (
 log = logging.getLogger(__name__)
 
 FEED_TOPICS: tuple[str, ...] = (SCORES, ALERTS, HEALTH, DEADLETTER)
-_RECORD_NAME = {SCORES: "score", ALERTS: "alert", HEALTH: "health", DEADLETTER: "deadletter"}
 _LOUD_ERRORS = 5
+
+
+@dataclass(frozen=True)
+class FeedTopics:
+    """Names of the topics the feed reads (the product's names by default)."""
+
+    scores: str = SCORES
+    alerts: str = ALERTS
+    health: str = HEALTH
+    deadletter: str = DEADLETTER
+
+    def names(self) -> tuple[str, ...]:
+        return (self.scores, self.alerts, self.health, self.deadletter)
 
 
 def default_group_id() -> str:
@@ -56,6 +69,8 @@ class Feed:
         Where records go.
     group_id
         Consumer group; ``None`` makes a fresh one per process (``default_group_id``).
+    topics
+        Topic names (``FeedTopics()``: the product's names).
     backfill
         Records per partition read from before the end at assignment, in [0, 10**9];
         ``None`` reads each partition from where the consumer would start anyway
@@ -70,6 +85,7 @@ class Feed:
         store: DashboardStore,
         group_id: str | None = None,
         *,
+        topics: FeedTopics | None = None,
         backfill: int | None = 200_000,
         poll_timeout_s: float = 0.2,
         max_records: int = 10_000,
@@ -83,6 +99,7 @@ class Feed:
         self.transport = transport
         self.store = store
         self.group_id = group_id or default_group_id()
+        self.topics = topics or FeedTopics()
         self.backfill = backfill
         self.poll_timeout_s = poll_timeout_s
         self.max_records = max_records
@@ -93,12 +110,15 @@ class Feed:
         self._consumer: Consumer | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._adders: dict[str, Callable[[Any], object]] = {
-            SCORES: store.add_score,
-            ALERTS: store.add_alert,
-            HEALTH: store.add_health,
-            DEADLETTER: store.add_dead_letter,
+        t = self.topics
+        self._records: dict[str, tuple[str, Callable[[Any], object]]] = {
+            t.scores: ("score", store.add_score),
+            t.alerts: ("alert", store.add_alert),
+            t.health: ("health", store.add_health),
+            t.deadletter: ("deadletter", store.add_dead_letter),
         }
+        if len(self._records) != 4:
+            raise ConfigError(f"the feed's four topics must differ, got {t.names()}")
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -106,10 +126,10 @@ class Feed:
         if self._consumer is not None:
             return
         consumer = self.transport.consumer(self.group_id)
-        consumer.subscribe(FEED_TOPICS, on_assign=self._on_assign)
+        consumer.subscribe(self.topics.names(), on_assign=self._on_assign)
         self._consumer = consumer
         log.info("dashboard feed subscribed group_id=%s topics=%s backfill=%s",
-                 self.group_id, ",".join(FEED_TOPICS), self.backfill)
+                 self.group_id, ",".join(self.topics.names()), self.backfill)
 
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
         if self.backfill is None or not partitions or self._consumer is None:
@@ -178,10 +198,11 @@ class Feed:
     def handle(self, message: Message) -> None:
         """Decode one message into the store; undecodable ones are counted and logged."""
         topic = message.topic
-        name = _RECORD_NAME.get(topic)
-        if name is None:
+        known = self._records.get(topic)
+        if known is None:
             self._bad(message, "not a dashboard topic")
             return
+        name, add = known
         if message.value is None:
             self._bad(message, "empty value (tombstone)")
             return
@@ -191,7 +212,7 @@ class Feed:
             self._bad(message, str(exc))
             return
         self.consumed[topic] += 1
-        self._adders[topic](record)
+        add(record)
 
     def _bad(self, message: Message, reason: str) -> None:
         self.errors[message.topic] += 1

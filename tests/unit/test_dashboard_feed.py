@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from dashboards.feed import FEED_TOPICS, Feed
+from dashboards.feed import FEED_TOPICS, Feed, FeedTopics
 from dashboards.store import DashboardStore
 from streamwatch.errors import ConfigError
 from streamwatch.schema import DeadLetter, Health, encode
@@ -135,3 +135,21 @@ def test_feed_arguments_name_the_allowed_range(bus: MemoryTransport) -> None:
         Feed(bus, DashboardStore(), poll_timeout_s=0)
     with pytest.raises(ConfigError, match="backfill must be in"):
         Feed(bus, DashboardStore(), backfill=-1)
+
+
+def test_topic_names_come_from_settings_and_must_differ() -> None:
+    bus = MemoryTransport(session_timeout_ms=1000)
+    topics = FeedTopics(scores="t.scores", alerts="t.alerts", health="t.health",
+                        deadletter="t.dead")
+    bus.create_topics({name: 1 for name in topics.names()})
+    producer = bus.producer()
+    producer.send("t.scores", encode(score("s", 1.0)), key=b"s")
+    producer.send("t.dead", encode(dead()))
+    producer.flush()
+    store = DashboardStore()
+    feed = Feed(bus, store, topics=topics, poll_timeout_s=0.05)
+    assert drain(feed, 2) == 2
+    assert store.stats().points == 1 and store.dead_letters()["schema"][0] == 1
+    feed.stop()
+    with pytest.raises(ConfigError, match="four topics must differ"):
+        Feed(bus, store, topics=FeedTopics(scores="x", alerts="x"))
