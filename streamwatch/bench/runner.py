@@ -144,7 +144,8 @@ class ClientBench:
         finally:
             transport.close()
         figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
-                                for k, v in prefill.items()}, topic=topic, partitions=parts)  # fmt: skip
+                                for k, v in prefill.items()}, topic=topic,
+                       scores_topic=settings.topics.scores, partitions=parts)  # fmt: skip
         phase1 = Phase1(settings.service.checkpoint_dir, instance, topic, parts,
                         self.start_ts + (scored - 1) // o.streams + 2,
                         figures["readings_per_s"] or 0.0)  # fmt: skip

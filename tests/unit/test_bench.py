@@ -1,0 +1,93 @@
+"""Smoke run of ``streamwatch bench kafka`` on the session broker: tiny sizes, no timing asserts.
+
+Checks the JSON's structure and that its figures come from what really crossed the broker:
+an independent consumer counts the throughput phase's Scores and recomputes the latency
+join and percentiles from the latency phase's topics.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import pytest
+
+from streamwatch.bench import TARGETS
+from streamwatch.cli import main
+from streamwatch.transport import open_transport
+from streamwatch.transport.base import TopicPartition
+
+pytestmark = pytest.mark.kafka
+
+
+class _Key(msgspec.Struct):
+    stream_id: str
+    ts: float
+
+
+def _records(bootstrap: str, topic: str, partitions: int) -> list[tuple[str, float, int]]:
+    transport = open_transport(bootstrap, "confluent")
+    consumer = transport.consumer(None)
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    consumer.assign(tps)
+    want = sum(consumer.end_offsets(tps).values())
+    out: list[tuple[str, float, int]] = []
+    for _ in range(200):
+        if len(out) >= want:
+            break
+        for m in consumer.poll(0.2, 100_000):
+            assert m.value is not None
+            k = msgspec.json.decode(m.value, type=_Key)
+            out.append((k.stream_id, k.ts, m.timestamp_ms))
+    consumer.close()
+    transport.close()
+    return out
+
+
+@pytest.mark.timeout(280)
+def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "bench.json"
+    code = main(["--log-level", "warning", "bench", "kafka", "--streams", "40", "--seconds", "2",
+                 "--warmup-s", "0.5", "--prefill-rate", "4000", "--train-every", "32",
+                 "--partitions", "3", "--session-timeout-ms", "2000",
+                 "--bootstrap-servers", kafka_bootstrap, "--json", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = json.loads(out.read_text())
+    assert set(result) == {"machine", "config", "runs", "targets", "verdict"}
+    assert result["targets"] == TARGETS
+    assert list(result["runs"]) == ["kafka-python", "confluent"]
+    assert result["config"]["model"]["train_every"] == 32 and result["config"]["streams"] == 40
+    for key in ("cpu_model", "cores", "python", "torch", "kafka-python", "confluent-kafka",
+                "load_average_start", "load_average_end", "env"):
+        assert key in result["machine"]
+    for client, run in result["runs"].items():
+        assert client in printed
+        tp, lat = run["throughput"], run["latency"]
+        # Throughput: a real window of real batches, with training and CPU time.
+        assert tp["readings"] > 0 and tp["batches"] > 0 and tp["elapsed_s"] > 0
+        assert tp["readings_per_s"] == pytest.approx(tp["readings"] / tp["elapsed_s"], rel=1e-2)
+        assert tp["training_steps"] > 0 and tp["cpu_s"] > 0 and tp["dead_letters"] == 0
+        assert tp["scored_total"] >= tp["readings"]
+        scores = _records(kafka_bootstrap, tp["scores_topic"], 3)
+        assert len(scores) == tp["scored_total"]
+        # Latency: every reading joined; figures recomputed from the topics themselves.
+        readings = _records(kafka_bootstrap, lat["topic"], 3)
+        assert lat["readings"] == len(readings) == lat["producer"]["sent"] == lat["joined"]
+        assert lat["missing"] == 0 and lat["measured"] > 0
+        first: dict[tuple[str, float], int] = {}
+        for sid, ts, ms in _records(kafka_bootstrap, lat["scores_topic"], 3):
+            first[sid, ts] = min(ms, first.get((sid, ts), ms))
+        cut = int((lat["producer"]["paced_start_epoch"] + 0.5) * 1000)
+        mine = np.array([first[sid, ts] - ms for sid, ts, ms in readings if ms >= cut], float)
+        assert len(mine) == lat["measured"]
+        assert lat["p99_ms"] == round(float(np.percentile(mine, 99)), 1)
+        assert lat["p50_ms"] <= lat["p95_ms"] <= lat["p99_ms"] <= lat["max_ms"]
+        assert lat["rate"] == pytest.approx(0.5 * tp["readings_per_s"], rel=1e-2)
+        v = result["verdict"][client]
+        assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
+        assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
