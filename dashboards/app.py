@@ -43,6 +43,9 @@ def create_app(
     one stream's trends, ``/health`` model health. Everything is served locally (no CDN).
     """
     config = config or ViewConfig()
+    if not (ASSETS / "dashboard.css").is_file():
+        log.warning("dashboard styles missing at %s: the package was installed without "
+                    "dashboards/assets (package-data); the pages work but look unstyled", ASSETS)
     app = dash.Dash(
         __name__,
         title=title,
