@@ -59,8 +59,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     n.add_argument("--results-dir", default="nab-results",
                    help="where to write <detector>/<category>/<detector>_<file>.csv (default nab-results)")
     n.add_argument("--batch-rows", type=int, default=1, help="rows per micro-batch (default 1)")
-    n.add_argument("--squash", choices=["likelihood", "ratio"], default="likelihood",
-                   help="map of raw scores to [0, 1] (default likelihood; see streamwatch.evaluate.squash)")
+    n.add_argument("--squash", choices=["recent", "likelihood", "ratio"], default="recent",
+                   help="causal map of raw scores to [0, 1] (default recent; see "
+                        "streamwatch.evaluate.squash)")
     o = p.add_argument_group("output")
     o.add_argument("--json", dest="json_path", default=None, help="write every table as JSON here")
     o.add_argument("--report", default=None, help="write a plotly HTML report here")

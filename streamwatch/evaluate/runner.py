@@ -221,7 +221,7 @@ def run_nab_file(
     file: LabelledFile,
     values: np.ndarray,
     *,
-    squash_method: SquashMethod = "likelihood",
+    squash_method: SquashMethod = "recent",
     batch_rows: int = 1,
     keep_trace: bool = False,
 ) -> NabFileRun:
@@ -236,6 +236,7 @@ def run_nab_file(
     run = DetectorRun("nab", kept=frozenset({nab_stream_id(file.key)} if keep_trace else ()))
     raw = np.empty(len(readings))
     threshold = np.empty(len(readings))
+    warming = np.zeros(len(readings), dtype=bool)
     for start in range(0, len(readings), batch_rows):
         batch = readings[start : start + batch_rows]
         scores, alerts = detector.process(batch)
@@ -243,7 +244,8 @@ def run_nab_file(
         for j, s in enumerate(scores):
             raw[start + j] = s.score
             threshold[start + j] = np.nan if s.threshold is None else s.threshold
-    anomaly = squash(squash_method, raw, threshold)
+            warming[start + j] = s.warming_up
+    anomaly = squash(squash_method, raw, threshold, ignore=warming)
     trace = run.traces.get(nab_stream_id(file.key))
     return NabFileRun(raw, threshold, anomaly, run.alerts, trace, time.perf_counter() - t0)
 
@@ -264,7 +266,7 @@ def run_nab(
     detectors: Mapping[str, DetectorFactory | None],
     *,
     results_dir: str | Path,
-    squash_method: SquashMethod = "likelihood",
+    squash_method: SquashMethod = "recent",
     batch_rows: int = 1,
     keep_files: Sequence[str] = (),
     progress: bool = True,

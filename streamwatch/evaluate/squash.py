@@ -22,6 +22,9 @@ NaN raw scores (no score for that row) give 0 and do not enter the statistics.
 >>> out = likelihood(raw)
 >>> bool(out[:-1].max() < 0.5), bool(out[-1] > 0.9)
 (True, True)
+>>> out = recent(raw)
+>>> bool(out[:-1].max() < 0.85), bool(out[-1] > 0.98)
+(True, True)
 >>> ratio(np.array([0.5, 2.0, 1.0]), np.array([1.0, 1.0, np.nan])).tolist()
 [0.3333333333333333, 0.6666666666666666, 0.0]
 """
@@ -34,8 +37,22 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-SquashMethod = Literal["likelihood", "ratio"]
+SquashMethod = Literal["recent", "likelihood", "ratio"]
 LOG_FLOOR = 1e-10
+
+
+def recent(
+    raw: np.ndarray, long: int = 500, min_history: int = 50, ignore: np.ndarray | None = None
+) -> np.ndarray:
+    """Standard score against the recent raw scores, mapped to [0, 1) (module docstring)."""
+    if not 2 <= min_history <= long:
+        raise ValueError(f"need 2 <= min_history <= long, got {min_history} and {long}")
+    x = np.asarray(raw, dtype=np.float64)
+    history = pd.Series(np.where(ignore, np.nan, x) if ignore is not None else x)
+    window = history.shift(1).rolling(long, min_periods=min_history)
+    z = ((x - window.mean()) / window.std(ddof=0).clip(lower=1e-9)).to_numpy()
+    z = np.where(np.isfinite(z) & (z > 0), z, 0.0)
+    return z / (1.0 + z)
 
 
 def likelihood(
@@ -67,13 +84,17 @@ def ratio(raw: np.ndarray, threshold: np.ndarray) -> np.ndarray:
 
 
 def squash(
-    method: SquashMethod, raw: np.ndarray, threshold: np.ndarray | None = None
+    method: SquashMethod, raw: np.ndarray, threshold: np.ndarray | None = None,
+    ignore: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Dispatch to ``likelihood`` or ``ratio`` (which needs the per-row thresholds)."""
+    """Dispatch to ``recent``, ``likelihood`` or ``ratio`` (which needs the per-row
+    thresholds); ``ignore`` marks warm-up rows for ``recent``."""
+    if method == "recent":
+        return recent(raw, ignore=ignore)
     if method == "likelihood":
         return likelihood(raw)
     if method == "ratio":
         if threshold is None:
             raise ValueError("the ratio squash needs the detector's per-row thresholds")
         return ratio(raw, threshold)
-    raise ValueError(f"unknown squash method {method!r}; choose likelihood or ratio")
+    raise ValueError(f"unknown squash method {method!r}; choose recent, likelihood or ratio")

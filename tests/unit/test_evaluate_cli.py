@@ -100,3 +100,25 @@ def test_report_shades_alerts_and_episodes_and_escapes_ids(tmp_path) -> None:
     text = path.read_text()
     assert "&lt;b&gt;x&lt;/b&gt;" in text and "<b>x</b>" not in text
     assert text.count("plotly.js") >= 1
+
+
+@pytest.mark.timeout(240)
+def test_gru_nab_scores_are_causal_a_prefix_scores_the_same(tmp_path) -> None:
+    import numpy as np
+
+    from streamwatch.evaluate.corpus import load_corpus
+    from streamwatch.evaluate.detectors import nab_factories
+    from streamwatch.evaluate.nab import LabelledFile
+    from streamwatch.evaluate.runner import run_nab_file
+
+    corpus = load_corpus(only=["realTraffic/speed_7578.csv"])
+    f, values = corpus.files[0], corpus.values["realTraffic/speed_7578.csv"]
+    factory = nab_factories(["gru"], seed=1)["gru"]
+    full = run_nab_file(factory, f, values)
+    k = 700
+    prefix = LabelledFile(f.key, f.timestamps[:k], ())
+    part = run_nab_file(factory, prefix, values[:k])
+    assert np.array_equal(part.raw, full.raw[:k])
+    assert np.array_equal(part.anomaly_score, full.anomaly_score[:k])
+    assert ((full.anomaly_score >= 0) & (full.anomaly_score <= 1)).all()
+    assert full.anomaly_score.max() > 0.5  # the detector does rank some rows high

@@ -270,3 +270,21 @@ def test_ratio_squash_is_one_half_at_the_threshold() -> None:
 
     out = ratio(np.array([0.0, 1.0, 3.0, 2.0]), np.array([1.0, 1.0, 1.0, np.nan]))
     assert out.tolist() == [0.0, 0.5, 0.75, 0.0]
+
+
+def test_recent_squash_is_causal_ranks_spikes_and_skips_ignored_rows() -> None:
+    from streamwatch.evaluate.squash import recent
+
+    rng = np.random.default_rng(11)
+    raw = np.abs(rng.normal(1.0, 0.3, 2000))
+    raw[:3] = 1e5  # an untrained model's first scores
+    raw[1500] = 9.0
+    ignore = np.arange(2000) < 30
+    full = recent(raw, ignore=ignore)
+    for k in (1, 49, 80, 1500, 1501):
+        assert np.array_equal(recent(raw[:k], ignore=ignore[:k]), full[:k])
+    assert ((full >= 0) & (full < 1)).all()
+    assert full[:80].max() == 0.0  # 50 usable rows of history needed, warm-up rows excluded
+    assert full[1500] == full.max() > 0.9
+    polluted = recent(raw)  # without the warm-up mask the 1e5 values flatten everything
+    assert polluted[1500] < full[1500]
