@@ -122,3 +122,30 @@ def test_gru_nab_scores_are_causal_a_prefix_scores_the_same(tmp_path) -> None:
     assert np.array_equal(part.anomaly_score, full.anomaly_score[:k])
     assert ((full.anomaly_score >= 0) & (full.anomaly_score <= 1)).all()
     assert full.anomaly_score.max() > 0.5  # the detector does rank some rows high
+
+
+@pytest.mark.timeout(240)
+def test_icu_scenario_run_matches_alerts_to_the_simulated_episode(tmp_path, capsys) -> None:
+    # seed 18, 2 beds: one desaturation (clinical) starting 2.03 h in, 15 min long
+    js, html = tmp_path / "icu.json", tmp_path / "icu.html"
+    code = main(["evaluate", "icu", "--patients", "2", "--hours", "2.5", "--seed", "18",
+                 "--detectors", "zscore", "--json", str(js), "--report", str(html),
+                 "--report-streams", "1", "--no-progress"])
+    assert code == 0
+    assert "recall" in capsys.readouterr().out
+    payload = json.loads(js.read_text())
+    assert payload["scenario"] == {"target": "icu", "streams": 2, "hours": 2.5, "seed": 18,
+                                   "batch_seconds": 1, "grace_min": 5.0,
+                                   "slow_types": ["sepsis", "slow_drift"]}
+    m = payload["detectors"]["zscore"]
+    assert m["episodes"] == 1 and m["by_type"]["desaturation"]["episodes"] == 1
+    assert m["alerts"] == m["true_alerts"] + m["artefact_alerts"] + m["false_alerts"]
+    assert m["stream_days"] == pytest.approx(2 * 2.5 / 24)
+    assert m["detected"] == 1 and 0 <= m["delay_median_s"] <= 600
+    text = html.read_text()
+    assert "zscore: icu" in text and "desaturation" in text  # plotly escapes "/" in its JSON
+
+
+def test_nab_reference_is_refused_on_scenarios(capsys) -> None:
+    assert main(["evaluate", "icu", "--detectors", "nab-gaussian", "--no-progress"]) == 2
+    assert "NAB runs only" in capsys.readouterr().err
