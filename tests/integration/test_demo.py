@@ -220,3 +220,27 @@ def test_demo_in_memory_needs_no_broker_shows_an_alert_and_ctrl_c_leaves_nothing
     assert_all_gone(demo, processes)
     assert "demo stopped cleanly" in demo.stderr()
     print(f"alert seen and dashboard checked after {elapsed:.1f} s")
+
+
+def test_demo_stops_everything_with_exit_1_when_a_child_dies(demo_factory: Any) -> None:
+    demo, processes = demo_factory()
+    demo.wait_line(r"^dashboard: http://", timeout=60)
+    processes.extend(demo.descendants())
+    detector = next(p for p in processes if "detect" in p.cmdline())
+    detector.kill()
+
+    code = demo.proc.wait(45)
+    assert code == 1, demo.stderr()
+    assert "detect exited with code -9; stopping everything" in demo.stderr()
+    assert_all_gone(demo, processes)
+
+
+def test_killing_the_demo_takes_its_broker_and_children_with_it(demo_factory: Any) -> None:
+    demo, processes = demo_factory()
+    demo.wait_line(r"^dashboard: http://", timeout=60)
+    processes.extend(demo.descendants())
+    assert len(processes) == 5, [p.cmdline() for p in processes]  # broker + 4 commands
+
+    demo.proc.kill()  # no chance to clean up: the kernel's parent-death signal must
+    demo.proc.wait(10)
+    assert_all_gone(demo, processes)
