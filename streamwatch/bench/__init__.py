@@ -48,6 +48,8 @@ def _effective_config(opts: BenchOptions, settings: Any, producer_client: str,
         "producer_client": producer_client,
         "partitions": settings.topics.partitions,
         "session_timeout_ms": settings.kafka.session_timeout_ms,
+        "client_config": {k: v for k, v in settings.kafka.client_config.items()
+                          if not any(s in k.lower() for s in ("password", "secret", "token"))},
         "service": {"max_poll_records": svc.max_poll_records, "poll_timeout_s": svc.poll_timeout_s,
                     "emit_scores": "all", "checkpoint_every_batches": svc.checkpoint_every_batches,
                     "checkpoint_every_s": svc.checkpoint_every_s,

@@ -3,8 +3,8 @@
 :class:`ServiceRun` runs the real service loop in a thread of the bench process (the main
 thread only samples its counters every 50 ms and sleeps), and takes :class:`Sample`
 snapshots: readings and batches scored, CPU time of the whole process (every thread,
-librdkafka's and kafka-python's I/O threads included), training steps, checkpoints, and
-the service's own batch-time histogram.
+librdkafka's and kafka-python's I/O threads included) and of the detector thread alone,
+training steps, checkpoints, and the service's own batch-time histogram.
 
 :func:`latency_stats` joins each Reading to its Score by ``(stream_id, ts)`` and takes
 ``Score CreateTime - Reading CreateTime`` per reading.
@@ -44,6 +44,7 @@ class Sample:
     dead_letters: int
     checkpoints: int
     cpu_s: float
+    thread_cpu_s: float
     training_steps: int | None
     batch_seconds_sum: float
     batch_count: float
@@ -58,9 +59,11 @@ class ServiceRun:
         self._thread = threading.Thread(target=self._main, name="streamwatch-bench-detector",
                                          daemon=True)  # fmt: skip
         self.thread_id: int | None = None
+        self._clock: int | None = None
 
     def _main(self) -> None:
         self.thread_id = threading.get_native_id()
+        self._clock = time.pthread_getcpuclockid(threading.get_ident())
         try:
             self.service.run()
         except BaseException as exc:  # handed to the sampling thread by check()
@@ -97,12 +100,17 @@ class ServiceRun:
                 log.debug("training steps not readable this time: %s", exc)
         return None
 
+    def thread_cpu(self) -> float:
+        """CPU seconds of the detector thread alone (0 before it started)."""
+        return 0.0 if self._clock is None else time.clock_gettime(self._clock)
+
     def sample(self) -> Sample:
         stats, registry = self.service.stats, self.service.metrics.registry
         return Sample(
             t=time.monotonic(), readings=stats.readings, batches=stats.batches,
             dead_letters=stats.dead_letters, checkpoints=stats.checkpoints,
-            cpu_s=time.process_time(), training_steps=self._training_steps(),
+            cpu_s=time.process_time(), thread_cpu_s=self.thread_cpu(),
+            training_steps=self._training_steps(),
             batch_seconds_sum=registry.get_sample_value("streamwatch_batch_seconds_sum") or 0.0,
             batch_count=registry.get_sample_value("streamwatch_batch_seconds_count") or 0.0,
         )  # fmt: skip
@@ -130,6 +138,7 @@ def window_figures(start: Sample, end: Sample) -> dict[str, Any]:
     readings = end.readings - start.readings
     batches = end.batches - start.batches
     cpu = end.cpu_s - start.cpu_s
+    thread_cpu = end.thread_cpu_s - start.thread_cpu_s
     n_batch = end.batch_count - start.batch_count
     steps = (None if start.training_steps is None or end.training_steps is None
              else end.training_steps - start.training_steps)  # fmt: skip
@@ -147,6 +156,14 @@ def window_figures(start: Sample, end: Sample) -> dict[str, Any]:
         "cpu_s": round(cpu, 3),
         "cpu_share_of_one_core": round(cpu / elapsed, 3) if elapsed > 0 else None,
         "cpu_us_per_reading": round(cpu / readings * 1e6, 2) if readings else None,
+        "detector_thread_cpu_s": round(thread_cpu, 3),
+        "detector_thread_cpu_us_per_reading": round(thread_cpu / readings * 1e6, 2)
+        if readings else None,
+        "other_threads_cpu_s": round(cpu - thread_cpu, 3),
+        # Not a measurement: the rate if the detector thread had a core to itself and
+        # never waited (a bound for comparing runs made under different machine load).
+        "estimate_cpu_bound_readings_per_s": round(readings / thread_cpu, 1)
+        if thread_cpu > 0 else None,
         "wall_us_per_reading": round(elapsed / readings * 1e6, 2) if readings else None,
     }
 

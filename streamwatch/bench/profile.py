@@ -1,19 +1,24 @@
 """Where the detector's time goes per reading: py-spy samples of the service thread.
 
-``py-spy record --idle --threads --nonblocking --format raw`` samples the bench process
-from outside (no GIL, no pause, no instrumentation); only the detector thread's stacks
-are kept. Each sample is put in ONE category: walking from the innermost frame outwards,
-the first frame that a rule in :data:`RULES` names decides (so time inside torch called
-from ``advance_many`` counts as "model: advance", a msgspec call inside ``_emit`` as
-"Score building"). Idle samples are kept (``--idle``): waiting in ``poll`` or ``flush``
-is wall time the loop spends, and per-reading figures are wall time.
+``py-spy record --threads --nonblocking --format raw`` samples the bench process from
+outside (no GIL, no pause, no instrumentation); only the detector thread's stacks are
+kept, and only while it is active (py-spy drops idle samples: waiting on a socket, a
+condition or the GIL). Each sample is put in ONE category: walking from the innermost
+frame outwards, the first frame that a rule in :data:`RULES` names decides (so time in
+torch called from ``advance_many`` counts as "model: advance", a msgspec call inside
+``_emit`` as "Score building").
+
+Per-reading figures split the detector thread's own CPU time (measured with its thread
+CPU clock) by the category shares: they hold on a busy machine too, where wall time
+would mostly measure the other processes. Wall time the thread spends waiting (I/O, the
+GIL held by a client's Python I/O thread, the scheduler) is ``wall - thread CPU``.
 
 >>> counts = parse_raw(["thread (7): streamwatch-bench-detector;"
 ...     "DetectorService.run (streamwatch/pipeline.py:190);"
 ...     "DetectorService._process (streamwatch/pipeline.py:280);"
 ...     "decode_reading (streamwatch/schema.py:301) 3",
 ...     "thread (8): MainThread;<module> (x.py:1) 5"], "streamwatch-bench-detector")
->>> summarise(counts, readings=3, wall_s=0.003)["categories"]["decode (msgspec)"]["us_per_reading"]
+>>> summarise(counts, readings=3, cpu_s=0.003)["categories"]["decode (msgspec)"]["us_per_reading"]
 1000.0
 """
 
@@ -68,6 +73,8 @@ RULES: dict[tuple[str, str | None], str] = {
     (_P, "DetectorService._maybe_checkpoint"): "checkpoint + commit",
     (_P, "DetectorService._checkpoint_and_commit"): "checkpoint + commit",
     (_P, "DetectorService._maybe_health"): "health record + lag",
+    (_P, "DetectorService._lag"): "health record + lag",
+    (_P, "DetectorService._process"): "service: per-message bookkeeping",
     (_P, "DetectorService._score_and_emit"): "service bookkeeping + metrics",
     (_P, None): "service loop (other)",
 }  # fmt: skip
@@ -90,8 +97,7 @@ def py_spy_binary() -> str:
 def start_py_spy(pid: int, duration_s: float, output: Path, rate: int = 200) -> subprocess.Popen[bytes]:
     """Sample ``pid`` for ``duration_s`` seconds into ``output`` (raw collapsed stacks)."""
     args = [py_spy_binary(), "record", "--pid", str(pid), "--duration",
-            str(max(1, round(duration_s))), "--rate", str(rate), "--format", "raw", "--idle",
-            "--threads", "--nonblocking", "--output", str(output)]  # fmt: skip
+            str(max(1, round(duration_s))), "--rate", str(rate), "--format", "raw", "--threads", "--nonblocking", "--output", str(output)]  # fmt: skip
     log.info("profiling with py-spy pid=%s duration_s=%.0f", pid, duration_s)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -128,8 +134,9 @@ def categorise(stack: Stack) -> str:
     return "other"
 
 
-def summarise(counts: Counter[Stack], readings: int, wall_s: float, top: int = 15) -> dict[str, Any]:
-    """Category shares, wall microseconds per reading, and the busiest innermost frames."""
+def summarise(counts: Counter[Stack], readings: int, cpu_s: float, top: int = 15) -> dict[str, Any]:
+    """Category shares, detector-thread CPU microseconds per reading (``cpu_s`` split by
+    share), and the busiest innermost frames."""
     total = sum(counts.values())
     cats: Counter[str] = Counter()
     inner: Counter[str] = Counter()
@@ -140,13 +147,13 @@ def summarise(counts: Counter[Stack], readings: int, wall_s: float, top: int = 1
 
     def figures(n: int) -> dict[str, float | None]:
         share = n / total if total else 0.0
-        per = share * wall_s / readings * 1e6 if readings else None
+        per = share * cpu_s / readings * 1e6 if readings else None
         return {"share": round(share, 4), "us_per_reading": None if per is None else round(per, 2)}
 
     return {
         "samples": total,
         "readings": readings,
-        "wall_s": round(wall_s, 3),
+        "thread_cpu_s": round(cpu_s, 3),
         "categories": {c: figures(n) for c, n in cats.most_common()},
         "top_frames": {f: figures(n) for f, n in inner.most_common(top)},
     }

@@ -89,7 +89,7 @@ def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def table(result: dict[str, Any]) -> str:
     """A short side-by-side table of the runs."""
-    head = (f"{'client':<13} {'readings/s':>11} {'target':>8} {'cpu us/rd':>9} {'train':>6} "
+    head = (f"{'client':<13} {'readings/s':>11} {'target':>8} {'thr cpu us/rd':>13} {'train':>6} "
             f"{'lat rate':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} "
             f"{'joined':>14} {'verdict':>8}")  # fmt: skip
     lines = [head, "-" * len(head)]
@@ -103,7 +103,8 @@ def table(result: dict[str, Any]) -> str:
         joined = f"{lat.get('joined', '-')}/{lat.get('readings', '-')}" if lat else "-"
         lines.append(
             f"{client:<13} {f(tp.get('readings_per_s')):>11} {f(v['target_readings_per_s']):>8} "
-            f"{f(tp.get('cpu_us_per_reading'), '.1f'):>9} {f(tp.get('training_steps'), 'd'):>6} "
+            f"{f(tp.get('detector_thread_cpu_us_per_reading'), '.1f'):>13} "
+            f"{f(tp.get('training_steps'), 'd'):>6} "
             f"{f(lat.get('rate'))!s:>9} {f(lat.get('p50_ms'), '.1f'):>7} "
             f"{f(lat.get('p95_ms'), '.1f'):>7} {f(lat.get('p99_ms'), '.1f'):>7} "
             f"{f(lat.get('max_ms'), '.1f'):>7} {joined:>14} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import tempfile
 import time
 import uuid
@@ -74,7 +75,8 @@ class ClientBench:
         names = ("readings", "scores", "alerts", "deadletter", "health")
         overrides: dict[str, Any] = {
             "kafka": {"bootstrap_servers": self.bootstrap, "client": self.client,
-                      "session_timeout_ms": o.session_timeout_ms},
+                      "session_timeout_ms": o.session_timeout_ms,
+                      "client_config": {"fetch_max_wait_ms": o.fetch_max_wait_ms}},
             "topics": {**{n: f"bench-{suffix}.{n}" for n in names}, "partitions": o.partitions},
             "service": {"group_id": f"bench-{suffix}", "metrics_port": 0, "emit_scores": "all",
                         "checkpoint_dir": self.workdir / suffix},
@@ -199,7 +201,8 @@ class ClientBench:
             log.warning("%s: the pre-fill ran out after %.1f s of measurement; raise "
                         "--prefill-rate for a full window", self.client, figures["elapsed_s"])  # fmt: skip
         if spy is not None:
-            figures["profile"] = self._finish_profile(spy, figures["readings"], figures["elapsed_s"])
+            figures["profile"] = self._finish_profile(spy, figures["readings"],
+                                                      figures["detector_thread_cpu_s"])
         return figures
 
     # -- phase 2 ---------------------------------------------------------------------
@@ -286,7 +289,7 @@ class ClientBench:
         out = self.workdir / f"py-spy-{self.client}-{phase}.txt"
         return start_py_spy(os.getpid(), seconds, out), out
 
-    def _finish_profile(self, spy: tuple[Any, Path], readings: int, wall_s: float) -> dict[str, Any]:
+    def _finish_profile(self, spy: tuple[Any, Path], readings: int, cpu_s: float) -> dict[str, Any]:
         from streamwatch.bench.profile import parse_raw, summarise
 
         proc, out = spy
@@ -300,7 +303,12 @@ class ClientBench:
                                    f"{text.decode(errors='replace')[-500:]}")  # fmt: skip
         with out.open() as f:
             counts = parse_raw(f, "streamwatch-bench-detector")
-        return summarise(counts, readings, wall_s)
+        if self.opts.profile_dir is not None:
+            self.opts.profile_dir.mkdir(parents=True, exist_ok=True)
+            kept = self.opts.profile_dir / out.name
+            shutil.copyfile(out, kept)
+            log.info("py-spy stacks kept", extra={"path": str(kept)})
+        return summarise(counts, readings, cpu_s)
 
 
 def _without_none(tree: dict[str, Any]) -> dict[str, Any]:

@@ -56,10 +56,13 @@ def register(subparsers: Any) -> None:
                    help="client of the load process (default confluent if installed)")
     p.add_argument("--session-timeout-ms", type=int,
                    help="consumer-group session timeout (default: settings, 6000)")
+    p.add_argument("--fetch-max-wait-ms", type=int,
+                   help="the detector consumer's fetch wait (default: the client's, 500); Tansu "
+                   "answers fetches only when it expires, so lower it (e.g. 50) for latency there")
     p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
-                   "(pip install -e .[bench])")
+                   "(pip install -e .[bench]); raw stacks kept next to --json")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the full result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -75,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_servers=args.bootstrap_servers, partitions=args.partitions,
         prefill_rate=args.prefill_rate, seed=args.seed, producer_client=args.producer_client,
         profile=args.profile, progress=not args.no_progress,
+        profile_dir=(args.json.parent if args.json else Path.cwd()) if args.profile else None,
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )  # fmt: skip
     result = run_bench(opts)
     if args.json is not None:
@@ -88,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{client}: FAILED: {run_['error']}")
         profile = (run_.get("throughput") or {}).get("profile")
         if profile:
-            print(f"\n{client}: where the detector's wall time goes (us per reading, "
+            print(f"\n{client}: detector thread CPU per reading by stage (us; "
                   f"{profile['samples']} py-spy samples)")  # fmt: skip
             for cat, fig in profile["categories"].items():
                 print(f"  {cat:<45} {fig['us_per_reading']:>8.2f}  {fig['share']:>6.1%}")
