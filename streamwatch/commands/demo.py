@@ -68,6 +68,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8050,
                    help="dashboard port (default 8050; 0 = any free port)")
     add_service_arguments(p)  # --bootstrap-servers, --kafka-client, --checkpoint-dir, ...
+    p._option_string_actions["--checkpoint-dir"].help = (
+        "detector state directory (default: a temporary one, removed at exit; reuse a "
+        "directory only with the same --bootstrap-servers)")
+    p._option_string_actions["--bootstrap-servers"].help = (
+        "use this Kafka cluster instead of starting a broker (default: "
+        "$STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS, else a Tansu broker on a free port)")
     p.add_argument("--config", type=Path, help="detector settings file (TOML or JSON)")
     p.set_defaults(func=run)
 

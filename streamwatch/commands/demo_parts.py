@@ -90,7 +90,7 @@ class Child:
             stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_parent_death_hook(),  # prctl only; libc resolved before the fork
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.info("started", extra={"child": self.name, "pid": self.proc.pid})
+        log.info("child started", extra={"child": self.name, "pid": self.proc.pid})
         self._reader = threading.Thread(target=self._relay, name=f"demo-{self.name}-output",
                                         daemon=True)
         self._reader.start()
@@ -138,7 +138,7 @@ class Child:
             self.proc.wait(10)
         if self._reader is not None:
             self._reader.join(5)
-        log.info("stopped", extra={"child": self.name, "exit_code": self.proc.returncode})
+        log.info("child stopped", extra={"child": self.name, "exit_code": self.proc.returncode})
         return self.proc.returncode
 
 
