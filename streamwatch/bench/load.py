@@ -222,11 +222,14 @@ class LoadProcess:
         try:
             kind, payload = self._queue.get(timeout=timeout)
         except queue_mod.Empty:
-            if not self._proc.is_alive():
+            if self._proc.is_alive():
+                return None
+            try:  # it has exited: its last message may still be in the pipe
+                kind, payload = self._queue.get(timeout=1.0)
+            except queue_mod.Empty:
                 raise StreamwatchError(
                     f"the load process exited with code {self._proc.exitcode} without "
                     "reporting; run with --log-level debug to see its log") from None  # fmt: skip
-            return None
         if kind == "error":
             raise StreamwatchError(f"the load process failed: {payload}")
         return kind, payload
