@@ -76,6 +76,26 @@ class ThresholdConfig(BaseModel):
         "exponential (shape 0), the numerically safe choice.",
     )
     min_scale: float = Field(default=1e-9, gt=0, description="Floor of the tail's scale parameter.")
+    burst_window: int = Field(
+        default=50,
+        ge=10,
+        le=63,
+        description="Burst guard: look at the peaks among this many latest observations.",
+    )
+    burst_peaks: int = Field(
+        default=6,
+        ge=2,
+        description="With at least this many peaks in the window (1 expected at the default "
+        "0.98 level), peaks come far faster than the tail allows: an anomaly hovering near "
+        "the bar, not tail data. They are not learned (nor by the scorer), so the bar "
+        "cannot climb away from the anomaly.",
+    )
+    burst_patience: int = Field(
+        default=1800,
+        ge=0,
+        description="A burst lasting longer than this many observations is a lasting change: "
+        "its peaks are learned again.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ThresholdConfig:

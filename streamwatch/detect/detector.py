@@ -12,9 +12,9 @@
    forms wave k (arrival order within a stream; timestamps never reorder readings, so
    results do not depend on where batch boundaries fall and a replay gives the same ids).
 3. **Per wave**: ``scorer.score_many`` (pure) -> per-stream threshold -> hard limits ->
-   alert machines (only for streams with something to say) -> ``scorer.advance_many``
-   with ``observe = not anomalous and not inside an open alert`` -> ``scorer.learn_many``
-   with the same mask -> threshold update.
+   alert machines (only for streams with something to say) -> threshold update ->
+   ``scorer.advance_many`` with ``observe = not anomalous and not inside an open alert``
+   -> ``scorer.learn_many`` with the same mask, minus streams in a burst of peaks.
 4. One ``Score`` per reading, in input order, plus the alert events of the batch.
 
 Warm-up: a stream's scores feed its threshold only after ``warmup_readings`` readings
@@ -25,7 +25,9 @@ from the first reading.
 No poisoning: a reading inside an open alert never reaches ``learn_many`` nor the
 threshold, and is fed to ``advance_many`` as missing, so the forecast is not dragged along.
 Anomalous readings outside an alert reach the threshold only as censored peaks (known to
-be above the bar, value unused; see ``thresholds``).
+be above the bar, value unused; see ``thresholds``). While a stream's threshold sees a
+burst of peaks (an anomaly hovering just under the bar), neither the threshold nor the
+scorer learns from it (``ThresholdConfig.burst_*``).
 
 Drift: the model cannot learn a new regime from inside an alert, so the alert machine
 bounds the time: a *model* alert whose m-of-n condition still holds
@@ -278,18 +280,18 @@ class StreamDetector(DetectorState):
             accepted = []
         keep = ~late
         observe = ~anomalous & ~in_alert
+        ks.thresholds.update_at(tslots, score, keep & ready & finite & ~in_alert)
+        learn = observe & ~ks.thresholds.frozen_at(tslots)
+        cnt["burst_readings"] += int((observe & ~learn).sum())
         if late.any():
             sub = np.flatnonzero(keep)
             self._count_late(ts, last, late)
             batch = KindBatch(kind=ks.spec, stream_ids=[sids[i] for i in sub.tolist()],
                               ts=ts[sub], values=values[sub])  # fmt: skip
-            observe_k = observe[sub]
-        else:
-            observe_k = observe
+            observe, learn = observe[sub], learn[sub]
         if len(batch):
-            scorer.advance_many(batch, observe_k)
-            scorer.learn_many(batch, observe_k)
-        ks.thresholds.update_at(tslots, score, keep & ready & finite & ~in_alert)
+            scorer.advance_many(batch, observe)
+            scorer.learn_many(batch, learn)
         arrays["last_ts"][slots[keep]] = ts[keep]
         arrays["n_seen"][slots[keep]] += 1
         if accepted:

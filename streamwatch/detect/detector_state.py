@@ -30,7 +30,7 @@ FORMAT, FORMAT_VERSION = "streamwatch.detector", 1
 COUNTERS = (
     "readings", "anomalous", "warming_up", "hard_limit_readings", "late_readings",
     "duplicate_readings", "unscored_readings", "ignored_channels", "alerts_opened",
-    "alerts_updated", "alerts_closed", "regimes_accepted",
+    "alerts_updated", "alerts_closed", "regimes_accepted", "burst_readings",
 )  # fmt: skip
 
 

@@ -30,6 +30,12 @@ theory", KDD 2017. Per stream:
    observations those peaks come from); the GPD is refitted every ``refit_every`` new
    peaks, the threshold itself is recomputed on every update.
 
+6. *Burst guard*: peaks normally arrive at rate ``1 - init_quantile`` (one in 50). When
+   ``burst_peaks`` of the last ``burst_window`` observations are peaks, they are evidence
+   of a change (an anomaly hovering just under the bar), not tail data: they are not
+   learned, otherwise the bar climbs with the anomaly and it is never flagged. A burst
+   lasting more than ``burst_patience`` observations is accepted as a lasting change.
+
 Memory: ~2.3 KB per stream with the defaults (peaks as float32, their positions as
 int32), plus 1.2 KB of warm-up scores. Cost: a wave of B streams is a few dozen numpy
 operations on length-B arrays; fitting
@@ -174,6 +180,9 @@ class ThresholdBank:
                 "gamma": ((), np.float64, 0.0),
                 "sigma": ((), np.float64, np.nan),
                 "z": ((), np.float64, np.nan),
+                "recent": ((), np.uint64, 0),  # bit i: observation i back was a peak
+                "burst_run": ((), np.int64, 0),
+                "frozen": ((), np.bool_, False),
             }
         )
 
@@ -246,10 +255,29 @@ class ThresholdBank:
             bound = a["z"][fs] - level
             excess = fx - level
             peak = excess > 0
-            if peak.any():
+            frozen = self._burst_guard(fs, peak)
+            learn = peak & ~frozen
+            if learn.any():
                 over = excess > bound  # an exceedance: censored at the bar in force
-                self._add_peaks(fs[peak], np.where(over, bound, excess)[peak], over[peak])
+                self._add_peaks(fs[learn], np.where(over, bound, excess)[learn], over[learn])
             self._recompute(fs)
+
+    def frozen_at(self, slots: np.ndarray) -> np.ndarray:
+        """True where the stream is in a burst of peaks (see ``ThresholdConfig``): the
+        detector then keeps the scorer from learning too."""
+        return np.where(slots >= 0, self._table.arrays["frozen"][slots], False)
+
+    def _burst_guard(self, fs: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        cfg, a = self.config, self._table.arrays
+        mask = np.uint64((1 << cfg.burst_window) - 1)
+        bits = ((a["recent"][fs] << np.uint64(1)) | peak.astype(np.uint64)) & mask
+        a["recent"][fs] = bits
+        bursting = np.bitwise_count(bits) >= cfg.burst_peaks
+        run = np.where(bursting, a["burst_run"][fs] + 1, 0)
+        a["burst_run"][fs] = run
+        frozen = bursting & (run <= cfg.burst_patience)
+        a["frozen"][fs] = frozen
+        return frozen
 
     # -- internals ---------------------------------------------------------------------
     def _add_peaks(self, ps: np.ndarray, excess: np.ndarray, censored: np.ndarray) -> None:

@@ -72,7 +72,7 @@ def test_false_positive_rate_on_iid_scores_is_close_to_risk(law: str, estimator:
 def test_threshold_adapts_when_the_score_scale_changes() -> None:
     rng = np.random.default_rng(3)
     n = 50
-    bank = ThresholdBank(ThresholdConfig(warmup=500, risk=1e-3))
+    bank = ThresholdBank(ThresholdConfig(warmup=500, risk=1e-3, burst_patience=600))
     before, _ = run_spot(bank, rng.exponential(size=(3000, n)))
     z_before = before[-1].mean()
     after, flagged = run_spot(bank, 3.0 * rng.exponential(size=(8000, n)))
@@ -82,6 +82,35 @@ def test_threshold_adapts_when_the_score_scale_changes() -> None:
     assert early > 20 * 1e-3
     assert late < 5 * 1e-3
     assert z_after > 2.0 * z_before
+
+
+def test_a_burst_of_peaks_just_under_the_bar_does_not_raise_it() -> None:
+    rng = np.random.default_rng(9)
+    guarded = ThresholdBank(ThresholdConfig(warmup=300, risk=1e-3))
+    unguarded = ThresholdBank(ThresholdConfig(warmup=300, risk=1e-3, burst_peaks=64))
+    base = rng.exponential(size=(2000, 1))
+    run_spot(guarded, base)
+    run_spot(unguarded, base)
+    z0 = guarded.thresholds(["s0"])[0]
+    assert unguarded.thresholds(["s0"])[0] == z0
+    for _ in range(300):  # an anomaly hovering at 95% of the bar, every reading a peak
+        for bank in (guarded, unguarded):
+            hover = np.array([0.95 * bank.thresholds(["s0"])[0]])
+            bank.update_many(["s0"], hover, np.array([True]))
+    assert guarded.thresholds(["s0"])[0] < 1.05 * z0
+    assert unguarded.thresholds(["s0"])[0] > 1.3 * z0  # the bar climbs away
+    assert guarded.frozen_at(guarded.slots(["s0"]))[0]
+
+
+def test_a_burst_lasting_beyond_the_patience_is_learned() -> None:
+    rng = np.random.default_rng(10)
+    bank = ThresholdBank(ThresholdConfig(warmup=300, risk=1e-3, burst_patience=100))
+    run_spot(bank, rng.exponential(size=(2000, 1)))
+    z0 = bank.thresholds(["s0"])[0]
+    for _ in range(400):
+        bank.update_many(["s0"], np.array([0.95 * bank.thresholds(["s0"])[0]]), np.array([True]))
+    assert bank.thresholds(["s0"])[0] > 1.3 * z0
+    assert not bank.frozen_at(bank.slots(["s0"]))[0]
 
 
 def test_unlearnable_anomalies_leave_the_bar_unchanged() -> None:
