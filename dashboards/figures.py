@@ -132,6 +132,22 @@ def score_cap(series: Series) -> float | None:
     return cap if cap > 0 else None
 
 
+def score_floor(series: Series) -> float | None:
+    """Bottom of the score panel: the 2nd percentile score (or the lowest threshold).
+
+    Scores of a stream the model is still warming up on can be hugely negative (a
+    likelihood-based score); a few of them must not squash the panel either.
+    """
+    thr = series.threshold[np.isfinite(series.threshold)]
+    scores = series.score[np.isfinite(series.score)]
+    if not len(scores):
+        return None
+    low = float(np.percentile(scores, 2))
+    if len(thr):
+        low = min(low, float(thr.min()))
+    return low - 0.1 * abs(low) - 0.5
+
+
 def trace_columns(series: Series, utc_offset_s: float = 0.0,
                   prev_ts: float | None = None, cap: float | None = None) -> Columns:
     """Per-role (x, y) lists of a series, with line breaks at gaps.
@@ -268,10 +284,13 @@ def stream_figure(
                          line={"color": COLOURS["score"], "width": 1.4})
         else:
             trace.update(mode="markers", name="anomalous",
-                         marker={"color": COLOURS["anomalous"], "size": 6, "symbol": "x"})
+                         marker={"color": COLOURS["anomalous"], "size": 5, "symbol": "x",
+                                 "opacity": 0.8})
         data.append(trace)
-    if cap is not None:
-        layout[f"yaxis{n + 1}"]["autorangeoptions"] = {"maxallowed": cap}
+    floor = score_floor(series)
+    limits = {"maxallowed": cap, "minallowed": floor}
+    layout[f"yaxis{n + 1}"]["autorangeoptions"] = {k: v for k, v in limits.items()
+                                                   if v is not None}
     layout["shapes"] = news2_shapes(channels) if news2 else []
     layout["shapes"] += span_shapes(spans, end, utc_offset_s)
     layout["xaxis"]["range"] = to_x([start, end], utc_offset_s)

@@ -108,12 +108,13 @@ def test_bucket_points_get_an_observed_range_and_wider_gap_tolerance() -> None:
     assert by_role(build(series([1.0, 2.0])), "range_hi", "hr")["y"] == []
 
 
-def test_one_huge_score_does_not_flatten_the_score_panel() -> None:
-    scores = [0.5] * 50 + [500.0]
-    fig = build(series([float(i) for i in range(51)], score=scores))
-    cap = fig["layout"]["yaxis3"]["autorangeoptions"]["maxallowed"]
-    assert 9.0 <= cap < 500.0
-    assert by_role(fig, "anomalous", None)["y"] == [round(cap, 3)]
+def test_a_few_extreme_scores_do_not_flatten_the_score_panel() -> None:
+    scores = [-6000.0] + [0.5] * 98 + [500.0]
+    fig = build(series([float(i) for i in range(100)], score=scores))
+    limits = fig["layout"]["yaxis3"]["autorangeoptions"]
+    assert 9.0 <= limits["maxallowed"] < 500.0
+    assert -6000.0 < limits["minallowed"] < 0.5
+    assert by_role(fig, "anomalous", None)["y"] == [round(limits["maxallowed"], 3)]
 
 
 def test_times_are_wall_clock_strings_at_the_given_offset() -> None:
