@@ -233,7 +233,8 @@ def stream_rows(rows: Sequence[StreamSummary],
         alerts: list[Any] = []
         if s.open_alerts:
             alerts = [badge(s.worst_open or "warning", str(s.open_alerts)),
-                      html.Span(s.headline or "", className="sw-headline")]
+                      html.Span(s.headline or "", className="sw-headline",
+                                title=s.headline or "")]
         age_class = "sw-age sw-age-stale" if s.stale else "sw-age"
         out.append(html.Tr(key=s.stream_id, className=f"sw-row sw-row-{s.status}", children=[
             html.Td(badge(s.status)),

@@ -219,8 +219,8 @@ def test_critical_episode_shows_on_the_overview_and_in_its_live_stream_view(live
     wait.until(lambda d: len((plot(d, "#stream-graph") or fig)["data"][observed]["x"])
                >= before + 3)
     for _ in range(2):  # the page grows once the figure is taller: fit it twice
-        driver.set_window_size(1440, driver.execute_script("return document.body.scrollHeight")
-                               + 40)
+        driver.set_window_size(1440, driver.execute_script(
+            "return document.documentElement.scrollHeight") + 200)
         time.sleep(1.5)
     driver.save_screenshot(str(RESULTS / "dashboard.png"))
     source.paused.set()
