@@ -92,8 +92,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
                                session_timeout_ms=kafka.session_timeout_ms,
                                client_config=kafka.client_config)
     feed = Feed(transport, store, args.group_id, backfill=args.backfill,
-                topics=FeedTopics(scores=topics.scores, alerts=topics.alerts,
-                                  health=topics.health, deadletter=topics.deadletter))
+                topics=FeedTopics.from_settings(topics))
     app = create_app(store, config=config, feed=feed)
     log.info("dashboard starting bootstrap_servers=%s client=%s group_id=%s host=%s port=%d "
              "max_streams=%d recent_points=%d", kafka.bootstrap_servers, kafka.client,

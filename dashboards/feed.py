@@ -52,6 +52,12 @@ class FeedTopics:
     def names(self) -> tuple[str, ...]:
         return (self.scores, self.alerts, self.health, self.deadletter)
 
+    @classmethod
+    def from_settings(cls, topics: Any) -> FeedTopics:
+        """From ``streamwatch.config.Settings.topics`` (anything with the four names)."""
+        return cls(scores=topics.scores, alerts=topics.alerts, health=topics.health,
+                   deadletter=topics.deadletter)
+
 
 def default_group_id() -> str:
     """A group of its own per dashboard process: every dashboard must see every partition."""
