@@ -61,6 +61,9 @@ class BenchOptions:
         Keep py-spy's raw stacks (collapsed, for flame graphs) in this directory.
     progress
         tqdm progress bars.
+    throughput_emit_scores
+        ``all`` (a Score per reading, default) or ``alerts`` (Scores only around alerts) in
+        the throughput phase; the latency phase always emits every Score (it joins them).
     drain_timeout_s
         After the paced load, wait at most this long for every reading's Score, > 0.
     session_timeout_ms
@@ -89,6 +92,7 @@ class BenchOptions:
     profile: bool = False
     profile_dir: Path | None = None
     progress: bool = True
+    throughput_emit_scores: str = "all"
     drain_timeout_s: float = 60.0
     session_timeout_ms: int | None = None
     fetch_max_wait_ms: int | None = None
@@ -119,6 +123,9 @@ class BenchOptions:
         if self.producer_client not in (None, *CLIENTS):
             raise ConfigError(f"producer_client must be one of {CLIENTS}, got "
                               f"{self.producer_client!r}")  # fmt: skip
+        if self.throughput_emit_scores not in ("all", "alerts"):
+            raise ConfigError(f"throughput_emit_scores must be 'all' or 'alerts', got "
+                              f"{self.throughput_emit_scores!r}")  # fmt: skip
         if not self.drain_timeout_s > 0:
             raise ConfigError(f"drain_timeout_s must be > 0, got {self.drain_timeout_s}")
         if self.fetch_max_wait_ms is not None and not 0 <= self.fetch_max_wait_ms <= 60_000:

@@ -68,7 +68,7 @@ class ClientBench:
         self.start_ts = float(math.floor(time.time()) - HISTORY_S)
 
     # -- settings and plumbing -------------------------------------------------------
-    def settings(self, suffix: str) -> Any:
+    def settings(self, suffix: str, emit_scores: str = "all") -> Any:
         from streamwatch.config import load_settings
 
         o = self.opts
@@ -78,7 +78,7 @@ class ClientBench:
                       "session_timeout_ms": o.session_timeout_ms,
                       "client_config": {"fetch_max_wait_ms": o.fetch_max_wait_ms}},
             "topics": {**{n: f"bench-{suffix}.{n}" for n in names}, "partitions": o.partitions},
-            "service": {"group_id": f"bench-{suffix}", "metrics_port": 0, "emit_scores": "all",
+            "service": {"group_id": f"bench-{suffix}", "metrics_port": 0, "emit_scores": emit_scores,
                         "checkpoint_dir": self.workdir / suffix},
             "model": {"train_every": o.train_every},
         }  # fmt: skip
@@ -127,7 +127,7 @@ class ClientBench:
 
         o = self.opts
         suffix = f"{self.client}-tp-{uuid.uuid4().hex[:8]}"
-        settings = self.settings(suffix)
+        settings = self.settings(suffix, o.throughput_emit_scores)
         transport = self.transport(settings)
         try:
             topic, parts = settings.topics.readings, settings.topics.partitions

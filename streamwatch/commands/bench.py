@@ -59,6 +59,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fetch-max-wait-ms", type=int,
                    help="the detector consumer's fetch wait (default: the client's, 500); Tansu "
                    "answers fetches only when it expires, so lower it (e.g. 50) for latency there")
+    p.add_argument("--emit-scores", choices=["all", "alerts"], default="all",
+                   help="throughput phase: a Score per reading (default) or only around alerts; "
+                   "the latency phase always emits all")
     p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         profile=args.profile, progress=not args.no_progress,
         profile_dir=(args.json.parent if args.json else Path.cwd()) if args.profile else None,
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
-        fetch_max_wait_ms=args.fetch_max_wait_ms,
+        fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
     )  # fmt: skip
     result = run_bench(opts)
     if args.json is not None:
