@@ -93,7 +93,7 @@ class ClientBench:
 
     def _bar(self, total: float, desc: str, unit: str) -> tqdm:  # type: ignore[type-arg]
         return tqdm(total=total, desc=f"{self.client}: {desc}", unit=unit, leave=False,
-                    disable=not self.opts.progress, dynamic_ncols=True)  # fmt: skip
+                    disable=not self.opts.progress, dynamic_ncols=True, mininterval=0.5)  # fmt: skip
 
     def _broker_cpu(self) -> float | None:
         if self.broker_pid is None:
