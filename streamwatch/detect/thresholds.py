@@ -35,6 +35,8 @@ theory", KDD 2017. Per stream:
    of a change (an anomaly hovering just under the bar), not tail data: they are not
    learned, otherwise the bar climbs with the anomaly and it is never flagged. A burst
    lasting more than ``burst_patience`` observations is accepted as a lasting change.
+   With ``burst_pause_scorer`` peaks in the window the detector pauses the scorer's
+   learning too (``pause_scorer_at``).
 
 Memory: ~2.3 KB per stream with the defaults (peaks as float32, their positions as
 int32), plus 1.2 KB of warm-up scores. Cost: a wave of B streams is a few dozen numpy
@@ -263,9 +265,15 @@ class ThresholdBank:
             self._recompute(fs)
 
     def frozen_at(self, slots: np.ndarray) -> np.ndarray:
-        """True where the stream is in a burst of peaks (see ``ThresholdConfig``): the
-        detector then keeps the scorer from learning too."""
+        """True where the stream is in a burst of peaks (not learned, see ``ThresholdConfig``)."""
         return np.where(slots >= 0, self._table.arrays["frozen"][slots], False)
+
+    def pause_scorer_at(self, slots: np.ndarray) -> np.ndarray:
+        """True where the burst is strong enough (``burst_pause_scorer`` peaks in the
+        window) that the detector keeps the scorer from learning too."""
+        a = self._table.arrays
+        strong = np.bitwise_count(a["recent"][slots]) >= self.config.burst_pause_scorer
+        return np.where(slots >= 0, a["frozen"][slots] & strong, False)
 
     def _burst_guard(self, fs: np.ndarray, peak: np.ndarray) -> np.ndarray:
         cfg, a = self.config, self._table.arrays

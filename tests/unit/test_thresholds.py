@@ -87,7 +87,9 @@ def test_threshold_adapts_when_the_score_scale_changes() -> None:
 def test_a_burst_of_peaks_just_under_the_bar_does_not_raise_it() -> None:
     rng = np.random.default_rng(9)
     guarded = ThresholdBank(ThresholdConfig(warmup=300, risk=1e-3))
-    unguarded = ThresholdBank(ThresholdConfig(warmup=300, risk=1e-3, burst_peaks=64))
+    unguarded = ThresholdBank(
+        ThresholdConfig(warmup=300, risk=1e-3, burst_peaks=64, burst_pause_scorer=64)
+    )
     base = rng.exponential(size=(2000, 1))
     run_spot(guarded, base)
     run_spot(unguarded, base)
@@ -99,7 +101,9 @@ def test_a_burst_of_peaks_just_under_the_bar_does_not_raise_it() -> None:
             bank.update_many(["s0"], hover, np.array([True]))
     assert guarded.thresholds(["s0"])[0] < 1.05 * z0
     assert unguarded.thresholds(["s0"])[0] > 1.3 * z0  # the bar climbs away
-    assert guarded.frozen_at(guarded.slots(["s0"]))[0]
+    slot = guarded.slots(["s0"])
+    assert guarded.frozen_at(slot)[0] and guarded.pause_scorer_at(slot)[0]
+    assert not unguarded.frozen_at(unguarded.slots(["s0"]))[0]
 
 
 def test_a_burst_lasting_beyond_the_patience_is_learned() -> None:
