@@ -6,7 +6,9 @@ during the model's warm-up too. It is vectorised over a wave of readings.
 Clinical mapping (Royal College of Physicians, NEWS2, 2017; defaults, all configurable):
 
 - ``warning``: any single parameter scoring 3 (NEWS2 "red score": urgent ward-based
-  response), or an aggregate of 5-6 (urgent response threshold).
+  response), an aggregate of 5-6 (urgent response threshold), or a value outside a
+  monitor-style warning limit (``warning_limits``: HR < 50 or > 120 by default; NEWS2
+  gives a sustained HR of 41-50 only 1 point, yet it is a bradycardia on any ICU monitor).
 - ``critical``: aggregate >= 7 (emergency response), or any value beyond a monitor-style
   life-threatening limit (``HardLimitConfig.critical_limits``: HR < 40 or > 150, SpO2 < 85,
   RR < 6 or > 35, SBP < 80 or > 240, temp < 34 or > 41). A single red parameter is
@@ -57,7 +59,7 @@ class Evaluation(NamedTuple):
 
     level: np.ndarray  # (B,) int8
     points: np.ndarray  # (B, C) int8 NEWS2 points, 0 where not scored or missing
-    beyond: np.ndarray  # (B, C) bool: beyond a critical single-channel limit
+    beyond: np.ndarray  # (B, C) bool: outside a single-channel (warning or critical) limit
     neutral: np.ndarray  # (B,) bool: none of the scored channels present
 
 
@@ -69,6 +71,14 @@ class Step(NamedTuple):
     beyond: np.ndarray
     confirmed: np.ndarray  # (B,) int8: level that has persisted long enough
     onset: np.ndarray  # (B,) float64: ts of the run's first reading, NaN if not confirmed
+
+
+def _limits(limits: dict[str, tuple[float | None, float | None]],
+            kind: KindSpec) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    pairs = [limits.get(name, (None, None)) for name in kind.channels]
+    low = np.array([-np.inf if lo is None else lo for lo, _ in pairs])
+    high = np.array([np.inf if hi is None else hi for _, hi in pairs])
+    return low, high
 
 
 class HardLimitBank:
@@ -87,12 +97,12 @@ class HardLimitBank:
         for k, c in enumerate(banded):
             for b, (bound, pts) in enumerate(config.bands[kind.channels[c]]):
                 self._bounds[k, b], self._points[k, b] = bound, pts
-        limits = [config.critical_limits.get(name, (None, None)) for name in kind.channels]
-        self._low = np.array([-np.inf if lo is None else lo for lo, _ in limits])
-        self._high = np.array([np.inf if hi is None else hi for _, hi in limits])
+        self._low, self._high = _limits(config.critical_limits, kind)
+        self._wlow, self._whigh = _limits(config.warning_limits, kind)
         self._scored = np.array(
-            [name in config.bands or name in config.critical_limits for name in kind.channels]
-        )
+            [name in config.bands or name in config.critical_limits
+             or name in config.warning_limits for name in kind.channels]
+        )  # fmt: skip
         self._probe_off = [kind.index(c) for c in config.probe_off_zero if c in kind.channels]
 
     @staticmethod
@@ -125,15 +135,21 @@ class HardLimitBank:
             pts = self._points[np.arange(len(self._banded))[None, :], band]
             points[:, self._banded] = np.where(np.isnan(v), 0, pts)
         beyond = (values < self._low) | (values > self._high)
+        outside = (values < self._wlow) | (values > self._whigh)
         present = (~np.isnan(values) & self._scored).any(axis=1)
         aggregate = points.sum(axis=1)
         critical = (aggregate >= cfg.critical_aggregate) | beyond.any(axis=1)
-        warning = (points >= cfg.warning_points).any(axis=1) | (aggregate >= cfg.warning_aggregate)
+        warning = (
+            (points >= cfg.warning_points).any(axis=1)
+            | (aggregate >= cfg.warning_aggregate)
+            | outside.any(axis=1)
+        )
         level = np.where(critical, CRITICAL, np.where(warning, WARNING, NONE)).astype(np.int8)
-        return Evaluation(level, points, beyond, ~present)
+        return Evaluation(level, points, beyond | outside, ~present)
 
     def channels(self, points: np.ndarray, beyond: np.ndarray) -> list[str]:
-        """Channels behind one row's verdict, most severe first."""
+        """Channels behind one row's verdict (``beyond``: outside a single-channel limit),
+        most severe first."""
         names = self.kind.channels
         hit = [(bool(beyond[c]), int(points[c]), -c) for c in range(len(names))]
         ranked = sorted((h for h in hit if h[0] or h[1] > 0), reverse=True)

@@ -34,7 +34,8 @@ theory", KDD 2017. Per stream:
    ``burst_peaks`` of the last ``burst_window`` observations are peaks, they are evidence
    of a change (an anomaly hovering just under the bar), not tail data: they are not
    learned, otherwise the bar climbs with the anomaly and it is never flagged. A burst
-   lasting more than ``burst_patience`` observations is accepted as a lasting change.
+   ends when the count falls below half of ``burst_peaks``; one lasting more than
+   ``burst_patience`` observations is accepted as a lasting change.
    With ``burst_pause_scorer`` peaks in the window the detector pauses the scorer's
    learning too (``pause_scorer_at``).
 
@@ -280,8 +281,10 @@ class ThresholdBank:
         mask = np.uint64((1 << cfg.burst_window) - 1)
         bits = ((a["recent"][fs] << np.uint64(1)) | peak.astype(np.uint64)) & mask
         a["recent"][fs] = bits
-        bursting = np.bitwise_count(bits) >= cfg.burst_peaks
-        run = np.where(bursting, a["burst_run"][fs] + 1, 0)
+        count, run = np.bitwise_count(bits), a["burst_run"][fs]
+        # hysteresis: a burst, once started, lasts until the count falls below half
+        bursting = (count >= cfg.burst_peaks) | ((run > 0) & (count >= cfg.burst_peaks // 2))
+        run = np.where(bursting, run + 1, 0)
         a["burst_run"][fs] = run
         frozen = bursting & (run <= cfg.burst_patience)
         a["frozen"][fs] = frozen

@@ -51,6 +51,8 @@ def test_vectorised_points_match_the_news2_reference_table() -> None:
     [
         ({}, NONE),
         ({"hr": 135.0}, WARNING),  # a single red parameter
+        ({"hr": 45.0}, WARNING),  # 1 NEWS2 point, but below the monitor's warning limit
+        ({"hr": 125.0}, WARNING),  # 2 NEWS2 points, above the warning limit
         ({"hr": 115.0, "rr": 22.0, "temp": 38.5}, WARNING),  # aggregate 2 + 2 + 1 = 5
         ({"hr": 135.0, "rr": 26.0, "sbp": 105.0}, CRITICAL),  # aggregate 3 + 3 + 1 = 7
         ({"spo2": 83.0}, CRITICAL),  # beyond the life-threatening limit on its own
