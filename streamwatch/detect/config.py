@@ -199,12 +199,12 @@ DEFAULT_CRITICAL_LIMITS: dict[str, tuple[float | None, float | None]] = {
 }
 
 
-# Monitor-style single-channel warning limits (strictly below low / above high): a
-# sustained bradycardia at 45 bpm scores 1 NEWS2 point only, yet is one on any ICU
-# monitor's default alarm settings.
-DEFAULT_WARNING_LIMITS: dict[str, tuple[float | None, float | None]] = {
-    "hr": (50.0, 120.0),
-}
+# Monitor-style single-channel warning limits (strictly below low / above high), e.g.
+# {"hr": (50.0, 120.0)}: a sustained HR of 45 scores 1 NEWS2 point only. Off by default:
+# the model already flags deviations from each patient's own baseline, while absolute
+# yellow limits alarm all day for a patient whose normal HR is 46 (measured: the one
+# hard-limit false alert of a 5-patient, 12 h scenario, seed 2).
+DEFAULT_WARNING_LIMITS: dict[str, tuple[float | None, float | None]] = {}
 
 
 class HardLimitConfig(BaseModel):

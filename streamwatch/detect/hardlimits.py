@@ -6,9 +6,10 @@ during the model's warm-up too. It is vectorised over a wave of readings.
 Clinical mapping (Royal College of Physicians, NEWS2, 2017; defaults, all configurable):
 
 - ``warning``: any single parameter scoring 3 (NEWS2 "red score": urgent ward-based
-  response), an aggregate of 5-6 (urgent response threshold), or a value outside a
-  monitor-style warning limit (``warning_limits``: HR < 50 or > 120 by default; NEWS2
-  gives a sustained HR of 41-50 only 1 point, yet it is a bradycardia on any ICU monitor).
+  response), an aggregate of 5-6 (urgent response threshold), or a value outside an
+  optional monitor-style warning limit (``warning_limits``, e.g. HR < 50 or > 120; off
+  by default, since the model flags deviations from each patient's own baseline and
+  absolute yellow limits alarm all day on a patient whose normal HR is 46).
 - ``critical``: aggregate >= 7 (emergency response), or any value beyond a monitor-style
   life-threatening limit (``HardLimitConfig.critical_limits``: HR < 40 or > 150, SpO2 < 85,
   RR < 6 or > 35, SBP < 80 or > 240, temp < 34 or > 41). A single red parameter is

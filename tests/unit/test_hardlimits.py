@@ -51,8 +51,7 @@ def test_vectorised_points_match_the_news2_reference_table() -> None:
     [
         ({}, NONE),
         ({"hr": 135.0}, WARNING),  # a single red parameter
-        ({"hr": 45.0}, WARNING),  # 1 NEWS2 point, but below the monitor's warning limit
-        ({"hr": 125.0}, WARNING),  # 2 NEWS2 points, above the warning limit
+        ({"hr": 45.0}, NONE),  # 1 NEWS2 point only (no warning limits by default)
         ({"hr": 115.0, "rr": 22.0, "temp": 38.5}, WARNING),  # aggregate 2 + 2 + 1 = 5
         ({"hr": 135.0, "rr": 26.0, "sbp": 105.0}, CRITICAL),  # aggregate 3 + 3 + 1 = 7
         ({"spo2": 83.0}, CRITICAL),  # beyond the life-threatening limit on its own
@@ -64,6 +63,13 @@ def test_vectorised_points_match_the_news2_reference_table() -> None:
 )
 def test_levels_follow_the_documented_clinical_mapping(overrides: dict, level: int) -> None:
     assert bank().evaluate(np.array([row(**overrides)])).level.tolist() == [level]
+
+
+def test_optional_warning_limits_flag_values_news2_scores_low() -> None:
+    hl = bank(warning_limits={"hr": (50.0, 120.0)})
+    ev = hl.evaluate(np.array([row(hr=45.0), row(hr=125.0), row(hr=60.0)]))
+    assert ev.level.tolist() == [WARNING, WARNING, NONE]
+    assert hl.channels(ev.points[0], ev.beyond[0]) == ["hr"]
 
 
 def test_channels_are_named_most_severe_first() -> None:
