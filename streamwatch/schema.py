@@ -17,6 +17,7 @@ streamwatch.errors.SchemaError: values.hr: Expected `float | null`, got `str`
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import math
 import re
@@ -357,9 +358,20 @@ def dead_letter(
 SCHEMA_DIR = Path(__file__).parent / "schemas"
 
 
+def _clean_descriptions(node: Any) -> Any:
+    """Docstring-derived descriptions dedented the same way whatever msgspec's version
+    (0.19 keeps the docstring's indentation, 0.23 dedents it)."""
+    if isinstance(node, dict):
+        return {k: inspect.cleandoc(v) if k == "description" and isinstance(v, str)
+                else _clean_descriptions(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_clean_descriptions(v) for v in node]
+    return node
+
+
 def json_schema(name: str) -> dict[str, Any]:
     """The JSON Schema of record type ``name`` as shipped to other services."""
-    schema = msgspec.json.schema(RECORD_TYPES[name])
+    schema = _clean_descriptions(msgspec.json.schema(RECORD_TYPES[name]))
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"streamwatch/{name}/v{SCHEMA_VERSION}"
     schema["title"] = f"streamwatch {name} v{SCHEMA_VERSION}"
