@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/streamwatch demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check streamwatch simulators dashboards tests
+	$(BIN)/ruff check streamwatch simulators dashboards tests examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
