@@ -100,10 +100,13 @@ class Settings(BaseSettings):
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``, section by section; a ``None`` in ``top`` (a CLI flag not
+    given) keeps what ``base`` has, at any depth."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        if isinstance(value, dict):
+            below = out.get(key)
+            out[key] = _deep_merge(below if isinstance(below, dict) else {}, value)
         elif value is not None:
             out[key] = value
     return out
