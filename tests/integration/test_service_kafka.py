@@ -1,0 +1,357 @@
+"""The detector service against the real broker: end to end, bad input, crashes, scale-out,
+broker outage. Every test uses its own topics and group (uuid) on the session broker."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamwatch import schema
+from streamwatch.broker import TansuBroker
+from streamwatch.commands.detect import build_detector, build_service
+from streamwatch.config import load_settings
+from streamwatch.errors import TransportError
+from streamwatch.kinds import ICU, get_kind
+from streamwatch.schema import Alert, Reading
+from streamwatch.transport import open_transport
+from streamwatch.transport.base import TopicPartition
+from tests.scenarios import icu_readings
+
+pytestmark = pytest.mark.kafka
+PARTITIONS = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def topics() -> dict[str, str]:
+    tag = uuid.uuid4().hex[:10]
+    names = ("readings", "scores", "alerts", "deadletter", "health")
+    return {name: f"sw-{tag}.{name}" for name in names}
+
+
+def _settings(bootstrap: str, topics: dict[str, str], ckpt: Path, **service: Any) -> Any:
+    return load_settings(overrides={
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000},
+        "topics": {**topics, "partitions": PARTITIONS},
+        "service": {"group_id": f"g-{uuid.uuid4().hex[:10]}", "checkpoint_dir": ckpt,
+                    "metrics_port": 0, "poll_timeout_s": 0.2, "checkpoint_every_s": 0.5,
+                    **service},
+    })
+
+
+def _env(s: Any) -> dict[str, str]:
+    """The same settings for a ``streamwatch detect`` child process (environment)."""
+    env = dict(os.environ)
+    env.update({
+        "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
+        "STREAMWATCH_KAFKA__SESSION_TIMEOUT_MS": str(s.kafka.session_timeout_ms),
+        "STREAMWATCH_SERVICE__GROUP_ID": s.service.group_id,
+        "STREAMWATCH_SERVICE__CHECKPOINT_DIR": str(s.service.checkpoint_dir),
+        "STREAMWATCH_SERVICE__METRICS_PORT": "0",
+        "STREAMWATCH_SERVICE__POLL_TIMEOUT_S": "0.2",
+        "STREAMWATCH_SERVICE__CHECKPOINT_EVERY_S": str(s.service.checkpoint_every_s),
+        "STREAMWATCH_SERVICE__MAX_POLL_RECORDS": str(s.service.max_poll_records),
+        "STREAMWATCH_TOPICS__PARTITIONS": str(PARTITIONS),
+    })
+    for name in ("readings", "scores", "alerts", "deadletter", "health"):
+        env[f"STREAMWATCH_TOPICS__{name.upper()}"] = getattr(s.topics, name)
+    return env
+
+
+def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    transport.create_topics({topic: PARTITIONS})
+    producer = transport.producer()
+    for key, value in records:
+        producer.send(topic, value, key)
+    producer.flush()
+    transport.close()
+
+
+def _readings_records(readings: list[Reading]) -> list[tuple[bytes | None, bytes | None]]:
+    return [(r.stream_id.encode(), schema.encode(r)) for r in readings]
+
+
+def _read_all(bootstrap: str, topic: str, name: str, *, expect: int | None = None,
+              timeout: float = 60.0) -> list[Any]:
+    """Everything on ``topic`` (decoded), read with assign(); waits for ``expect`` records."""
+    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    consumer = transport.consumer(None)
+    consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
+    out: list[Any] = []
+    deadline = time.monotonic() + timeout
+    idle = 0
+    while time.monotonic() < deadline:
+        batch = consumer.poll(0.5, 50_000)
+        out.extend(schema.decode(name, m.value) for m in batch)
+        idle = 0 if batch else idle + 1
+        if (expect is not None and len(out) >= expect and idle >= 2) or (expect is None and idle >= 4):
+            break
+    consumer.close()
+    transport.close()
+    return out
+
+
+def _opened(alerts: list[Alert]) -> set[str]:
+    return {a.alert_id for a in alerts if a.event == "open"}
+
+
+def _direct_alerts(readings: list[Reading], ckpt: Path) -> set[str]:
+    detector = build_detector(load_settings(overrides={"service": {"checkpoint_dir": ckpt}}))
+    alerts: list[Alert] = []
+    by_ts: dict[float, list[Reading]] = {}
+    for r in readings:
+        by_ts.setdefault(r.ts, []).append(r)
+    for ts in sorted(by_ts):
+        alerts.extend(detector.process(by_ts[ts])[1])
+    return _opened(alerts)
+
+
+# --------------------------------------------------------------------------- end to end
+def test_simulated_patients_through_kafka_raise_the_same_alerts_as_the_memory_path(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    from streamwatch.cli import main
+
+    rc = main(["simulate", "icu", "--patients", "10", "--duration", "25m", "--seed", "8",
+               "--warmup", "8m", "--episodes-per-day", "150", "--speedup", "0", "--quiet",
+               "--bootstrap-servers", kafka_bootstrap, "--topic", topics["readings"],
+               "--truth-topic", f"{topics['readings']}.truth", "--partitions", str(PARTITIONS)])
+    assert rc == 0
+    readings = _read_all(kafka_bootstrap, topics["readings"], "reading", expect=15_000)
+    assert len(readings) == 15_000
+    want = _direct_alerts(readings, tmp_path / "direct")
+    assert len(want) >= 3, "the scenario must raise alerts"
+
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt")
+    transport = open_transport(kafka_bootstrap, session_timeout_ms=2000)
+    stats = build_service(s, transport).run(timeout=240, count=len(readings))
+    transport.close()
+    assert stats.readings == len(readings)
+    assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
+
+
+# --------------------------------------------------------------------------- bad input
+CHANNELS = ("hr", "spo2", "rr", "sbp", "dbp", "map", "temp")
+SIDS = [f"icu/bed-{i:02d}" for i in range(1, 6)]
+
+
+def _valid(draw: Any, i: int) -> tuple[bytes, bytes, bool]:
+    sid = draw(st.sampled_from(SIDS))
+    plausible = get_kind(ICU).plausible
+    values = {ch: draw(st.one_of(st.none(), st.floats(*plausible[ch])))
+              for ch in draw(st.lists(st.sampled_from(CHANNELS), unique=True, max_size=7))}
+    reading = Reading(stream_id=sid, kind="icu_vitals", ts=1_767_225_600.0 + i, values=values)
+    return sid.encode(), schema.encode(reading), True
+
+
+def _broken(draw: Any, i: int) -> tuple[bytes | None, bytes | None, bool]:
+    sid = draw(st.sampled_from(SIDS))
+    ts = 1_767_225_600.0 + i
+    good = {"v": 1, "stream_id": sid, "kind": "icu_vitals", "ts": ts, "values": {"hr": 80.0}}
+    import json
+
+    how = draw(st.integers(min_value=0, max_value=11))
+    if how == 0:
+        return sid.encode(), draw(st.binary(max_size=200)).replace(b"{", b"("), False
+    if how == 1:
+        return sid.encode(), None, False
+    if how == 2:
+        missing = draw(st.sampled_from(sorted(good)))
+        return sid.encode(), json.dumps({k: v for k, v in good.items() if k != missing}).encode(), False
+    if how == 3:
+        bad = draw(st.one_of(st.text(max_size=5), st.booleans(), st.lists(st.integers(), max_size=2)))
+        return sid.encode(), json.dumps({**good, "values": {"hr": bad}}).encode(), False
+    if how == 4:
+        return sid.encode(), json.dumps({**good, "values": {"hr": float("nan")}}).encode(), False
+    if how == 5:
+        return sid.encode(), json.dumps({**good, "values": {"spo2": 1e300}}).encode(), False
+    if how == 6:
+        return sid.encode(), json.dumps({**good, "kind": draw(st.sampled_from(["reactor", "x1"]))}).encode(), False
+    if how == 7:
+        return sid.encode(), json.dumps({**good, "ts": ts + 10 * 365 * 86400.0 + time.time()}).encode(), False
+    if how == 8:
+        return sid.encode(), json.dumps({**good, "pad": "x" * 70_000}).encode(), False
+    if how == 9:
+        return b"icu/other", json.dumps(good).encode(), False
+    if how == 10:
+        return sid.encode(), json.dumps({**good, "stream_id": "bad id!"}).encode(), False
+    return sid.encode(), json.dumps({**good, "values": {"hr": -5.0}}).encode(), False
+
+
+@st.composite
+def _mixed_records(draw: Any) -> list[tuple[bytes | None, bytes | None, bool]]:
+    n = 1000
+    return [(_valid if draw(st.booleans()) else _broken)(draw, i) for i in range(n)]
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=list(HealthCheck),
+          derandomize=True, database=None)
+@given(records=_mixed_records())
+def test_mixed_valid_and_broken_records_are_all_scored_or_dead_lettered(
+    kafka_bootstrap: str, records: list[tuple[bytes | None, bytes | None, bool]], tmp_path_factory: Any
+) -> None:
+    tag = uuid.uuid4().hex[:10]
+    topics = {name: f"sw-{tag}.{name}" for name in ("readings", "scores", "alerts", "deadletter", "health")}
+    _produce(kafka_bootstrap, topics["readings"], [(k, v) for k, v, _ in records])
+    s = _settings(kafka_bootstrap, topics, tmp_path_factory.mktemp("bad"))
+    transport = open_transport(kafka_bootstrap, session_timeout_ms=2000)
+    stats = build_service(s, transport).run(timeout=120, count=len(records))
+    transport.close()
+    n_valid = sum(ok for *_, ok in records)
+    assert (stats.readings, stats.dead_letters) == (n_valid, len(records) - n_valid)
+    letters = _read_all(kafka_bootstrap, topics["deadletter"], "deadletter",
+                        expect=len(records) - n_valid)
+    assert len(letters) == len(records) - n_valid
+    assert all(letter.reason and letter.code for letter in letters)
+    scores = _read_all(kafka_bootstrap, topics["scores"], "score", expect=n_valid)
+    assert len(scores) == n_valid
+
+
+# --------------------------------------------------------------------------- crash + restart
+def _spawn_detector(s: Any, log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "streamwatch.cli", "detect"], env=_env(s),
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+
+
+def _count(bootstrap: str, topic: str) -> int:
+    """Records on ``topic``; 0 while the detector child has not created it yet."""
+    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    try:
+        partitions = transport.partitions_for(topic)
+    except TransportError:
+        transport.close()
+        return 0
+    consumer = transport.consumer(None)
+    ends = consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+    consumer.close()
+    transport.close()
+    return sum(ends.values())
+
+
+def _scored(bootstrap: str, topic: str) -> set[tuple[str, float]]:
+    return {(s.stream_id, s.ts) for s in _read_all(bootstrap, topic, "score")}
+
+
+def _wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    readings, _ = icu_readings()
+    _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
+    want = _direct_alerts(readings, tmp_path / "direct")
+    assert len(want) >= 3
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=500)
+    log = tmp_path / "detector.log"
+    rng = random.Random(4)
+    for kill in range(3):  # kill -9 three times at random points, restart each time
+        target = len(readings) * (kill + 1) // 4 + rng.randint(-800, 800)
+        proc = _spawn_detector(s, log)
+        try:
+            _wait_until(lambda t=target, p=proc: _count(kafka_bootstrap, topics["scores"]) >= t
+                        or p.poll() is not None, 180, f"{target} scores")
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    proc = _spawn_detector(s, log)
+    try:
+        want_scores = {(r.stream_id, r.ts) for r in readings}
+        _wait_until(lambda: _scored(kafka_bootstrap, topics["scores"]) >= want_scores, 240,
+                    "every reading to have a score")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
+
+
+# --------------------------------------------------------------------------- scale-out
+def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    readings, _ = icu_readings()
+    _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=300)
+    log = tmp_path / "detectors.log"
+    a, b = _spawn_detector(s, log), _spawn_detector(s, log)
+    try:
+        _wait_until(lambda: _count(kafka_bootstrap, topics["scores"]) >= len(readings) // 3
+                    or a.poll() is not None, 180, "a third of the scores")
+        a.send_signal(signal.SIGKILL)
+        a.wait(10)
+        want_scores = {(r.stream_id, r.ts) for r in readings}
+        _wait_until(lambda: _scored(kafka_bootstrap, topics["scores"]) >= want_scores, 240,
+                    "the survivor to score every reading")
+    finally:
+        for proc in (a, b):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+    assert b.returncode == 0, log.read_text()[-3000:]
+
+
+# --------------------------------------------------------------------------- outage
+@pytest.fixture
+def private_broker() -> Iterator[TansuBroker]:
+    """A broker of this test's own, since it is paused for 20 s."""
+    with TansuBroker() as broker:
+        yield broker
+
+
+def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
+    private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path
+) -> None:
+    readings, _ = icu_readings(patients=4, minutes=12)
+    records = _readings_records(readings)
+    half = len(records) // 2
+    bootstrap = private_broker.bootstrap
+    _produce(bootstrap, topics["readings"], records[:half])
+    s = _settings(bootstrap, topics, tmp_path / "ckpt")
+    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    service = build_service(s, transport)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(stats=service.run(timeout=240, count=len(records))))
+    worker.start()
+    try:
+        _wait_until(lambda: service.stats.readings >= half // 2, 120, "the detector to start")
+        private_broker.pause()
+        time.sleep(20)
+        private_broker.resume()
+        _produce(bootstrap, topics["readings"], records[half:])
+        worker.join(240)
+    finally:
+        service.stop()
+        worker.join(30)
+        transport.close()
+    assert not worker.is_alive()
+    assert result["stats"].readings == len(records)
+    assert _scored(bootstrap, topics["scores"]) == {(r.stream_id, r.ts) for r in readings}
