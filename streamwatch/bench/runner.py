@@ -243,7 +243,7 @@ class ClientBench:
             transport.close()
         measure_from = int((sent["paced_start_epoch"] + o.warmup_s) * 1000)
         stats = latency_stats(readings, scores, measure_from)
-        stats.update(rate=round(rate, 1), topic=topic, scores_topic=settings.topics.scores,
+        stats.update(rate=round(rate, 1), measure_from_ms=measure_from, topic=topic, scores_topic=settings.topics.scores,
                      producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
                      drained_within_s=drained, dead_letters=run.service.stats.dead_letters)  # fmt: skip
         if stats["missing"]:
