@@ -1,4 +1,8 @@
-"""``streamwatch bench kafka``: sustained readings/s and produce -> Score latency per client.
+"""``streamwatch bench kafka|dashboard``: the detector's speed through Kafka, the dashboard's
+callback time and memory.
+
+``kafka``: sustained readings/s and produce -> Score latency per client. ``dashboard``:
+callback time per update and memory with N streams at 1 Hz (:mod:`streamwatch.bench.dashboard`).
 
 Speed targets are checked here, by a benchmark on a quiet machine, never by timed tests.
 See ``docs/bench.md`` and :mod:`streamwatch.bench`.
@@ -20,14 +24,20 @@ def _clients(text: str) -> tuple[str, ...]:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser(
+    bench = subparsers.add_parser(
         "bench",
-        help="benchmark the detector service through Kafka (readings/s, latency)",
+        help="benchmarks: the detector through Kafka, the dashboard's callbacks (JSON output)",
+        description="Speed targets are measured here, with the machine and the run side by "
+        "side in the JSON, never by timed tests. See docs/bench.md.",
+    )
+    what = bench.add_subparsers(dest="target", metavar="WHAT", required=True)
+    p = what.add_parser(
+        "kafka",
+        help="the detector service through Kafka (readings/s, latency)",
         description="Throughput (pre-filled topic, readings/s sustained after a warm-up) and "
         "latency (live load at a fraction of that rate, Reading CreateTime -> Score "
         "CreateTime) of the real detector service, for each Kafka client, side by side.",
     )
-    p.add_argument("target", choices=["kafka"], help="what to benchmark")
     p.add_argument("--clients", type=_clients, default=("kafka-python", "confluent"),
                    help="comma-separated: kafka-python,confluent (default both)")
     p.add_argument("--streams", type=int, default=1000, help="ICU beds at 1 Hz (default 1000)")
@@ -69,6 +79,48 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", type=Path, metavar="PATH", help="write the full result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+    _register_dashboard(what)
+
+
+def _register_dashboard(what: Any) -> None:
+    p = what.add_parser(
+        "dashboard",
+        help="the dashboard's callback time per update and memory (N streams at 1 Hz)",
+        description="Pre-fills a real dashboard store (full rings), feeds N ICU streams at "
+        "1 Hz while calling the real callbacks on every tick as the browser does; reports "
+        "time and response size per callback, RSS, and HTTP round trips through the Dash "
+        "server.",
+    )
+    p.add_argument("--streams", type=int, default=1000, help="ICU beds at 1 Hz (default 1000)")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="wall seconds of live feeding and ticks (default 30)")
+    p.add_argument("--history-min", type=float, default=15.0,
+                   help="minutes of data loaded before the run (default 15: full 1-Hz rings)")
+    p.add_argument("--interval-s", type=float, default=1.0,
+                   help="browser tick period, as the app's dcc.Interval (default 1)")
+    p.add_argument("--http-calls", type=int, default=20,
+                   help="POSTs to /_dash-update-component per callback (default 20; 0: none)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the full result here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_dashboard)
+
+
+def run_dashboard(args: argparse.Namespace) -> int:
+    from streamwatch.bench.dashboard import DashboardBenchOptions, run_dashboard_bench, table
+
+    opts = DashboardBenchOptions(
+        streams=args.streams, seconds=args.seconds, history_min=args.history_min,
+        interval_s=args.interval_s, seed=args.seed, http_calls=args.http_calls,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    result = run_dashboard_bench(opts)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        log.info("bench result written", extra={"path": str(args.json)})
+    print(table(result))
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
