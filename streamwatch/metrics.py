@@ -9,6 +9,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from streamwatch.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -73,6 +75,13 @@ class ServiceMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> Any:
         """Start the ``/metrics`` HTTP endpoint in a daemon thread; returns the server."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror} (another detector on "
+                "this host?): give each process its own --metrics-port, or 0 to turn the "
+                "endpoint off"
+            ) from None
         log.info("metrics endpoint started", extra={"url": f"http://{host}:{port}/metrics"})
         return server
