@@ -124,7 +124,9 @@ class Alert(msgspec.Struct, frozen=True):
     """One lifecycle event of an alert (topic ``streamwatch.alerts``, key = stream_id).
 
     ``alert_id`` is deterministic: the same stream and the same onset give the same id,
-    so a replay after a crash produces duplicates a consumer can drop by id + event.
+    and ``seq`` numbers the events of one alert (0 for ``open``, then 1, 2, ... for each
+    ``update`` and the ``close``), so a replay after a crash produces duplicates a consumer
+    can drop by (alert_id, event, seq).
     """
 
     alert_id: str
