@@ -1,5 +1,5 @@
-"""``streamwatch bench kafka|dashboard``: the detector's speed through Kafka, the dashboard's
-callback time and memory.
+"""``streamwatch bench kafka|dashboard|simulate``: the detector's speed through Kafka, the
+dashboard's callback time and memory, the simulators' speed to a file.
 
 ``kafka``: sustained readings/s and produce -> Score latency per client. ``dashboard``:
 callback time per update and memory with N streams at 1 Hz (:mod:`streamwatch.bench.dashboard`).
@@ -80,6 +80,46 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
     _register_dashboard(what)
+    _register_simulate(what)
+
+
+def _register_simulate(what: Any) -> None:
+    p = what.add_parser(
+        "simulate",
+        help="the simulators' speed to a file (readings/s)",
+        description="Runs `streamwatch simulate icu|sensors --speedup 0 --output FILE` in "
+        "this process, times each run and counts the readings in the file (see "
+        "streamwatch.bench.simulate).",
+    )
+    p.add_argument("--sources", type=_clients, default=("icu", "sensors"),
+                   help="comma-separated: icu,sensors (default both)")
+    p.add_argument("--streams", type=int, default=50,
+                   help="beds or machines (default 50: the issue's 50 patients x 1 h)")
+    p.add_argument("--duration", default="1h", help="simulated time per run (default 1h)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per source (default 3)")
+    p.add_argument("--seed", type=int, default=1, help="simulator seed (default 1)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="write the full result here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_simulate)
+
+
+def _write_json(result: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        log.info("bench result written", extra={"path": str(path)})
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from streamwatch.bench.simulate import SimulateBenchOptions, run_simulate_bench, table
+
+    opts = SimulateBenchOptions(sources=args.sources, streams=args.streams,
+                                duration=args.duration, repeats=args.repeats, seed=args.seed,
+                                progress=not args.no_progress)  # fmt: skip
+    result = run_simulate_bench(opts)
+    _write_json(result, args.json)
+    print(table(result))
+    return 0
 
 
 def _register_dashboard(what: Any) -> None:
@@ -115,10 +155,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )  # fmt: skip
     result = run_dashboard_bench(opts)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        log.info("bench result written", extra={"path": str(args.json)})
+    _write_json(result, args.json)
     print(table(result))
     return 0
 
@@ -138,10 +175,7 @@ def run(args: argparse.Namespace) -> int:
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
     )  # fmt: skip
     result = run_bench(opts)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        log.info("bench result written", extra={"path": str(args.json)})
+    _write_json(result, args.json)
     print(table(result))
     for client, run_ in result["runs"].items():
         if "error" in run_:
