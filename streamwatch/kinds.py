@@ -28,15 +28,40 @@ class KindSpec:
     """A stream kind: ordered channels and, per channel, the physically plausible range.
 
     A value outside ``plausible`` is refused as bad input (dead letter), not scored.
+    ``groups`` lists channels that one sensor measures together and that share most of
+    their variation (blood pressure: systolic, diastolic and the MAP computed from them);
+    the joint anomaly score counts each group once, not once per channel. Channels in no
+    group stand alone.
+
+    >>> get_kind("icu_vitals").group_index()
+    (0, 1, 2, 3, 3, 3, 4)
+    >>> get_kind("machine").group_index()
+    (0, 1, 2, 3)
     """
 
     name: str
     channels: tuple[str, ...]
     plausible: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     units: Mapping[str, str] = field(default_factory=dict)
+    groups: tuple[tuple[str, ...], ...] = ()
 
     def index(self, channel: str) -> int:
         return self.channels.index(channel)
+
+    def group_index(self) -> tuple[int, ...]:
+        """Per channel, in channel order, the number of its group (0, 1, ...)."""
+        group_of: dict[str, int] = {}
+        for group in self.groups:
+            unknown = [c for c in group if c not in self.channels]
+            if unknown or any(c in group_of for c in group):
+                raise ConfigError(f"kind {self.name!r}: group {group} names unknown or "
+                                  "already grouped channels")
+            first = min(self.channels.index(c) for c in group)
+            for c in group:
+                group_of[c] = first
+        firsts = sorted({group_of.get(c, i) for i, c in enumerate(self.channels)})
+        number = {first: k for k, first in enumerate(firsts)}
+        return tuple(number[group_of.get(c, i)] for i, c in enumerate(self.channels))
 
 
 # NEWS2 single-parameter bands (Royal College of Physicians, 2017), SpO2 scale 1.
@@ -86,6 +111,7 @@ _BUILTIN: dict[str, KindSpec] = {
         },
         units={"hr": "bpm", "spo2": "%", "rr": "/min", "sbp": "mmHg", "dbp": "mmHg",
                "map": "mmHg", "temp": "°C"},
+        groups=(("sbp", "dbp", "map"),),
     ),
     MACHINE: KindSpec(
         name=MACHINE,

@@ -96,6 +96,7 @@ class ForecastScorer:
         self.name = name if name is not None else self.config.cell
         cfg = self.config
         self.channels = len(kind.channels)
+        self._groups = np.asarray(kind.group_index()) if kind.groups else None
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.model = Forecaster(
@@ -177,13 +178,14 @@ class ForecastScorer:
         mean = np.where(known[:, None], self.state["fc_mean"][safe], nan)
         std = np.where(known[:, None], self.state["fc_std"][safe], nan)
         logvar = np.where(known[:, None], self.state["fc_logvar"][safe], nan)
-        channel, score = forecast_scores(batch.values, mean, std, logvar)
+        channel, score = forecast_scores(batch.values, mean, std, logvar, self._groups)
         if self.config.level_score:
             st, cfg = self.state, self.config
             norm_mean = st["norm_mean"][safe]
             norm_std = ew_scale(norm_mean, st["norm_var"][safe], cfg.min_std, cfg.rel_min_std)
             usable = np.isfinite(channel) & known[:, None] & (st["norm_n"][safe] > 1)
-            level_channel, level = level_scores(batch.values, norm_mean, norm_std, usable)
+            level_channel, level = level_scores(batch.values, norm_mean, norm_std, usable,
+                                                self._groups)
             channel, score = np.fmax(channel, level_channel), np.maximum(score, level)
         return ScoreBatch(score=score, channel_scores=channel, mean=mean, std=std)
 
