@@ -300,15 +300,27 @@ class ConfluentConsumerTransport:
             raise TransportError(f"assign failed: {exc}") from exc
 
     def poll(self, timeout: float = 1.0, max_records: int = 10_000) -> list[Message]:
+        """Up to ``max_records`` messages, returning as soon as any are available (like
+        kafka-python's poll), waiting at most ``timeout`` for the first one.
+
+        librdkafka's ``consume(n, timeout)`` alone waits until it has ``n`` messages or the
+        timeout expires: at live rates every batch waited the full timeout (p50 latency
+        420 ms, p99 927 ms at 6,400 readings/s in ``streamwatch bench kafka``). So: take
+        what is buffered, else wait for one message, then take what came with it.
+        """
         check_poll_args(timeout, max_records)
+        n = min(max_records, 1_000_000)
         try:
-            batch: list[Any] = self.native.consume(
-                num_messages=min(max_records, 1_000_000), timeout=timeout
-            )
+            batch: list[Any] = self.native.consume(num_messages=n, timeout=0)
+            if not batch:
+                batch = self.native.consume(num_messages=1, timeout=timeout)
+                if batch and n > 1:
+                    batch.extend(self.native.consume(num_messages=n - 1, timeout=0))
         except KafkaException as exc:  # a callback's own exception propagates unchanged
             raise TransportError(f"poll failed: {exc}") from exc
         out: list[Message] = []
         last: dict[tuple[str, int], int] = {}
+        m: Any
         for m in batch:
             error = m.error()
             if error is not None:

@@ -207,6 +207,31 @@ def test_assign_reads_without_a_group_and_seeks(transport: Transport, unique_top
     consumer.close()
 
 
+def test_poll_returns_what_is_there_without_waiting_for_a_full_batch(
+    transport: Transport, unique_topic: str
+) -> None:
+    transport.create_topics({unique_topic: 1})
+    producer = transport.producer()
+    for i in range(5):
+        producer.send(unique_topic, b"%d" % i)
+    producer.flush(timeout=30)
+    consumer = transport.consumer(None)
+    consumer.assign([TopicPartition(unique_topic, 0)])
+    got: dict[int, list[Message]] = {}
+    drain([consumer], lambda: bool(got.get(0)), sink=got)  # the first fetch has happened
+    producer.send(unique_topic, b"late")
+    producer.flush(timeout=30)
+    waited = time.monotonic()
+    messages: list[Message] = []
+    while not any(m.value == b"late" for m in messages):
+        # 5 records and a 30 s timeout: the call must return with what it has, not wait
+        # until it has 100,000 records or the timeout is over
+        messages.extend(consumer.poll(timeout=30.0, max_records=100_000))
+        assert time.monotonic() - waited < 15.0, "poll waited for a full batch"
+    assert [m.value for m in got[0] + messages][-1] == b"late"
+    consumer.close()
+
+
 def test_end_offsets_count_every_record_across_batches(
     transport: Transport, unique_topic: str
 ) -> None:
