@@ -489,5 +489,9 @@ class DetectorService:
         assigned = self._consumer.assignment()
         if not assigned:
             return None
-        ends = self._consumer.end_offsets(assigned)
+        # the client's cached high watermarks: end_offsets() asks the broker and, on Tansu,
+        # stalled the loop 0.25-0.5 s per partition (confluent) every health tick
+        ends = self._consumer.highwater(assigned)
+        if not ends:
+            return None
         return sum(max(0, end - self._consumer.position(tp)) for tp, end in ends.items())

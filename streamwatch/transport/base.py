@@ -79,7 +79,13 @@ class Consumer(Protocol):
 
     def position(self, partition: TopicPartition) -> int: ...
 
-    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]: ...
+    def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The exact next offset to be written per partition (asks the broker: slow)."""
+
+    def highwater(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The last high watermark this consumer saw in its fetch answers, per partition
+        (no request; partitions it has not fetched yet are left out). For lag metrics on
+        the hot path."""
 
     def close(self) -> None: ...
 

@@ -416,6 +416,17 @@ class ConfluentConsumerTransport:
             raise TransportError(f"end_offsets failed: {exc}") from exc
         return self._confirm_ends(listed)
 
+    def highwater(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        try:
+            for tp in partitions:
+                _low, high = self.native.get_watermark_offsets(_to_c(tp), cached=True)
+                if high >= 0:  # OFFSET_INVALID (-1001) until a fetch answer has arrived
+                    out[tp] = int(high)
+        except KafkaException as exc:
+            raise TransportError(f"highwater failed: {exc}") from exc
+        return out
+
     def _confirm_ends(self, listed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Replace each non-zero ListOffsets answer by the high watermark of a fetch at it - 1."""
         pending = {tp: off for tp, off in listed.items() if off > 0}

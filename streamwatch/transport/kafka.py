@@ -400,6 +400,14 @@ class KafkaConsumerTransport:
         ends = {TopicPartition(k.topic, k.partition): int(v) for k, v in listed.items()}
         return self._confirm_ends(ends)
 
+    def highwater(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for tp in partitions:
+            high = self.native.highwater(_to_k(tp))
+            if high is not None:
+                out[tp] = int(high)
+        return out
+
     def _confirm_ends(self, listed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Replace each non-zero ListOffsets answer by the high watermark of a fetch at it - 1."""
         pending = {tp: off for tp, off in listed.items() if off > 0}

@@ -389,6 +389,9 @@ class MemoryConsumer:
         with self._bus.cond:
             return {tp: self._bus.end_offset(tp) for tp in partitions}
 
+    def highwater(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        return self.end_offsets(partitions)
+
     def close(self) -> None:
         """Leave the group (``on_revoke`` first, so the callback can still commit)."""
         if self._closed:

@@ -232,6 +232,25 @@ def test_poll_returns_what_is_there_without_waiting_for_a_full_batch(
     consumer.close()
 
 
+def test_highwater_after_reading_everything_equals_the_end_offsets(
+    transport: Transport, unique_topic: str
+) -> None:
+    transport.create_topics({unique_topic: 2})
+    producer = transport.producer()
+    for i in range(12):
+        producer.send(unique_topic, b"%d" % i, key=b"k%d" % i)
+    producer.flush(timeout=30)
+    consumer = transport.consumer(None)
+    tps = all_partitions(unique_topic, 2)
+    consumer.assign(tps)
+    got: dict[int, list[Message]] = {}
+    drain([consumer], lambda: len(got.get(0, [])) >= 12, sink=got)
+    ends = consumer.end_offsets(tps)
+    assert sum(ends.values()) == 12
+    assert consumer.highwater(tps) == {tp: end for tp, end in ends.items() if end > 0}
+    consumer.close()
+
+
 def test_end_offsets_count_every_record_across_batches(
     transport: Transport, unique_topic: str
 ) -> None:
