@@ -81,7 +81,7 @@ def _one_run(opts: SimulateBenchOptions, source: str, out: Path) -> dict[str, An
     if code != 0:
         raise StreamwatchError(f"streamwatch {' '.join(argv)} exited {code}")
     readings = _count(out)
-    return {"readings": readings, "elapsed_s": round(elapsed, 4),
+    return {"readings": readings, "elapsed_s": elapsed,
             "readings_per_s": round(readings / elapsed, 1), "bytes": out.stat().st_size}
 
 
