@@ -19,7 +19,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def _clients(text: str) -> tuple[str, ...]:
+def _csv(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
@@ -38,7 +38,7 @@ def register(subparsers: Any) -> None:
         "latency (live load at a fraction of that rate, Reading CreateTime -> Score "
         "CreateTime) of the real detector service, for each Kafka client, side by side.",
     )
-    p.add_argument("--clients", type=_clients, default=("kafka-python", "confluent"),
+    p.add_argument("--clients", type=_csv, default=("kafka-python", "confluent"),
                    help="comma-separated: kafka-python,confluent (default both)")
     p.add_argument("--streams", type=int, default=1000, help="ICU beds at 1 Hz (default 1000)")
     p.add_argument("--seconds", type=float, default=30.0,
@@ -91,7 +91,7 @@ def _register_simulate(what: Any) -> None:
         "this process, times each run and counts the readings in the file (see "
         "streamwatch.bench.simulate).",
     )
-    p.add_argument("--sources", type=_clients, default=("icu", "sensors"),
+    p.add_argument("--sources", type=_csv, default=("icu", "sensors"),
                    help="comma-separated: icu,sensors (default both)")
     p.add_argument("--streams", type=int, default=50,
                    help="beds or machines (default 50: the issue's 50 patients x 1 h)")

@@ -86,13 +86,15 @@ def grouped_sum_sq(
     """
     if groups is None:
         return np.where(present, z_sq, 0.0).sum(axis=1), present.sum(axis=1)
-    total = np.zeros(len(z_sq))
-    k = np.zeros(len(z_sq), dtype=np.int64)
-    for g in range(int(groups.max()) + 1):
+    members = np.bincount(groups)
+    alone = members[groups] == 1  # single-channel groups: the plain sum
+    total = np.where(present[:, alone], z_sq[:, alone], 0.0).sum(axis=1)
+    k = present[:, alone].sum(axis=1)
+    for g in np.flatnonzero(members > 1):  # the few multi-channel groups: their max
         cols = groups == g
         here = present[:, cols]
-        total += np.where(here, z_sq[:, cols], 0.0).max(axis=1)
-        k += here.any(axis=1)
+        total = total + np.where(here, z_sq[:, cols], 0.0).max(axis=1)
+        k = k + here.any(axis=1)
     return total, k
 
 
