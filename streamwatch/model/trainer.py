@@ -17,6 +17,7 @@ steps an uninterrupted one would.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from typing import Any
@@ -171,8 +172,12 @@ class Trainer:
         return self.last_loss
 
     def state_dict(self) -> dict[str, Any]:
+        """A snapshot: nothing in it aliases live tensors. (``Optimizer.state_dict`` hands
+        out the live moment tensors and ``load_state_dict`` keeps tensors that already have
+        the right dtype, so a state loaded in the same process would share, and double-step,
+        the source's Adam moments.)"""
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "replay": self.replay.state_dict(),
             "rng_numpy": self.rng.bit_generator.state,
             "rng_torch": self.generator.get_state(),
