@@ -45,6 +45,7 @@ from streamwatch.model.features import (
     ew_scale,
     ew_update,
     gap_feature,
+    season_bin,
     step_inputs,
 )
 from streamwatch.model.forecaster import Forecaster
@@ -101,12 +102,13 @@ class ForecastScorer:
             torch.manual_seed(cfg.seed)
             self.model = Forecaster(
                 self.channels, cfg.cell, cfg.layers, cfg.hidden_size, cfg.dropout,
-                cfg.min_variance,
+                cfg.min_variance, cfg.seasonal,
             )
         self.model.eval()
         self.trainer = Trainer(self.model, cfg)
         self.state = StreamState(
-            self.channels, cfg.window + 1, self.model.state_size, cfg.layers, cfg.hidden_size
+            self.channels, cfg.window + 1, self.model.state_size, cfg.layers, cfg.hidden_size,
+            season_bins=cfg.season_bins if cfg.seasonal else 0,
         )
         self._alpha = ew_alpha(cfg.norm_halflife)
         self.late_readings = 0
@@ -214,7 +216,14 @@ class ForecastScorer:
         norm_std = ew_scale(norm_mean, st["norm_var"][rows], cfg.min_std, cfg.rel_min_std)
         z = (values - norm_mean) / norm_std
         in_mask = observe[:, None] & ~np.isnan(values) & has_stats
-        x = torch.from_numpy(step_inputs(z, in_mask, gap_f, cfg.input_clip))
+        season = None
+        if cfg.seasonal:
+            s_now, s_next = self._season_lookup(rows, ts, gap)
+            pos = st["count"][rows] % st.ring_len
+            st["ring_s_now"][rows, pos] = s_now
+            st["ring_s_next"][rows, pos] = s_next
+            season = ((s_now - norm_mean) / norm_std, (s_next - norm_mean) / norm_std)
+        x = torch.from_numpy(step_inputs(z, in_mask, gap_f, cfg.input_clip, season))
         index = torch.from_numpy(rows)
         with torch.inference_mode():
             state = st.hidden.index_select(2, index)
@@ -256,6 +265,8 @@ class ForecastScorer:
             return
         values = batch.values[mask].astype(np.float64)
         observed = ~np.isnan(values)
+        if cfg.seasonal:
+            self._season_learn(sel, batch.ts[mask].astype(np.float64), values)
         mean, var, n = ew_update(st["norm_mean"][sel], st["norm_var"][sel],
                                  st["norm_n"][sel], values, observed, self._alpha)
         st["norm_mean"][sel], st["norm_var"][sel], st["norm_n"][sel] = mean, var, n
@@ -298,8 +309,46 @@ class ForecastScorer:
         return build_windows(
             z, st.ring_read("ring_gap", rows), st.ring_read("ring_observed", rows),
             st.ring_read("ring_trainable", rows), st.ring_valid(rows),
-            cfg.input_clip, cfg.burn_in,
+            cfg.input_clip, cfg.burn_in, self._ring_season(rows, mean, std),
         )
+
+    def _ring_season(
+        self, rows: np.ndarray, mean: np.ndarray, std: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """The seasonal profile values of each ring entry, normalised (oldest first)."""
+        if not self.config.seasonal:
+            return None
+        st = self.state
+        valid = st.ring_valid(rows)[:, :, None]
+        return tuple(  # type: ignore[return-value]
+            np.where(valid, (st.ring_read(name, rows) - mean[:, None]) / std[:, None], np.nan)
+            for name in ("ring_s_now", "ring_s_next")
+        )
+
+    def _season_lookup(
+        self, rows: np.ndarray, ts: np.ndarray, gap: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw profile values ``(s_now, s_next)`` (n, C) at each reading's phase and at the
+        phase of its stream's next reading (``ts + last gap``; NaN while no gap is known),
+        before this reading enters the profile. Updates ``last_gap``."""
+        st, cfg = self.state, self.config
+        last_gap = np.where(gap > 0, gap, st["last_gap"][rows])
+        st["last_gap"][rows] = last_gap
+        prof = st["season_prof"]
+        s_now = prof[rows, season_bin(ts, cfg.season_s, cfg.season_bins)]
+        known = np.isfinite(last_gap)
+        nxt = season_bin(ts + np.where(known, last_gap, 0.0), cfg.season_s, cfg.season_bins)
+        s_next = np.where(known[:, None], prof[rows, nxt], np.nan)
+        return s_now, s_next
+
+    def _season_learn(self, rows: np.ndarray, ts: np.ndarray, values: np.ndarray) -> None:
+        """Blend learned values into their phase bin (``season_alpha``); missing skipped."""
+        cfg = self.config
+        prof = self.state["season_prof"]
+        bins = season_bin(ts, cfg.season_s, cfg.season_bins)
+        old = prof[rows, bins]
+        new = np.where(np.isnan(old), values, old + cfg.season_alpha * (values - old))
+        prof[rows, bins] = np.where(np.isnan(values), old, new)
 
     def _norm(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         st, cfg = self.state, self.config
@@ -337,12 +386,15 @@ class ForecastScorer:
         has_stats = st["norm_n"][rows] > 0
         z = (raw - norm_mean[:, None]) / norm_std[:, None]
         gap = np.where(valid, st.ring_read("ring_gap", rows), 0.0)
+        season = self._ring_season(rows, norm_mean, norm_std)
         index = torch.from_numpy(rows)
         with torch.inference_mode():
             state = self.model.initial_state(rows.size)
             for t in range(st.ring_len):
                 in_mask = ~np.isnan(z[:, t]) & has_stats
-                x = torch.from_numpy(step_inputs(z[:, t], in_mask, gap[:, t], cfg.input_clip))
+                step_season = None if season is None else (season[0][:, t], season[1][:, t])
+                x = torch.from_numpy(step_inputs(z[:, t], in_mask, gap[:, t], cfg.input_clip,
+                                                 step_season))
                 state, top = self.model.step(x, state)
             mu, lv = self.model.head_out(top, x)
             st.hidden.index_copy_(2, index, state)

@@ -95,6 +95,20 @@ class ModelConfig(BaseModel):
         Also score each reading against its stream's baseline (normaliser mean and std)
         and report the larger surprise; catches changes slow enough per step for the
         one-step forecast to follow them (see ``streamwatch.detect.forecast_scorer``).
+    season_s
+        Period of a known seasonality in seconds (e.g. 86400 for a daily pattern), 0 = off
+        (default). When on, each stream keeps a profile of its learned values over the
+        period in ``season_bins`` phase bins, and every step also gets the profile's change
+        from this phase to the next step's phase (the seasonal-naive forecast of the next
+        change), the profile level at the next phase and a mask; a learnable per-channel
+        gain adds that change to the forecast mean (see ``streamwatch.model.forecaster``).
+        Anomalous readings never enter the profile, as they never enter training.
+    season_bins
+        Phase bins of the seasonal profile, 2-100000 (``season_s / season_bins`` seconds
+        each; 288 = 5-minute bins of a day).
+    season_alpha
+        Weight of a new value in its phase bin of the profile, (0, 1] (1 = the latest
+        value; 0.5 blends the last periods, damping noise).
     seed
         Seed of parameter initialisation, dropout and replay sampling, >= 0.
     """
@@ -122,6 +136,9 @@ class ModelConfig(BaseModel):
     input_clip: float = Field(default=10.0, gt=0.0)
     max_gap_s: float = Field(default=3600.0, gt=0.0)
     level_score: bool = True
+    season_s: float = Field(default=0.0, ge=0.0)
+    season_bins: int = Field(default=288, ge=2, le=100_000)
+    season_alpha: float = Field(default=0.5, gt=0.0, le=1.0)
     seed: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
@@ -150,3 +167,8 @@ class ModelConfig(BaseModel):
     def state_layers(self) -> int:
         """Tensors of recurrent state per layer: 1 for GRU (h), 2 for LSTM (h, c)."""
         return 2 if self.cell == "lstm" else 1
+
+    @property
+    def seasonal(self) -> bool:
+        """True when the seasonal inputs are on (``season_s > 0``)."""
+        return self.season_s > 0.0

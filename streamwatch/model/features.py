@@ -76,16 +76,39 @@ def gap_feature(gap_s: np.ndarray, max_gap_s: float) -> np.ndarray:
     return np.log1p(np.clip(gap, 0.0, max_gap_s)) / np.log1p(max_gap_s)
 
 
+def season_bin(ts: np.ndarray, period_s: float, bins: int) -> np.ndarray:
+    """Phase bin in ``[0, bins)`` of each epoch-seconds timestamp within ``period_s``."""
+    phase = np.mod(np.asarray(ts, dtype=np.float64), period_s) / period_s
+    return np.minimum((phase * bins).astype(np.int64), bins - 1)
+
+
+def season_columns(s_now: np.ndarray, s_next: np.ndarray, clip: float) -> np.ndarray:
+    """Seasonal input columns ``[change, level, mask]``: (N, 3C) from the normalised
+    profile values at this step's phase and at the next step's phase (NaN where a phase
+    bin has no value yet). ``change = s_next - s_now`` and ``level = s_next`` are 0 where
+    the mask (both known) is 0."""
+    ok = ~(np.isnan(s_now) | np.isnan(s_next))
+    change = np.where(ok, np.clip(np.nan_to_num(s_next - s_now), -clip, clip), 0.0)
+    level = np.where(ok, np.clip(np.nan_to_num(s_next), -clip, clip), 0.0)
+    return np.concatenate([change, level, ok], axis=1)
+
+
 def step_inputs(
-    z: np.ndarray, in_mask: np.ndarray, gap: np.ndarray, clip: float
+    z: np.ndarray, in_mask: np.ndarray, gap: np.ndarray, clip: float,
+    season: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Model input rows ``[values (0 where masked), mask, gap]``: (N, 2C+1) float32.
+    """Model input rows ``[values (0 where masked), mask, gap]``: (N, 2C+1) float32, and
+    with ``season = (s_now, s_next)`` (normalised, (N, C)) the ``season_columns`` after
+    them: (N, 5C+1).
 
     ``z`` (N, C) normalised values (NaN where missing), ``in_mask`` (N, C) True where the
     value is fed to the model, ``gap`` (N,) the gap feature.
     """
     values = np.where(in_mask, np.clip(np.nan_to_num(z, nan=0.0), -clip, clip), 0.0)
-    return np.concatenate([values, in_mask, gap[:, None]], axis=1).astype(np.float32)
+    parts = [values, in_mask, gap[:, None]]
+    if season is not None:
+        parts.append(season_columns(season[0], season[1], clip))
+    return np.concatenate(parts, axis=1).astype(np.float32)
 
 
 def build_windows(
@@ -96,6 +119,7 @@ def build_windows(
     valid: np.ndarray,
     clip: float,
     burn_in: int,
+    season: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Training windows from per-stream recent windows, oldest step first.
 
@@ -113,22 +137,28 @@ def build_windows(
         (n, R) the entry holds a reading (False before a stream's first readings).
     clip, burn_in
         See ``ModelConfig.input_clip`` and ``ModelConfig.burn_in``.
+    season
+        ``(s_now, s_next)``, each (n, R, C): the normalised seasonal-profile values each
+        step was given (``step_inputs``), or None when the seasonal inputs are off.
 
     Returns
     -------
     x, y
-        Inputs (n, R-1, 2C+1) float32 from entries 0..R-2, exactly as the scoring path fed
-        them (non-observed readings as missing); targets (n, R-1, C) float32 from entries
+        Inputs (n, R-1, F) float32 (F = 2C+1, or 5C+1 with ``season``) from entries
+        0..R-2, exactly as the scoring path fed them (non-observed readings as missing); targets (n, R-1, C) float32 from entries
         1..R-1, NaN where missing, not trainable, padding, or inside the burn-in.
     """
     n, r, c = z.shape
     finite = ~np.isnan(z)
     in_mask = finite & (observed & valid)[:, :, None]
+    flat_season = None
+    if season is not None:
+        flat_season = (season[0][:, :-1].reshape(-1, c), season[1][:, :-1].reshape(-1, c))
     flat = step_inputs(
         z[:, :-1].reshape(-1, c), in_mask[:, :-1].reshape(-1, c),
-        np.where(valid, gap, 0.0)[:, :-1].reshape(-1), clip,
+        np.where(valid, gap, 0.0)[:, :-1].reshape(-1), clip, flat_season,
     )
-    x = flat.reshape(n, r - 1, 2 * c + 1)
+    x = flat.reshape(n, r - 1, flat.shape[1])
     ok = finite & (trainable & valid)[:, :, None]
     y = np.where(ok, np.clip(z, -clip, clip), np.nan)[:, 1:].astype(np.float32)
     y[:, :burn_in] = np.nan

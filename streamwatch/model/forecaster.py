@@ -2,7 +2,10 @@
 
 Input per step (``2 * C + 1`` features, see ``input_size``): the normalised values of the
 ``C`` channels (0 where missing), the missing-value mask (1 = observed) and the time-gap
-feature. Output: the next step's mean and log-variance per channel, in normalised units.
+feature; with ``seasonal`` (``5 * C + 1``) also the seasonal columns of
+``streamwatch.model.features.season_columns``: the profile's change to the next step's
+phase, its level there, and a mask. Output: the next step's mean and log-variance per
+channel, in normalised units.
 
 Recurrent state is one tensor of shape ``(S, layers, B, hidden)`` with ``S = 1`` for GRU
 (h) and ``S = 2`` for LSTM (h, c), so per-stream state can be gathered and scattered with
@@ -34,6 +37,8 @@ from torch.nn import functional as F
 from streamwatch.errors import ConfigError
 
 LOG_2PI = math.log(2.0 * math.pi)
+SEASON_GAIN_INIT = 0.5
+"""Starting gain of the seasonal-naive change (a mild prior, like the persistence skip)."""
 
 
 class Forecaster(nn.Module):
@@ -55,12 +60,17 @@ class Forecaster(nn.Module):
         units drop at every step).
     min_variance
         Floor of the forecast variance: ``var = softplus(raw) + min_variance``.
+    seasonal
+        Take the seasonal input columns too (``ModelConfig.season_s``).
 
     Notes
     -----
     A learnable per-channel skip adds ``skip * x_t`` (the current normalised value, 0 when
     missing) to the forecast mean. It starts at 0.5, a mild persistence prior that helps
-    a cold model; the network learns how much of it to keep.
+    a cold model; the network learns how much of it to keep. With ``seasonal``, a second
+    per-channel gain adds ``season_gain * change`` (the seasonal-naive next change, 0 when
+    unknown), starting at ``SEASON_GAIN_INIT``: recurring transitions are forecast from the
+    first period on instead of after many optimiser steps.
     """
 
     def __init__(
@@ -71,6 +81,7 @@ class Forecaster(nn.Module):
         hidden_size: int = 32,
         dropout: float = 0.0,
         min_variance: float = 1e-4,
+        seasonal: bool = False,
     ) -> None:
         super().__init__()
         if n_channels < 1:
@@ -89,7 +100,8 @@ class Forecaster(nn.Module):
         self.hidden_size = hidden_size
         self.dropout = dropout
         self.min_variance = min_variance
-        self.input_size = 2 * n_channels + 1
+        self.seasonal = seasonal
+        self.input_size = (5 if seasonal else 2) * n_channels + 1
         self.state_size = 2 if cell == "lstm" else 1
         cell_cls = nn.LSTMCell if cell == "lstm" else nn.GRUCell
         self.cells = nn.ModuleList(
@@ -98,6 +110,8 @@ class Forecaster(nn.Module):
         )
         self.head = nn.Linear(hidden_size, 2 * n_channels)
         self.skip = nn.Parameter(torch.full((n_channels,), 0.5))
+        if seasonal:
+            self.season_gain = nn.Parameter(torch.full((n_channels,), SEASON_GAIN_INIT))
         with torch.no_grad():
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
@@ -142,6 +156,8 @@ class Forecaster(nn.Module):
         out = self.head(top)
         c = self.n_channels
         mean = out[..., :c] + self.skip * x[..., :c]
+        if self.seasonal:
+            mean = mean + self.season_gain * x[..., 2 * c + 1:3 * c + 1]
         # contiguous(): softplus on the strided slice is ~4x slower (measured here)
         var = F.softplus(out[..., c:].contiguous()) + self.min_variance
         return mean, torch.log(var)

@@ -12,7 +12,11 @@ O(1) per stream) and recycled after ``forget``. Per row:
 - the recent window: a ring of the last ``R`` readings (raw values, gap feature, whether
   each was fed as observed, whether it was allowed to teach), written at position
   ``count % R``;
-- ``count`` (readings advanced), ``learned`` (readings learned), ``last_ts``.
+- ``count`` (readings advanced), ``learned`` (readings learned), ``last_ts``, and
+  ``last_gap`` (seconds between the last two readings, for the next step's phase);
+- with seasonal inputs (``season_bins > 0``): the seasonal profile ``season_prof``
+  (bins x channels of learned raw values) and, in the ring, the profile values each step
+  was given (``ring_s_now``, ``ring_s_next``). Without, these have 0 channels.
 
 A lookup is one dict access per reading; everything else is numpy fancy indexing.
 """
@@ -32,6 +36,7 @@ _NUMPY_FIELDS: dict[str, tuple[Any, float | int | bool]] = {
     "count": (np.int64, 0),
     "learned": (np.int64, 0),
     "last_ts": (np.float64, np.nan),
+    "last_gap": (np.float64, np.nan),
     "pending": (np.bool_, False),
     "has_forecast": (np.bool_, False),
     "norm_mean": (np.float64, 0.0),
@@ -44,6 +49,9 @@ _NUMPY_FIELDS: dict[str, tuple[Any, float | int | bool]] = {
     "ring_gap": (np.float32, 0.0),
     "ring_observed": (np.bool_, False),
     "ring_trainable": (np.bool_, False),
+    "ring_s_now": (np.float32, np.nan),
+    "ring_s_next": (np.float32, np.nan),
+    "season_prof": (np.float64, np.nan),
 }
 
 
@@ -58,6 +66,8 @@ class StreamState:
         Shape of the recurrent state per stream: ``(state_size, layers, hidden_size)``.
     initial_capacity
         Rows allocated up front (grows by doubling).
+    season_bins
+        Phase bins of the seasonal profile, 0 = no seasonal state.
     """
 
     def __init__(
@@ -68,8 +78,11 @@ class StreamState:
         layers: int,
         hidden_size: int,
         initial_capacity: int = 64,
+        season_bins: int = 0,
     ) -> None:
         self.n_channels = n_channels
+        self.season_bins = season_bins
+        self._season_channels = n_channels if season_bins > 0 else 0
         self.ring_len = ring_len
         self.state_shape = (state_size, layers, hidden_size)
         self.rows: dict[str, int] = {}
@@ -84,6 +97,10 @@ class StreamState:
     def _shape(self, name: str, rows: int) -> tuple[int, ...]:
         if name.startswith("ring_raw"):
             return (rows, self.ring_len, self.n_channels)
+        if name.startswith("ring_s_"):
+            return (rows, self.ring_len, self._season_channels)
+        if name == "season_prof":
+            return (rows, self.season_bins, self._season_channels)
         if name.startswith("ring_"):
             return (rows, self.ring_len)
         if name.startswith(("norm_", "fc_")):
