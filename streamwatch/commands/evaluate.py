@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 SCENARIO_DETECTORS = "gru,lstm,hst,zscore"
 NAB_DETECTORS = "gru,lstm,hst,zscore,nab-gaussian"
+EPISODE_HOLD_H = 12.0
+"""Default of ``evaluate nab --episode-hold-h`` (``streamwatch.evaluate.squash.episodes``)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     n.add_argument("--squash", choices=["recent", "likelihood", "ratio"], default="recent",
                    help="causal map of raw scores to [0, 1] (default recent; see "
                         "streamwatch.evaluate.squash)")
+    n.add_argument("--episode-hold-h", type=float, default=EPISODE_HOLD_H,
+                   help="a row keeps its score only if it beats every score of the preceding "
+                        f"H hours, as an alert opens once (default {EPISODE_HOLD_H:g}; 0 = off)")
     o = p.add_argument_group("output")
     o.add_argument("--json", dest="json_path", default=None, help="write every table as JSON here")
     o.add_argument("--report", default=None, help="write a plotly HTML report here")
@@ -163,12 +168,15 @@ def _evaluate_nab(args: argparse.Namespace, names: list[str]) -> int:
 
     if args.batch_rows < 1:
         raise ConfigError(f"--batch-rows must be >= 1, got {args.batch_rows}")
+    if not args.episode_hold_h >= 0:
+        raise ConfigError(f"--episode-hold-h must be >= 0 hours, got {args.episode_hold_h}")
     only = [k.strip() for k in args.files.split(",") if k.strip()] if args.files else None
     corpus = load_corpus(args.data_dir, args.labels, only)
     factories = nab_factories(names, args.seed)
     keep = [f.key for f in corpus.files if f.windows][: args.report_streams] if args.report else []
     result = run_nab(corpus, factories, results_dir=args.results_dir, squash_method=args.squash,
-                     batch_rows=args.batch_rows, keep_files=keep, progress=not args.no_progress)
+                     batch_rows=args.batch_rows, keep_files=keep, progress=not args.no_progress,
+                     hold_s=args.episode_hold_h * 3600.0)
     tables = {"NAB score": nab_table(result.profiles), "per file (standard)": nab_file_table(result.profiles)}
     print(f"NAB: {len(corpus.files)} files, {corpus.n_windows} windows from {corpus.data_dir}; "
           f"results in {result.results_dir}")
@@ -177,7 +185,8 @@ def _evaluate_nab(args: argparse.Namespace, names: list[str]) -> int:
         _write_json(args.json_path, {
             "corpus": {"data_dir": str(corpus.data_dir), "labels": str(corpus.windows_path),
                        "files": len(corpus.files), "windows": corpus.n_windows},
-            "squash": args.squash, "batch_rows": args.batch_rows, "tables": tables,
+            "squash": args.squash, "episode_hold_h": args.episode_hold_h,
+            "batch_rows": args.batch_rows, "tables": tables,
             "seconds": result.seconds,
         })
     if args.report:

@@ -37,7 +37,7 @@ from streamwatch.evaluate.corpus import NabCorpus, write_results
 from streamwatch.evaluate.events import EventConfig, EventMetrics, alert_spans, event_metrics
 from streamwatch.evaluate.nab import LabelledFile, ProfileResult, score_corpus
 from streamwatch.evaluate.reference import windowed_gaussian
-from streamwatch.evaluate.squash import SquashMethod, squash
+from streamwatch.evaluate.squash import SquashMethod, episodes, squash
 from streamwatch.kinds import UNIVARIATE
 from streamwatch.schema import Alert, Episode, Reading, Score
 
@@ -229,8 +229,10 @@ def run_nab_file(
     squash_method: SquashMethod = "recent",
     batch_rows: int = 1,
     keep_trace: bool = False,
+    hold_s: float = 0.0,
 ) -> NabFileRun:
-    """Stream one file through a fresh detector (``None``: the NAB reference)."""
+    """Stream one file through a fresh detector (``None``: the NAB reference, scored as
+    NAB ships it). ``hold_s``: see ``streamwatch.evaluate.squash.episodes``."""
     t0 = time.perf_counter()
     if factory is None:
         score = windowed_gaussian(values, one_sided=False)
@@ -250,6 +252,9 @@ def run_nab_file(
             raw[start + j] = s.score
             threshold[start + j] = np.nan if s.threshold is None else s.threshold
     anomaly = squash(squash_method, raw, threshold, ignore=warming)
+    if hold_s > 0:
+        ts = np.fromiter((r.ts for r in readings), dtype=np.float64, count=len(readings))
+        anomaly = episodes(anomaly, ts, hold_s)
     trace = run.traces.get(nab_stream_id(file.key))
     return NabFileRun(raw, threshold, anomaly, run.alerts, trace, time.perf_counter() - t0)
 
@@ -274,6 +279,7 @@ def run_nab(
     batch_rows: int = 1,
     keep_files: Sequence[str] = (),
     progress: bool = True,
+    hold_s: float = 0.0,
 ) -> NabResult:
     """Score every file with every detector, write NAB results files, compute NAB scores."""
     results_dir = Path(results_dir)
@@ -289,7 +295,8 @@ def run_nab(
             for f in corpus.files:
                 bar.set_postfix_str(f"{name} {f.key}")
                 out = run_nab_file(factory, f, corpus.values[f.key], squash_method=squash_method,
-                                   batch_rows=batch_rows, keep_trace=f.key in keep_files)
+                                   batch_rows=batch_rows, keep_trace=f.key in keep_files,
+                                   hold_s=hold_s)
                 write_results(results_dir, name, f, corpus.values[f.key], out.anomaly_score,
                               extra={"raw_score": out.raw})
                 scores[f.key] = out.anomaly_score

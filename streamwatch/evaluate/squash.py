@@ -18,6 +18,13 @@ same outputs as the whole file):
 
 NaN raw scores (no score for that row) give 0 and do not enter the statistics.
 
+``episodes`` (applied after either map by ``streamwatch evaluate nab``, ``--episode-hold-h``)
+keeps a row's score only if it is higher than every squashed score of the preceding
+``hold_s`` seconds of event time, and sets the others to 0: the NAB counterpart of the
+alert machine, which opens once and then updates. NAB counts every detection outside a
+window as a false positive, so the rows that follow a surprise while it fades would
+otherwise cost one each, and a sustained change would be reported many times over.
+
 >>> raw = np.r_[np.random.default_rng(0).normal(1.0, 0.1, 300), [9.0]]
 >>> out = likelihood(raw)
 >>> bool(out[:-1].max() < 0.5), bool(out[-1] > 0.9)
@@ -27,11 +34,14 @@ NaN raw scores (no score for that row) give 0 and do not enter the statistics.
 (True, True)
 >>> ratio(np.array([0.5, 2.0, 1.0]), np.array([1.0, 1.0, np.nan])).tolist()
 [0.3333333333333333, 0.6666666666666666, 0.0]
+>>> episodes(np.array([0.1, 0.9, 0.8, 0.95, 0.2, 0.7]), np.arange(6.0) * 60, hold_s=150).tolist()
+[0.1, 0.9, 0.0, 0.95, 0.0, 0.0]
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Literal
 
 import numpy as np
@@ -72,6 +82,29 @@ def likelihood(
     out = np.log(q + LOG_FLOOR) / math.log(LOG_FLOOR)
     out[np.isnan(z) | series.isna().to_numpy()] = 0.0
     return np.clip(out, 0.0, 1.0)
+
+
+def episodes(score: np.ndarray, ts: np.ndarray, hold_s: float) -> np.ndarray:
+    """Each row's score where it exceeds every score of the ``hold_s`` seconds before it
+    (event time, ``ts`` in seconds; a clock that goes back counts as standing still),
+    else 0 (module docstring). Causal; ``hold_s = 0`` returns the scores unchanged."""
+    if hold_s < 0:
+        raise ValueError(f"hold_s must be >= 0, got {hold_s}")
+    x = np.asarray(score, dtype=np.float64)
+    if hold_s == 0 or x.size == 0:
+        return x.copy()
+    t = np.maximum.accumulate(np.asarray(ts, dtype=np.float64))
+    out = np.zeros_like(x)
+    window: deque[int] = deque()  # earlier rows within hold_s, scores decreasing
+    for i in range(x.size):
+        while window and t[window[0]] <= t[i] - hold_s:
+            window.popleft()
+        if not window or x[i] > x[window[0]]:
+            out[i] = x[i]
+        while window and x[window[-1]] <= x[i]:
+            window.pop()
+        window.append(i)
+    return out
 
 
 def ratio(raw: np.ndarray, threshold: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ def test_nab_reference_run_writes_nab_layout_json_and_report(tmp_path, capsys) -
     assert frame["label"].sum() > 0
     payload = json.loads(js.read_text())
     assert payload["corpus"]["files"] == 2 and payload["corpus"]["windows"] == 6
+    assert payload["episode_hold_h"] == 12.0
     rows = {r["metric"]: r for r in payload["tables"]["NAB score"]}
     assert set(rows) >= {"NAB standard", "NAB reward_low_FP_rate", "NAB reward_low_FN_rate"}
     assert -100 < rows["NAB standard"]["nab-gaussian"] <= 100
@@ -55,6 +56,13 @@ def test_unknown_detector_is_a_clear_error(capsys) -> None:
                  "--no-progress"])
     assert code == 2
     assert "unknown detector 'nope'" in capsys.readouterr().err
+
+
+def test_negative_episode_hold_is_a_clear_error(capsys) -> None:
+    code = main(["evaluate", "nab", "--detectors", "nab-gaussian", "--episode-hold-h", "-1",
+                 "--files", "realTraffic/speed_7578.csv", "--no-progress"])
+    assert code == 2
+    assert "--episode-hold-h must be >= 0" in capsys.readouterr().err
 
 
 def test_missing_corpus_names_the_flag(tmp_path, capsys) -> None:
@@ -114,10 +122,11 @@ def test_gru_nab_scores_are_causal_and_independent_of_batch_boundaries(tmp_path)
     corpus = load_corpus(only=["realTraffic/speed_7578.csv"])
     f, values = corpus.files[0], corpus.values["realTraffic/speed_7578.csv"]
     factory = nab_factories(["gru"], seed=1)["gru"]
-    full = run_nab_file(factory, f, values)
+    hold = 12 * 3600.0  # the evaluate default (--episode-hold-h)
+    full = run_nab_file(factory, f, values, hold_s=hold)
     k = 700
     prefix = LabelledFile(f.key, f.timestamps[:k], ())
-    part = run_nab_file(factory, prefix, values[:k])
+    part = run_nab_file(factory, prefix, values[:k], hold_s=hold)
     assert np.array_equal(part.raw, full.raw[:k])
     assert np.array_equal(part.anomaly_score, full.anomaly_score[:k])
     assert ((full.anomaly_score >= 0) & (full.anomaly_score <= 1)).all()
@@ -125,7 +134,7 @@ def test_gru_nab_scores_are_causal_and_independent_of_batch_boundaries(tmp_path)
     # Only the detector's warm-up (60 rows) is left out: rows are ranked long before the
     # threshold has warmed up (~360 rows), so a window right after NAB's probation counts.
     assert full.anomaly_score[:60].max() == 0 and full.anomaly_score[110:360].max() > 0.5
-    batched = run_nab_file(factory, f, values, batch_rows=16)
+    batched = run_nab_file(factory, f, values, batch_rows=16, hold_s=hold)
     assert np.array_equal(batched.raw, full.raw)  # micro-batch boundaries change nothing
 
 

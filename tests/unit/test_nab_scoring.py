@@ -288,3 +288,23 @@ def test_recent_squash_is_causal_ranks_spikes_and_skips_ignored_rows() -> None:
     assert full[1500] == full.max() > 0.9
     polluted = recent(raw)  # without the warm-up mask the 1e5 values flatten everything
     assert polluted[1500] < full[1500]
+
+
+def test_episodes_keep_only_rows_that_beat_the_preceding_hold_and_are_causal() -> None:
+    from streamwatch.evaluate.squash import episodes
+
+    rng = np.random.default_rng(5)
+    score = rng.uniform(0.0, 1.0, 3000)
+    ts = np.cumsum(rng.choice([0.0, 60.0, 300.0], 3000))  # repeats and gaps
+    ts[1000:1010] -= 5_000.0  # a clock that goes back
+    full = episodes(score, ts, hold_s=3600.0)
+    for k in (1, 2, 999, 1005, 2500):
+        assert np.array_equal(episodes(score[:k], ts[:k], 3600.0), full[:k])
+    clock = np.maximum.accumulate(ts)
+    for i in rng.choice(3000, 200, replace=False).tolist():
+        before = score[:i][clock[:i] > clock[i] - 3600.0]
+        kept = before.size == 0 or score[i] > before.max()
+        assert full[i] == (score[i] if kept else 0.0)
+    assert np.array_equal(episodes(score, ts, 0.0), score)
+    with pytest.raises(ValueError, match="hold_s"):
+        episodes(score, ts, -1.0)
