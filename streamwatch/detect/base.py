@@ -127,6 +127,11 @@ class Scorer(Protocol):
 class Detector(Protocol):
     """The whole per-event path: validate -> score -> threshold -> alert -> learn."""
 
+    @property
+    def warmup_readings(self) -> int:
+        """Readings of a stream before any model-based alert can fire (its scores come
+        from an immature model and normaliser until then)."""
+
     def process(self, readings: Sequence[Reading]) -> tuple[list[Score], list[Alert]]:
         """Test-then-train over a micro-batch; returns one Score per reading (same order)
         and the alert lifecycle events the batch caused."""

@@ -137,6 +137,11 @@ class StreamDetector(DetectorState):
                  ks.hard is not None)  # fmt: skip
         return ks
 
+    @property
+    def warmup_readings(self) -> int:
+        """``DetectorConfig.warmup_readings`` (see ``Detector``)."""
+        return self.config.warmup_readings
+
     def validate(self, reading: Reading) -> None:
         """Raise ``SchemaError`` (with field and code) if ``process`` would refuse it."""
         ks = self._kind(reading.kind)

@@ -243,7 +243,7 @@ def run_nab_file(
     run = DetectorRun("nab", kept=frozenset({nab_stream_id(file.key)} if keep_trace else ()))
     raw = np.empty(len(readings))
     threshold = np.empty(len(readings))
-    warming = np.arange(len(readings)) < int(detector.config.warmup_readings)
+    warming = np.arange(len(readings)) < detector.warmup_readings
     for start in range(0, len(readings), batch_rows):
         batch = readings[start : start + batch_rows]
         scores, alerts = detector.process(batch)
