@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streamwatch.errors import ConfigError
-from streamwatch.kinds import ICU, NEWS2_BANDS
+from streamwatch.kinds import ICU, MACHINE, NEWS2_BANDS
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -177,6 +177,14 @@ class AlertConfig(BaseModel):
     band_k: float = Field(
         default=3.0, gt=0, description="Expected band = forecast mean +- k * std."
     )
+    observe_during_alert: bool = Field(
+        default=False,
+        description="Feed readings that are anomalous or inside an open alert to the "
+        "forecaster's recurrent state (never to training, the normaliser or the "
+        "thresholds): the forecast then follows the stream, and the alert closes once its "
+        "short-term behaviour is normal again. Off (default): they are fed as missing, so "
+        "the alert lasts while the stream stays away from the model's normal.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> AlertConfig:
@@ -288,6 +296,12 @@ class DriftConfig(BaseModel):
     )
 
 
+_DEFAULT_ALERT_OVERRIDES: dict[str, dict[str, Any]] = {
+    ICU: {"extreme_confirm": 2},
+    MACHINE: {"observe_during_alert": True},
+}
+
+
 class DetectorConfig(BaseModel):
     """Everything the detection engine needs besides the scorer itself."""
 
@@ -308,10 +322,13 @@ class DetectorConfig(BaseModel):
     thresholds: ThresholdConfig = Field(default_factory=lambda: ThresholdConfig())
     alerts: AlertConfig = Field(default_factory=lambda: AlertConfig())
     alert_overrides: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {ICU: {"extreme_confirm": 2}},
+        default_factory=lambda: {k: dict(v) for k, v in _DEFAULT_ALERT_OVERRIDES.items()},
         description="Per kind, fields of 'alerts' to override. ICU default: an extreme score "
         "must be confirmed by the next reading (a 1-sample alarm delay against "
-        "single-sample artefacts).",
+        "single-sample artefacts). Machines: observe_during_alert (a machine's channels "
+        "follow its load, which moves on its own: with the readings fed as missing, the "
+        "free-running forecast lost the load and a false alarm lasted until the regime "
+        "bound; evaluate sensors: 10.9 -> 0.15 false alerts per machine-day).",
     )
     hard_limits: HardLimitConfig = Field(default_factory=lambda: HardLimitConfig())
     drift: DriftConfig = Field(default_factory=lambda: DriftConfig())

@@ -14,7 +14,9 @@
 3. **Per wave**: ``scorer.score_many`` (pure) -> per-stream threshold -> hard limits ->
    alert machines (only for streams with something to say) -> threshold update ->
    ``scorer.advance_many`` with ``observe = not anomalous and not inside an open alert``
-   -> ``scorer.learn_many`` with the same mask, minus streams in a strong burst of peaks.
+   (every reading, for a kind with ``alerts.observe_during_alert``)
+   -> ``scorer.learn_many`` with ``not anomalous and not inside an open alert``, minus
+   streams in a strong burst of peaks.
 4. One ``Score`` per reading, in input order, plus the alert events of the batch.
 
 Warm-up: a stream's scores feed its threshold only after ``warmup_readings`` readings
@@ -23,7 +25,9 @@ fires before the threshold has then seen ``thresholds.warmup`` scores. Hard limi
 from the first reading.
 
 No poisoning: a reading inside an open alert never reaches ``learn_many`` nor the
-threshold, and is fed to ``advance_many`` as missing, so the forecast is not dragged along.
+threshold, and is fed to ``advance_many`` as missing, so the forecast is not dragged along
+(with ``observe_during_alert`` it is fed to the recurrent state only, which then follows
+the stream so the alert can close; still never to weights, normaliser or threshold).
 Anomalous readings outside an alert reach the threshold only as censored peaks (known to
 be above the bar, value unused; see ``thresholds``). While a stream's threshold sees a
 burst of peaks (an anomaly hovering just under the bar) it does not learn them, and in a
@@ -284,10 +288,11 @@ class StreamDetector(DetectorState):
         else:
             accepted = []
         keep = ~late
-        observe = ~anomalous & ~in_alert
+        clean = ~anomalous & ~in_alert  # may teach; anything else never does
+        observe = np.ones(nb, dtype=bool) if ks.observe_during_alert else clean
         ks.thresholds.update_at(tslots, score, keep & ready & finite & ~in_alert)
-        learn = observe & ~ks.thresholds.pause_scorer_at(tslots)
-        cnt["burst_readings"] += int((observe & ~learn).sum())
+        learn = clean & ~ks.thresholds.pause_scorer_at(tslots)
+        cnt["burst_readings"] += int((clean & ~learn).sum())
         if late.any():
             sub = np.flatnonzero(keep)
             self._count_late(ts, last, late)

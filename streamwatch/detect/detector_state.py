@@ -45,6 +45,7 @@ class KindState:
                      if HardLimitBank.applies(config.hard_limits, spec) else None)  # fmt: skip
         alert_config = config.alerts_for(spec.name)
         self.extreme_factor = alert_config.extreme_factor
+        self.observe_during_alert = alert_config.observe_during_alert
         self.alerts = AlertBook(spec.name, spec.channels, alert_config, config.drift)
         self.table = SlotTable({"last_ts": ((), np.float64, np.nan),
                                 "n_seen": ((), np.int64, 0),

@@ -69,7 +69,8 @@ class ForecastScorer:
     kind
         The stream kind; fixes the channel order of inputs and outputs.
     config
-        Model, training and normaliser settings (defaults: ``ModelConfig()``).
+        Model, training and normaliser settings (defaults: ``ModelConfig()``); the
+        scorer keeps ``config.for_kind(kind.name)``, the settings of its kind.
     name
         Name reported in scores (default: the cell type, ``"gru"`` or ``"lstm"``).
 
@@ -93,7 +94,7 @@ class ForecastScorer:
         if not kind.channels:
             raise StreamwatchError(f"kind {kind.name!r} has no channels")
         self.kind = kind
-        self.config = config if config is not None else ModelConfig()
+        self.config = (config if config is not None else ModelConfig()).for_kind(kind.name)
         self.name = name if name is not None else self.config.cell
         cfg = self.config
         self.channels = len(kind.channels)

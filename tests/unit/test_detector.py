@@ -224,6 +224,40 @@ def test_long_anomaly_is_not_learned_while_its_alert_is_open() -> None:
     assert not any(s.anomalous for s in scores if s.ts > end + 60)  # and is not poisoned
 
 
+class ObservingScorer(EwmaScorer):
+    """EwmaScorer that records, per reading, whether it was fed to the state as observed."""
+
+    def __init__(self, kind: KindSpec) -> None:
+        super().__init__(kind)
+        self.observed: dict[float, bool] = {}
+
+    def advance_many(self, batch: KindBatch, observe: np.ndarray) -> None:
+        self.observed.update(zip(batch.ts.tolist(), observe.tolist(), strict=True))
+        super().advance_many(batch, observe)
+
+
+@pytest.mark.parametrize("observe_during_alert", [False, True])
+def test_observe_during_alert_feeds_the_state_but_never_training(
+    observe_during_alert: bool,
+) -> None:
+    scorer = ObservingScorer(get_kind(UNIVARIATE))
+    config = small_config(drift={"accept_regime": False}, alert_overrides={
+        UNIVARIATE: {"observe_during_alert": observe_during_alert}})
+    det = StreamDetector({UNIVARIATE: scorer}, config)
+    rng = np.random.default_rng(7)
+    values = list(rng.normal(size=500)) + list(6.0 + rng.normal(size=100)) + list(
+        rng.normal(size=100))  # fmt: skip
+    _, alerts = run(det, univariate("p", values))
+    opened = [a for a in alerts if a.event == "open"]
+    assert opened
+    start = opened[0].ts
+    end = next(a.end_ts for a in alerts if a.event == "close")
+    assert end is not None
+    inside = [ts for ts in scorer.observed if start <= ts <= end]
+    assert {scorer.observed[ts] for ts in inside} == {observe_during_alert}
+    assert not [ts for _, ts in scorer.learned if start <= ts <= end]  # never taught
+
+
 def test_an_anomaly_hovering_under_the_bar_is_neither_learned_nor_lost() -> None:
     """A +2.6 sigma shift scores around the bar: without the burst guard the model learns
     it and the bar climbs (never an alert); with it the alert opens."""

@@ -11,7 +11,7 @@ from numpy.typing import ArrayLike
 
 from streamwatch.detect.base import KindBatch, ScoreBatch, Scorer
 from streamwatch.detect.forecast_scorer import ForecastScorer
-from streamwatch.errors import CheckpointError, StreamwatchError
+from streamwatch.errors import CheckpointError, ConfigError, StreamwatchError
 from streamwatch.kinds import KindSpec, get_kind
 from streamwatch.model.config import ModelConfig
 from streamwatch.model.scoring import chi2_surprise
@@ -357,3 +357,18 @@ def test_state_without_streams_restores_the_global_model_only() -> None:
     b.import_streams(a.export_streams(["s", "u"]))
     batch = wave(UNI, ["s", "u"], 30, [2.0, 1.0])
     np.testing.assert_array_equal(a.score_many(batch).score, b.score_many(batch).score)
+
+
+def test_kind_overrides_give_each_kind_its_settings_and_bad_ones_name_the_field() -> None:
+    machine, icu = get_kind("machine"), get_kind("icu_vitals")
+    default = ModelConfig()
+    assert ForecastScorer(machine, default).config.level_score is False  # the default override
+    assert ForecastScorer(icu, default).config.level_score is True
+    mine = ModelConfig.build(kind_overrides={"icu_vitals": {"hidden_size": 6}})
+    scorer = ForecastScorer(icu, mine)
+    assert scorer.config.hidden_size == 6 and scorer.config.kind_overrides == {}
+    assert ForecastScorer(machine, mine).config.level_score is True  # replaced, not merged
+    b = ForecastScorer(icu, scorer.config)  # a checkpoint of the effective settings loads
+    b.load_state_dict(scorer.state_dict())
+    with pytest.raises(ConfigError, match=r"kind_overrides\.machine: .*hidden_size"):
+        ModelConfig.build(kind_overrides={"machine": {"hidden_size": 0}})
