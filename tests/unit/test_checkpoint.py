@@ -24,12 +24,7 @@ from streamwatch.model.config import Cell, ModelConfig
 ICU = get_kind("icu_vitals")
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(cell: Cell = "gru") -> ModelConfig:

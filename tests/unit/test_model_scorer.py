@@ -20,13 +20,7 @@ UNI = get_kind("univariate")
 TRI = KindSpec(name="tri", channels=("a", "b", "c"))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    """Tiny models run fastest on one thread (and the machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**overrides: object) -> ModelConfig:

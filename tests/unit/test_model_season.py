@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from streamwatch.detect.base import KindBatch
 from streamwatch.detect.forecast_scorer import ForecastScorer
@@ -19,12 +18,7 @@ STEP = 1_800.0  # 48 readings a day
 PER_DAY = int(DAY / STEP)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def config(season: bool, **overrides: object) -> ModelConfig:
