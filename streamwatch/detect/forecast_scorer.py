@@ -321,10 +321,12 @@ class ForecastScorer:
             return None
         st = self.state
         valid = st.ring_valid(rows)[:, :, None]
-        return tuple(  # type: ignore[return-value]
-            np.where(valid, (st.ring_read(name, rows) - mean[:, None]) / std[:, None], np.nan)
-            for name in ("ring_s_now", "ring_s_next")
-        )
+
+        def normalised(name: str) -> np.ndarray:
+            return np.where(valid, (st.ring_read(name, rows) - mean[:, None]) / std[:, None],
+                            np.nan)
+
+        return normalised("ring_s_now"), normalised("ring_s_next")
 
     def _season_lookup(
         self, rows: np.ndarray, ts: np.ndarray, gap: np.ndarray
