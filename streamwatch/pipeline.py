@@ -23,6 +23,7 @@ import signal
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +79,11 @@ class EventTimeMerge:
         self._heap: list[tuple[float, str, int, int, str, Reading]] = []
         self._latest: dict[TopicPartition, float] = {}
         self._seen: dict[TopicPartition, float] = {}  # wall time of the last data
+        # per (topic, partition): offsets still held, in the order they were added, and
+        # offsets released while an earlier one is still held (lazy deletion): the head of
+        # the deque is then the partition's lowest held offset in O(1) amortised
+        self._held: dict[tuple[str, int], deque[int]] = {}
+        self._gone: dict[tuple[str, int], set[int]] = {}
 
     def assign(self, partitions: set[TopicPartition], now: float) -> None:
         for tp in partitions:
@@ -90,6 +96,15 @@ class EventTimeMerge:
     def add(self, tp: TopicPartition, offset: int, reading: Reading, now: float) -> None:
         heapq.heappush(self._heap, (reading.ts, reading.stream_id, offset, tp.partition,
                                     tp.topic, reading))
+        key = (tp.topic, tp.partition)
+        held = self._held.get(key)
+        if held is None:
+            held = self._held[key] = deque()
+            self._gone[key] = set()
+        if held and offset <= held[-1]:  # out of order (never from one consumer): re-sort
+            held = self._held[key] = deque(sorted([*held, offset]))
+        else:
+            held.append(offset)
         self._seen[tp] = now
         if reading.ts > self._latest.get(tp, float("-inf")):
             self._latest[tp] = reading.ts
@@ -101,19 +116,29 @@ class EventTimeMerge:
             limit = min((self._latest.get(tp, float("-inf")) for tp in active),
                         default=float("inf"))
         out: list[Reading] = []
-        heap = self._heap
+        heap, held, gone = self._heap, self._held, self._gone
         budget = len(heap) if max_n is None else max_n
         while heap and len(out) < budget and (heap[0][0] <= limit or len(heap) > self.max_held):
-            out.append(heapq.heappop(heap)[-1])
+            _ts, _sid, offset, partition, topic, reading = heapq.heappop(heap)
+            out.append(reading)
+            key = (topic, partition)
+            q, g = held[key], gone[key]
+            if q[0] == offset:
+                q.popleft()
+                while q and q[0] in g:
+                    g.discard(q.popleft())
+            else:
+                g.add(offset)
         return out
 
     def safe_offsets(self, polled_next: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """Per partition, the next offset such that nothing before it is still held."""
         safe = dict(polled_next)
-        for _ts, _sid, offset, partition, topic, _r in self._heap:
-            tp = TopicPartition(topic, partition)
-            if offset < safe.get(tp, offset + 1):
-                safe[tp] = offset
+        for (topic, partition), q in self._held.items():
+            if q:
+                tp = TopicPartition(topic, partition)
+                if q[0] < safe.get(tp, q[0] + 1):
+                    safe[tp] = q[0]
         return safe
 
     def drop(self, partitions: set[TopicPartition]) -> None:
@@ -124,6 +149,8 @@ class EventTimeMerge:
         for tp in partitions:
             self._latest.pop(tp, None)
             self._seen.pop(tp, None)
+            self._held.pop((tp.topic, tp.partition), None)
+            self._gone.pop((tp.topic, tp.partition), None)
 
 
 @dataclass
