@@ -189,6 +189,8 @@ class DetectorService:
         self._polled_next: dict[TopicPartition, int] = {}
         self._assigned: set[TopicPartition] = set()
         self._merge = EventTimeMerge()
+        self._decoder = schema.ReadingDecoder()
+        self._tps: dict[tuple[str, int], TopicPartition] = {}
         self._stream_partition: dict[str, TopicPartition] = {}
         self._batches_since_ckpt = 0
         self._last_ckpt = 0.0
@@ -310,12 +312,14 @@ class DetectorService:
         log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
 
     # -- the batch ---------------------------------------------------------------------
-    def _validate(self, msg: Message) -> Reading:
+    def _decode(self, msg: Message) -> Reading:
         if msg.value is None:
             raise SchemaError("record has no value (tombstone)", code="empty")
-        reading = schema.decode_reading(msg.value)
-        self.detector.validate(reading)
-        if reading.ts > self.clock() + self.options.max_future_s:
+        return self._decoder.decode(msg.value)
+
+    def _check(self, msg: Message, reading: Reading, now: float) -> None:
+        """The service's own rules, after the detector's (``validate_many``)."""
+        if reading.ts > now + self.options.max_future_s:
             raise SchemaError(
                 f"timestamp {reading.ts:.3f} is more than {self.options.max_future_s:g} s "
                 "in the future (check the producer's clock)", field="ts", code="future_timestamp")
@@ -324,24 +328,45 @@ class DetectorService:
                 f"Kafka key {msg.key[:64]!r} differs from stream_id {reading.stream_id!r}; the key "
                 "must be the stream_id so a stream stays on one partition",
                 field="stream_id", code="key_mismatch")
-        return reading
+
+    def _tp(self, topic: str, partition: int) -> TopicPartition:
+        tp = self._tps.get((topic, partition))
+        if tp is None:
+            tp = self._tps[(topic, partition)] = TopicPartition(topic, partition)
+        return tp
 
     def _process(self, messages: Sequence[Message], caught_up: bool,
                  budget: int | None = None) -> None:
         started = time.perf_counter()
         assert self._producer is not None
-        dead: list[DeadLetter] = []
         now, wall = self.clock(), time.monotonic()
-        for msg in messages:
-            tp = TopicPartition(msg.topic, msg.partition)
-            self._polled_next[tp] = msg.offset + 1
+        # decode each record, then validate the decoded ones as a batch; every refused
+        # record becomes a dead letter, in the order of the poll
+        refused: dict[int, SchemaError] = {}
+        decoded: list[tuple[int, TopicPartition, Reading]] = []
+        polled = self._polled_next
+        for i, msg in enumerate(messages):
+            tp = self._tp(msg.topic, msg.partition)
+            polled[tp] = msg.offset + 1
             try:
-                reading = self._validate(msg)
+                decoded.append((i, tp, self._decode(msg)))
             except SchemaError as exc:
-                dead.append(self._dead_letter(msg, exc.code, str(exc), exc.field, now))
+                refused[i] = exc
+        verdicts = self.detector.validate_many([r for _i, _tp, r in decoded])
+        merge, where = self._merge, self._stream_partition
+        for (i, tp, reading), error in zip(decoded, verdicts, strict=True):
+            msg = messages[i]
+            try:
+                if error is not None:
+                    raise error
+                self._check(msg, reading, now)
+            except SchemaError as exc:
+                refused[i] = exc
                 continue
-            self._merge.add(tp, msg.offset, reading, wall)
-            self._stream_partition[reading.stream_id] = tp
+            merge.add(tp, msg.offset, reading, wall)
+            where[reading.stream_id] = tp
+        dead = [self._dead_letter(messages[i], exc.code, str(exc), exc.field, now)
+                for i, exc in sorted(refused.items())]
         if budget is not None:
             budget = max(0, budget - len(dead))
         accepted = self._merge.release(wall, everything=caught_up, max_n=budget)

@@ -43,8 +43,11 @@ _P, _D, _M = "pipeline.py", "detector.py", "forecast_scorer.py"
 RULES: dict[tuple[str, str | None], str] = {
     ("schema.py", "decode_reading"): "decode (msgspec)",
     ("schema.py", "encode"): "encode Scores (msgspec)",
-    ("detector.py", "StreamDetector.validate"): "validate (per reading)",
-    (_P, "DetectorService._validate"): "validate (per reading)",
+    ("schema.py", "ReadingDecoder.decode"): "decode (msgspec)",
+    (_P, "DetectorService._decode"): "decode (msgspec)",
+    ("detector.py", "StreamDetector.validate"): "validate",
+    ("detector.py", "StreamDetector.validate_many"): "validate",
+    (_P, "DetectorService._check"): "validate",
     **{(_P, f"EventTimeMerge.{m}"): "merge (event-time heap)"
        for m in ("add", "release", "safe_offsets", "drop", "assign")},
     (_D, "StreamDetector._matrix"): "detector: input matrix",

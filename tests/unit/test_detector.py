@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamwatch.detect.base import Detector, KindBatch, ScoreBatch, Scorer
 from streamwatch.detect.baselines import StreamStats
@@ -360,6 +362,41 @@ def test_unknown_kind_and_implausible_values_are_schema_errors_that_change_nothi
     strict = StreamDetector({UNIVARIATE: EwmaScorer(get_kind(UNIVARIATE))}, small_config())
     with pytest.raises(SchemaError, match="no scorer configured"):
         strict.validate(good[0])
+
+
+_ODD_VALUES = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True),
+                       st.sampled_from([75.0, 97.0, -1.0, 400.0, 0.0]))
+
+
+@st.composite
+def _odd_readings(draw: st.DrawFn) -> list[Reading]:
+    out = []
+    for i in range(draw(st.integers(1, 30))):
+        kind = draw(st.sampled_from([ICU, ICU, ICU, UNIVARIATE, "fridge"]))
+        names = ["value", "x"] if kind == UNIVARIATE else [*ICU_NORMAL, "etco2"]
+        values = {c: draw(_ODD_VALUES) for c in draw(st.lists(st.sampled_from(names), unique=True))}
+        ts = draw(st.sampled_from([1_000.0 + i, -1.0, float("nan"), float("inf")]))
+        out.append(Reading(draw(st.sampled_from(["icu/bed-1", "icu/bed-2", "u/1"])), kind, ts, values))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(batch=_odd_readings(), unknown=st.sampled_from(["reject", "ignore"]))
+def test_validate_many_gives_each_reading_the_error_validate_raises(
+    batch: list[Reading], unknown: str
+) -> None:
+    det = detector(small_config(unknown_channels=unknown))
+    det.process(icu("icu/bed-1", 3, seed=1))  # a known stream: a kind change is an error
+
+    def one(r: Reading) -> tuple[str, str | None, str | None] | None:
+        try:
+            det.validate(r)
+        except SchemaError as exc:
+            return str(exc), exc.field, exc.code
+        return None
+
+    got = [None if e is None else (str(e), e.field, e.code) for e in det.validate_many(batch)]
+    assert got == [one(r) for r in batch]
 
 
 def test_probe_off_spo2_is_not_a_desaturation() -> None:

@@ -107,3 +107,65 @@ def test_any_valid_reading_survives_a_round_trip(
     decoded = schema.decode_reading(schema.encode(reading))
     assert decoded.stream_id == stream_id and math.isclose(decoded.ts, ts)
     assert decoded.values == values
+
+
+# ------------------------------------------------------------- the service's fast decoder
+def _mostly(good: list[object], bad: list[object]) -> st.SearchStrategy[object]:
+    """Valid most of the time, so that names get cached before they turn up in bad records."""
+    return st.one_of(st.sampled_from(good), st.sampled_from(good), st.sampled_from(good),
+                     st.sampled_from(bad))
+
+
+_names = _mostly(["hr", "spo2", "temp", "ok.name-2"], ["h r", "", "x" * 40, "9lives"])
+_ids = _mostly(["icu/bed-01", "icu/bed-02", "m/1"], ["bad id!", "", "-lead", "a" * 129])
+_json_value = st.one_of(st.none(), finite, finite, st.integers(-10**20, 10**20), st.text(max_size=3),
+                        st.booleans(), st.just(1e999), st.lists(st.integers(), max_size=2))
+
+
+@st.composite
+def _raw_records(draw: st.DrawFn) -> bytes:
+    record: dict[str, object] = {
+        "v": draw(st.sampled_from([1, 1, 1, 2])),
+        "stream_id": draw(_ids),
+        "kind": draw(_mostly(["icu_vitals", "machine"], ["Bad", "x-1"])),
+        "ts": draw(_mostly([5.0, 1.7e9], [-5.0, 1e999, "x"])),
+        "values": draw(st.dictionaries(_names, _json_value, max_size=4)),
+    }
+    if draw(st.integers(0, 10)) == 0:
+        del record[draw(st.sampled_from(sorted(record)))]
+    raw = json.dumps(record).encode()
+    if draw(st.integers(0, 20)) == 0:
+        raw = raw[: draw(st.integers(0, len(raw)))]  # truncated: not JSON
+    return raw
+
+
+def _outcome(decode, raw: bytes) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return decode(raw)
+    except SchemaError as exc:
+        return ("error", str(exc), exc.code, exc.field)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_raw_records(), min_size=1, max_size=20))
+def test_reading_decoder_accepts_and_refuses_exactly_as_decode_reading(raws: list[bytes]) -> None:
+    """The fast decoder caches names that passed the strict one: whatever the order of
+    records (a name first seen valid, then in a broken record), outcomes must not differ."""
+    decoder = schema.ReadingDecoder(max_known=3)  # small: the caches are also cleared
+    for raw in raws + raws:
+        assert _outcome(decoder.decode, raw) == _outcome(schema.decode_reading, raw)
+
+
+@pytest.mark.parametrize("change", [
+    {"stream_id": "bad id!"}, {"stream_id": "a" * 129}, {"kind": "Bad"},
+    {"values": {"hr": 80.0, "h r": 1.0}}, {"values": {"x" * 33: 1.0}}, {"values": {"9lives": 1.0}},
+    {"ts": -1.0}, {"values": {"hr": "80"}}, {"v": 2},
+])
+def test_reading_decoder_refuses_a_bad_name_even_after_the_rest_was_seen_valid(
+    change: dict[str, object],
+) -> None:
+    decoder = schema.ReadingDecoder()
+    decoder.decode(_reading(values={"hr": 80.0, "spo2": 97.0, "ok_name": 1.0}))
+    bad = _reading(**change)
+    assert _outcome(decoder.decode, bad) == _outcome(schema.decode_reading, bad)
+    assert isinstance(_outcome(schema.decode_reading, bad), tuple)
