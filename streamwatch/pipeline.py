@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamwatch import schema
+from streamwatch.detect.detector import EncodedScores
 from streamwatch.errors import SchemaError, StreamwatchError, TransportError
 from streamwatch.metrics import ServiceMetrics
-from streamwatch.schema import Alert, DeadLetter, Health, Reading, Score
+from streamwatch.schema import Alert, DeadLetter, Health, Reading
 from streamwatch.state_store import FileStateStore, PartitionState
 from streamwatch.transport.base import Consumer, Message, Producer, TopicPartition, Transport
 
@@ -191,6 +192,7 @@ class DetectorService:
         self._merge = EventTimeMerge()
         self._decoder = schema.ReadingDecoder()
         self._tps: dict[tuple[str, int], TopicPartition] = {}
+        self._keys: dict[str, bytes] = {}  # stream_id -> Kafka key
         self._stream_partition: dict[str, TopicPartition] = {}
         self._batches_since_ckpt = 0
         self._last_ckpt = 0.0
@@ -400,21 +402,21 @@ class DetectorService:
 
     def _score(
         self, readings: list[Reading], now: float
-    ) -> tuple[list[Score], list[Alert], list[DeadLetter]]:
+    ) -> tuple[EncodedScores, list[Alert], list[DeadLetter]]:
         """Score the batch; should the detector fail on a record, isolate and dead-letter it."""
         if not readings:
-            return [], [], []
+            return EncodedScores([], [], []), [], []
         try:
-            scores, alerts = self.detector.process(readings)
+            scores, alerts = self.detector.process_encoded(readings)
             return scores, alerts, []
         except SchemaError:
             raise
         except Exception:  # a bug must not kill the loop: find the record that triggers it
             log.exception("detector failed on a batch; retrying record by record")
-        scores, alerts, dead = [], [], []
+        scores, alerts, dead = EncodedScores([], [], []), [], []
         for reading in readings:
             try:
-                s, a = self.detector.process([reading])
+                s, a = self.detector.process_encoded([reading])
             except Exception as exc:  # reported as a dead letter with its reason
                 log.exception("detector failed on one reading", extra={"stream": reading.stream_id})
                 tp = self._stream_partition[reading.stream_id]
@@ -437,14 +439,21 @@ class DetectorService:
                                   key=msg.key, cap=self.options.payload_cap)
 
     def _outputs(
-        self, scores: list[Score], alerts: list[Alert], dead: list[DeadLetter]
+        self, scores: EncodedScores, alerts: list[Alert], dead: list[DeadLetter]
     ) -> list[tuple[str, bytes, bytes | None]]:
         opts = self.options
+        topic = opts.scores_topic
+        keys = self._keys
         out: list[tuple[str, bytes, bytes | None]] = []
-        for score in scores:
-            if opts.emit_scores == "all" or score.anomalous or score.hard_limit is not None \
-                    or self.detector.in_alert(score.stream_id):
-                out.append((opts.scores_topic, schema.encode(score), score.stream_id.encode()))
+        for sid, record, flagged in zip(scores.stream_ids, scores.records, scores.flagged,
+                                        strict=True):  # fmt: skip
+            if opts.emit_scores == "all" or flagged or self.detector.in_alert(sid):
+                key = keys.get(sid)
+                if key is None:
+                    if len(keys) >= 200_000:
+                        keys.clear()
+                    key = keys[sid] = sid.encode()
+                out.append((topic, record, key))
         for alert in alerts:
             out.append((opts.alerts_topic, schema.encode(alert), alert.stream_id.encode()))
         for letter in dead:

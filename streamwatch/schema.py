@@ -22,10 +22,12 @@ import json
 import math
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import msgspec
+import numpy as np
 
 from streamwatch.errors import SchemaError
 
@@ -376,6 +378,124 @@ class ReadingDecoder:
         self._kinds.add(reading.kind)
         self._channels.update(reading.values)
         return reading
+
+
+_BOOL_JSON = {False: b"false", True: b"true"}
+
+
+class ScoreEncoder:
+    """Score JSON for a batch of one kind, straight from the detector's arrays.
+
+    Byte for byte what ``encode(Score(...))`` gives (a test holds it to that), without
+    building a ``Score`` and its dicts of ``ChannelForecast`` per reading. The whole batch
+    goes through a handful of C calls: msgspec encodes all its floats, its ``values`` dicts
+    and its versions in one call each, the pieces are split out and laid into an object
+    array in template order, and one ``%`` fills the per-kind template repeated once per
+    reading (records joined by a newline, which compact JSON never contains), split again
+    into records. A reading whose forecast lacks a channel (non-finite mean or std, which
+    the record leaves out) is not in the template's shape: it gets None, and the caller
+    builds its ``Score``.
+
+    >>> import numpy as np
+    >>> enc = ScoreEncoder("univariate", ("value",), "gru")
+    >>> row = enc.encode_rows(["u/1"], [{"value": 1.5}], np.array([7.0]), np.array([[1.0]]),
+    ...     np.array([[0.5]]), np.array([[2.0]]), np.array([1.0]), np.array([3.0]),
+    ...     np.array([False]), np.array([True]), np.array([4]), np.array([0]))[0]
+    >>> row == encode(Score("u/1", "univariate", 7.0, {"value": 1.5},
+    ...     {"value": ChannelForecast(1.0, 0.5)}, {"value": 2.0}, 1.0, 3.0, False, True, "gru", 4))
+    True
+    """
+
+    #: JSON of ``Score.hard_limit`` by hard-limit level (0 none, 1 warning, 2 critical)
+    HARD_LIMIT = (b"null", b'"warning"', b'"critical"')
+
+    def __init__(self, kind: str, channels: tuple[str, ...], model: str) -> None:
+        enc = _encoder.encode
+        self.channels = channels
+        self._enc = enc
+
+        def lit(x: object) -> bytes:  # a fixed part of the template
+            return enc(x).replace(b"%", b"%%")
+
+        forecast = b",".join(lit(c) + b':{"mean":%b,"std":%b}' for c in channels)
+        channel_scores = b",".join(lit(c) + b":%b" for c in channels)
+        self._template = (
+            b'{"stream_id":%b,"kind":' + lit(kind) + b',"ts":%b,"values":{%b},"forecast":{'
+            + forecast + b'},"channel_scores":{' + channel_scores
+            + b'},"score":%b,"threshold":%b,"anomalous":%b,"warming_up":%b,"model":'
+            + lit(model) + b',"model_version":%b,"hard_limit":%b,"hard_limit_channels":%b,'
+            b'"v":' + lit(SCHEMA_VERSION) + b"}"
+        )
+        self._ids: dict[str, bytes] = {}
+
+    def _id(self, stream_id: str) -> bytes:
+        out = self._ids.get(stream_id)
+        if out is None:
+            if len(self._ids) >= 200_000:
+                self._ids.clear()
+            out = self._ids[stream_id] = self._enc(stream_id)
+        return out
+
+    def encode_rows(
+        self, stream_ids: Sequence[str], values: Sequence[dict[str, float | None]],
+        ts: np.ndarray, mean: np.ndarray, std: np.ndarray, channel_scores: np.ndarray,
+        score: np.ndarray, threshold: np.ndarray, anomalous: np.ndarray,
+        warming_up: np.ndarray, model_version: np.ndarray, hard_limit: np.ndarray,
+        hard_limit_channels: dict[int, list[str]] | None = None,
+    ) -> list[bytes | None]:  # fmt: skip
+        """One record per reading (rows of the arrays; NaN = null, channel columns in the
+        kind's order; ``hard_limit`` = level 0/1/2); None where a mean or std is not finite."""
+        n, c = len(stream_ids), len(self.channels)
+        if n == 0:
+            return []
+        enc = self._enc
+        whole = (np.isfinite(mean) & np.isfinite(std)).all(axis=1)
+        rows = np.flatnonzero(whole)
+        k = len(rows)
+        if k == 0:
+            return [None] * n
+        if k < n:
+            sel = rows.tolist()
+            stream_ids, values = [stream_ids[j] for j in sel], [values[j] for j in sel]
+            ts, mean, std, channel_scores = ts[rows], mean[rows], std[rows], channel_scores[rows]
+            score, threshold, anomalous = score[rows], threshold[rows], anomalous[rows]
+            warming_up, model_version = warming_up[rows], model_version[rows]
+            hard_limit = hard_limit[rows]
+        numbers = np.empty((k, 3 + 3 * c))
+        numbers[:, 0] = ts
+        numbers[:, 1:1 + 2 * c:2], numbers[:, 2:2 + 2 * c:2] = mean, std
+        numbers[:, 1 + 2 * c:1 + 3 * c] = channel_scores
+        numbers[:, -2], numbers[:, -1] = score, threshold
+        # the template's fields, reading after reading, filled column by column with
+        # extended-slice assignments (C loops): p fields per record, width floats per row
+        p, width = 10 + 3 * c, 3 + 3 * c
+        args: list[bytes] = [b""] * (k * p)
+        ids, new_id, bools = self._ids, self._id, _BOOL_JSON
+        args[0::p] = [ids.get(s) or new_id(s) for s in stream_ids]
+        floats = enc(numbers.tolist())[2:-2].replace(b"],[", b",").split(b",")
+        args[1::p] = floats[0::width]  # ts
+        args[2::p] = enc(values)[2:-2].split(b"},{")
+        for f in range(1, width):  # forecast, channel scores, score, threshold
+            args[2 + f::p] = floats[f::width]
+        args[5 + 3 * c::p] = [bools[x] for x in anomalous.tolist()]
+        args[6 + 3 * c::p] = [bools[x] for x in warming_up.tolist()]
+        args[7 + 3 * c::p] = enc(model_version.tolist())[1:-1].split(b",")
+        args[8 + 3 * c::p] = [self.HARD_LIMIT[x] for x in hard_limit.tolist()]
+        hl_names = [b"[]"] * k
+        if hard_limit_channels:
+            position = {j: i for i, j in enumerate(rows.tolist())} if k < n else None
+            for j, names in hard_limit_channels.items():
+                i = j if position is None else position.get(j)
+                if i is not None:
+                    hl_names[i] = enc(names)
+        args[9 + 3 * c::p] = hl_names
+        records = (b"\n".join([self._template] * k) % tuple(args)).split(b"\n")  # fmt: skip
+        if k == n:
+            return list(records)
+        out: list[bytes | None] = [None] * n
+        for i, j in enumerate(rows.tolist()):
+            out[j] = records[i]
+        return out
 
 
 def dead_letter(

@@ -60,6 +60,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -71,7 +72,7 @@ from streamwatch.detect.detector_state import COUNTERS, DetectorState, KindState
 from streamwatch.detect.hardlimits import LEVEL_NAMES
 from streamwatch.errors import ConfigError, SchemaError
 from streamwatch.kinds import KindSpec, get_kind
-from streamwatch.schema import Alert, ChannelForecast, Reading, Score
+from streamwatch.schema import Alert, ChannelForecast, Reading, Score, encode
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,21 @@ class StreamDetector(DetectorState):
     # -- the micro-batch ---------------------------------------------------------------
     def process(self, readings: Sequence[Reading]) -> tuple[list[Score], list[Alert]]:
         """Test-then-train over a micro-batch (see module docstring)."""
+        scores: list[Any] = [None] * len(readings)
+        alerts = self._run(readings, lambda ks, idx, rs, ts, out: self._emit(
+            ks, idx, rs, out, scores))  # fmt: skip
+        return scores, alerts
+
+    def process_encoded(self, readings: Sequence[Reading]) -> tuple[EncodedScores, list[Alert]]:
+        """``process``, with each Score handed back as its JSON (``schema.encode``'s bytes)
+        instead of a ``Score``: what a service sends on, built from the arrays directly."""
+        n = len(readings)
+        encoded = EncodedScores([""] * n, [b""] * n, [False] * n)
+        alerts = self._run(readings, lambda ks, idx, rs, ts, out: self._emit_encoded(
+            ks, idx, rs, ts, out, encoded))  # fmt: skip
+        return encoded, alerts
+
+    def _run(self, readings: Sequence[Reading], emit: Callable[..., None]) -> list[Alert]:
         groups: dict[str, list[int]] = {}
         for i, r in enumerate(readings):
             groups.setdefault(r.kind, []).append(i)
@@ -265,15 +281,15 @@ class StreamDetector(DetectorState):
             rs = [readings[i] for i in idx]
             values, ts = self._matrix(ks, rs)
             prepared.append((ks, idx, rs, values, ts))
-        scores: list[Any] = [None] * len(readings)
         alerts: list[Alert] = []
         for ks, idx, rs, values, ts in prepared:
-            self._process_kind(ks, idx, rs, values, ts, scores, alerts)
+            out = self._process_kind(ks, rs, values, ts, alerts)
+            emit(ks, idx, rs, ts, out)
         self._counters["readings"] += len(readings)
-        return scores, alerts
+        return alerts
 
-    def _process_kind(self, ks: KindState, idx: list[int], rs: list[Reading], values: np.ndarray,
-                      ts: np.ndarray, scores: list[Any], alerts: list[Alert]) -> None:  # fmt: skip
+    def _process_kind(self, ks: KindState, rs: list[Reading], values: np.ndarray,
+                      ts: np.ndarray, alerts: list[Alert]) -> _Outputs:  # fmt: skip
         sids = [r.stream_id for r in rs]
         n, c = values.shape
         scorer_values = ks.hard.mask_probe_off(values) if ks.hard is not None else values
@@ -289,7 +305,7 @@ class StreamDetector(DetectorState):
         for w in waves:
             wsids = sids if len(w) == n else [sids[j] for j in w.tolist()]
             self._wave(ks, w, wsids, ts[w], values[w], scorer_values[w], out, alerts)
-        self._emit(ks, idx, rs, out, scores)
+        return out
 
     def _wave(self, ks: KindState, w: np.ndarray, sids: list[str], ts: np.ndarray,
               raw: np.ndarray, values: np.ndarray, out: _Outputs, alerts: list[Alert]) -> None:  # fmt: skip
@@ -394,7 +410,7 @@ class StreamDetector(DetectorState):
         log.debug("late or duplicate readings scored but not learned count=%d", int(late.sum()))
 
     def _emit(self, ks: KindState, idx: list[int], rs: list[Reading], out: _Outputs,
-              scores: list[Any]) -> None:  # fmt: skip
+              scores: list[Any], rows: Sequence[int] | None = None) -> None:  # fmt: skip
         """Build the Score records (the per-reading Python work: kept to dict building)."""
         chans, kind, model = ks.spec.channels, ks.spec.name, ks.scorer.name
         fin, cf, hl_channels = math.isfinite, ChannelForecast, out.hl_channels
@@ -404,8 +420,8 @@ class StreamDetector(DetectorState):
         score, thr = out.score.tolist(), out.thr.tolist()
         anom, warm = out.anomalous.tolist(), out.warming.tolist()
         version, hl = out.version.tolist(), out.hl.tolist()
-        for j, r in enumerate(rs):
-            mu, sd, cj = mean[j], std[j], cs[j]
+        for j in range(len(rs)) if rows is None else rows:
+            r, mu, sd, cj = rs[j], mean[j], std[j], cs[j]
             if fc_ok[j]:
                 forecast = dict(zip(chans, map(cf, mu, sd), strict=True))
             else:
@@ -424,6 +440,25 @@ class StreamDetector(DetectorState):
                 hard_limit=LEVEL_NAMES[hl[j]],  # type: ignore[arg-type]
                 hard_limit_channels=hl_channels.get(j, []),
             )  # fmt: skip
+
+    def _emit_encoded(self, ks: KindState, idx: list[int], rs: list[Reading], ts: np.ndarray,
+                      out: _Outputs, encoded: EncodedScores) -> None:  # fmt: skip
+        """The Score JSON of each reading, from the arrays (``schema.ScoreEncoder``)."""
+        sids = [r.stream_id for r in rs]
+        records = ks.score_encoder.encode_rows(
+            sids, [r.values for r in rs], ts, out.mean, out.std, out.cs, out.score, out.thr,
+            out.anomalous, out.warming, out.version, out.hl, out.hl_channels)  # fmt: skip
+        missing = [j for j, rec in enumerate(records) if rec is None]
+        if missing:  # a forecast without some channel: the Score path, for those alone
+            built: list[Any] = [None] * len(rs)
+            self._emit(ks, list(range(len(rs))), rs, out, built, rows=missing)
+            for j in missing:
+                records[j] = encode(built[j])
+        flagged = (out.anomalous | (out.hl > 0)).tolist()
+        for j, i in enumerate(idx):
+            encoded.stream_ids[i] = sids[j]
+            encoded.records[i] = records[j]  # type: ignore[assignment]
+            encoded.flagged[i] = flagged[j]
 
     # -- queries ---------------------------------------------------------------------
     def in_alert(self, stream_id: str) -> bool:
@@ -448,6 +483,24 @@ class StreamDetector(DetectorState):
         finite = [x for x in losses if math.isfinite(x)]
         info["training_loss"] = sum(finite) / len(finite) if finite else None
         return info
+
+@dataclass
+class EncodedScores:
+    """``process_encoded``'s Scores, in input order: the stream, the record's JSON, and
+    whether the reading is anomalous or beyond a hard limit."""
+
+    stream_ids: list[str]
+    records: list[bytes]
+    flagged: list[bool]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def extend(self, other: EncodedScores) -> None:
+        self.stream_ids += other.stream_ids
+        self.records += other.records
+        self.flagged += other.flagged
+
 
 class _Outputs:
     """Per-reading results of one kind in one batch, filled wave by wave."""

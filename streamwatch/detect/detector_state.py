@@ -25,6 +25,7 @@ from streamwatch.detect.slots import SlotTable
 from streamwatch.detect.thresholds import ThresholdBank
 from streamwatch.errors import CheckpointError, SchemaError
 from streamwatch.kinds import KindSpec
+from streamwatch.schema import ScoreEncoder
 
 FORMAT, FORMAT_VERSION = "streamwatch.detector", 1
 COUNTERS = (
@@ -55,6 +56,7 @@ class KindState:
         self.low, self.high = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
         self.scorer_warming: Callable[[Sequence[str]], np.ndarray] | None = getattr(
             scorer, "warming_up", None)  # fmt: skip
+        self.score_encoder = ScoreEncoder(spec.name, spec.channels, scorer.name)
 
 
 class DetectorState:

@@ -515,3 +515,46 @@ def test_forecast_scorer_state_restores_identically_through_both_checkpoint_path
     handed.import_streams(handover["streams"])
     tail2, tail_alerts2 = run(handed, data[cut:], batch=30)
     assert tail2 == tail and tail_alerts2 == tail_alerts
+
+
+@pytest.mark.parametrize("make", [detector, forecast_detector], ids=["ewma", "gru"])
+def test_process_encoded_gives_the_bytes_of_every_score_process_gives(make: Any) -> None:
+    """Twin detectors, same input: ``process_encoded``'s records are ``schema.encode`` of
+    ``process``'s Scores, byte for byte, through warm-up (forecasts without some channels),
+    dropouts (None and absent channels), ignored extra channels, hard limits, alerts and
+    several readings of one stream per batch."""
+    from streamwatch import schema
+
+    data = ward(beds=3, seconds=420, shift_bed=1, shift_at=330)
+    rng = np.random.default_rng(5)
+    odd = []
+    for r in data:
+        values: dict[str, float | None] = dict(r.values)
+        u = rng.random()
+        if u < 0.05:
+            values["spo2"] = None
+        elif u < 0.08:
+            del values["rr"]
+        elif u < 0.09:
+            values["etco2"] = 35.0  # not a channel of the kind: ignored, but echoed
+        if r.stream_id == "icu/bed-0" and 1200.0 <= r.ts < 1260.0:
+            values["hr"] = 175.0  # beyond the hard limit: critical, with its channels
+        odd.append(Reading(r.stream_id, r.kind, r.ts, values))
+    config = small_config(unknown_channels="ignore")
+    plain, fast = make(), make()
+    plain.config = fast.config = config
+    seen: dict[str, int] = {"hard": 0, "anomalous": 0, "no_forecast": 0}
+    for i in range(0, len(odd), 45):
+        batch = odd[i : i + 45] + odd[i : i + 2]  # late duplicates: scored, never learned
+        scores, alerts = plain.process(batch)
+        encoded, fast_alerts = fast.process_encoded(batch)
+        assert encoded.records == [schema.encode(s) for s in scores]
+        assert encoded.stream_ids == [s.stream_id for s in scores]
+        assert encoded.flagged == [s.anomalous or s.hard_limit is not None for s in scores]
+        assert fast_alerts == alerts
+        seen["hard"] += sum(s.hard_limit is not None for s in scores)
+        seen["anomalous"] += sum(s.anomalous for s in scores)
+        seen["no_forecast"] += sum(len(s.forecast) < len(ICU_NORMAL) for s in scores)
+    assert seen["hard"] > 0 and seen["anomalous"] > 0  # the test covered what it claims
+    if make is detector:
+        assert seen["no_forecast"] > 0
