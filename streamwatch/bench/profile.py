@@ -51,7 +51,10 @@ RULES: dict[tuple[str, str | None], str] = {
     **{(_P, f"EventTimeMerge.{m}"): "merge (event-time heap)"
        for m in ("add", "release", "safe_offsets", "drop", "assign")},
     (_D, "StreamDetector._matrix"): "detector: input matrix",
+    (_D, "StreamDetector._columns"): "validate + input matrix (arrays)",
     (_D, "StreamDetector._emit"): "Score building",
+    (_D, "StreamDetector._emit_encoded"): "Score building",
+    ("schema.py", "ScoreEncoder.encode_rows"): "Score building",
     (_D, "StreamDetector._step_alerts"): "alerts",
     ("alerts.py", None): "alerts",
     ("thresholds.py", None): "thresholds",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 # Topic names of the product (DESIGN.md).
 READINGS = "streamwatch.readings"
@@ -26,9 +26,9 @@ class TopicPartition:
     partition: int
 
 
-@dataclass(frozen=True)
-class Message:
-    """One consumed record."""
+class Message(NamedTuple):
+    """One consumed record (a named tuple: made for every record polled, it must be cheap;
+    a frozen dataclass costs ~1 us more per record)."""
 
     topic: str
     partition: int
