@@ -50,7 +50,33 @@ class Sample:
     batch_count: float
 
 
-class ServiceRun:
+class Sampled:
+    """Something that runs the service and can be sampled (one process or a group)."""
+
+    def check(self) -> None:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def sample(self) -> Sample:  # pragma: no cover - every subclass has its own
+        raise NotImplementedError
+
+    def wait_until(self, done: Any, timeout: float, what: str, tick: Any = None) -> Sample:
+        """Sample until ``done(sample)`` is true; raise after ``timeout`` s naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.check()
+            s = self.sample()
+            if tick is not None:
+                tick(s)
+            if done(s):
+                return s
+            if s.t > deadline:
+                raise StreamwatchError(
+                    f"timed out after {timeout:.0f} s waiting for {what} (readings scored: "
+                    f"{s.readings}); the machine may be overloaded or the broker stuck")  # fmt: skip
+            time.sleep(SAMPLE_EVERY_S)
+
+
+class ServiceRun(Sampled):
     """The service loop in a worker thread, sampled from the calling thread."""
 
     def __init__(self, service: Any) -> None:
@@ -60,6 +86,7 @@ class ServiceRun:
                                          daemon=True)  # fmt: skip
         self.thread_id: int | None = None
         self._clock: int | None = None
+        self._final_cpu: float | None = None
 
     def _main(self) -> None:
         self.thread_id = threading.get_native_id()
@@ -69,6 +96,8 @@ class ServiceRun:
         except BaseException as exc:  # handed to the sampling thread by check()
             log.exception("detector service failed")
             self.error = exc
+        finally:  # a finished thread's CPU clock is gone: keep its last reading
+            self._final_cpu = time.thread_time()
 
     def start(self) -> ServiceRun:
         self._thread.start()
@@ -102,7 +131,14 @@ class ServiceRun:
 
     def thread_cpu(self) -> float:
         """CPU seconds of the detector thread alone (0 before it started)."""
-        return 0.0 if self._clock is None else time.clock_gettime(self._clock)
+        if self._final_cpu is not None:
+            return self._final_cpu
+        if self._clock is None:
+            return 0.0
+        try:
+            return time.clock_gettime(self._clock)
+        except OSError:  # the thread ended between the two checks
+            return self._final_cpu if self._final_cpu is not None else 0.0
 
     def sample(self) -> Sample:
         stats, registry = self.service.stats, self.service.metrics.registry
@@ -114,23 +150,6 @@ class ServiceRun:
             batch_seconds_sum=registry.get_sample_value("streamwatch_batch_seconds_sum") or 0.0,
             batch_count=registry.get_sample_value("streamwatch_batch_seconds_count") or 0.0,
         )  # fmt: skip
-
-    def wait_until(self, done: Any, timeout: float, what: str, tick: Any = None) -> Sample:
-        """Sample until ``done(sample)`` is true; raise after ``timeout`` s naming ``what``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check()
-            s = self.sample()
-            if tick is not None:
-                tick(s)
-            if done(s):
-                return s
-            if s.t > deadline:
-                raise StreamwatchError(
-                    f"timed out after {timeout:.0f} s waiting for {what} (readings scored: "
-                    f"{s.readings}); the machine may be overloaded or the broker stuck")  # fmt: skip
-            time.sleep(SAMPLE_EVERY_S)
-
 
 def window_figures(start: Sample, end: Sample) -> dict[str, Any]:
     """Throughput figures between two samples."""

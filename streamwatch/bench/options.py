@@ -75,6 +75,10 @@ class BenchOptions:
         p50 / ~300 ms p99 of latency on Tansu.
     config_file
         Settings file (TOML/JSON) for model, detector and service settings.
+    detectors
+        Detector processes in the consumer group, 1-16 (``bench.group``): 1 runs the service
+        in a thread of the bench process (profiled with ``profile``), more run one process
+        each and the figures are the group's.
     """
 
     clients: tuple[str, ...] = CLIENTS
@@ -97,6 +101,7 @@ class BenchOptions:
     session_timeout_ms: int | None = None
     fetch_max_wait_ms: int | None = None
     config_file: Path | None = None
+    detectors: int = 1
 
     def __post_init__(self) -> None:
         if not self.clients or any(c not in CLIENTS for c in self.clients):
@@ -132,6 +137,11 @@ class BenchOptions:
             raise ConfigError(f"fetch_max_wait_ms must be in 0..60000, got {self.fetch_max_wait_ms}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not 1 <= self.detectors <= 16:
+            raise ConfigError(f"detectors must be in 1..16, got {self.detectors}")
+        if self.profile and self.detectors > 1:
+            raise ConfigError("--profile samples the detector thread of the bench process: "
+                              "use it with --detectors 1")
 
     def prefill_rate_for(self, client: str) -> float:
         return self.prefill_rate if self.prefill_rate is not None else 1.5 * TARGETS[client]

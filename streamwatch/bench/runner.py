@@ -16,9 +16,11 @@ from typing import Any
 import msgspec
 from tqdm import tqdm
 
+from streamwatch.bench.group import GroupRun
 from streamwatch.bench.load import LoadProcess, LoadSpec
 from streamwatch.bench.measure import (
     Sample,
+    Sampled,
     ServiceRun,
     latency_stats,
     load_average,
@@ -141,8 +143,12 @@ class ClientBench:
                 prefill = self._wait_load(load, "done", bar, timeout=3600)
             load.stop()
             instance = f"bench-{suffix}"
-            service = build_service(settings, transport, instance=instance)
-            figures, scored = self._measure_throughput(ServiceRun(service), spec.readings)
+            run: Sampled
+            if o.detectors > 1:
+                run = GroupRun(settings, [f"{instance}-{i}" for i in range(o.detectors)])
+            else:
+                run = ServiceRun(build_service(settings, transport, instance=instance))
+            figures, scored = self._measure_throughput(run, spec.readings)
         finally:
             transport.close()
         figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
@@ -153,18 +159,21 @@ class ClientBench:
                         figures["readings_per_s"] or 0.0)  # fmt: skip
         return figures, phase1
 
-    def _measure_throughput(self, run: ServiceRun, prefilled: int) -> tuple[dict[str, Any], int]:
+    def _measure_throughput(self, run: Any, prefilled: int) -> tuple[dict[str, Any], int]:
         run.start()
         try:
             figures = self._throughput_window(run, prefilled)
         except BaseException:
-            run.service.stop()
+            run.stop()
             raise
         run.stop()
-        figures["scored_total"] = run.service.stats.readings
-        return figures, run.service.stats.readings
+        scored = run.sample().readings
+        figures["scored_total"] = scored
+        if isinstance(run, GroupRun):
+            figures["per_detector_scored"] = run.per_member()
+        return figures, scored
 
-    def _throughput_window(self, run: ServiceRun, prefilled: int) -> dict[str, Any]:
+    def _throughput_window(self, run: Sampled, prefilled: int) -> dict[str, Any]:
         o = self.opts
 
         def drained(s: Sample) -> bool:
@@ -223,12 +232,16 @@ class ClientBench:
             spec = LoadSpec(self.bootstrap, self.producer_client, topic, o.streams, o.seed,
                             phase1.next_ts, steps, rate=rate, primer_steps=1)  # fmt: skip
             load = LoadProcess(spec).start()
-            run: ServiceRun | None = None
+            run: Any = None
             try:
                 self._wait_load(load, "primed", None, timeout=1800)
-                service = build_service(settings, transport, instance=f"bench-{suffix}")
-                service.detector_factory = _restore_factory(settings, phase1)
-                run = ServiceRun(service).start()
+                if o.detectors > 1:
+                    run = GroupRun(settings, [f"bench-{suffix}-{i}" for i in range(o.detectors)],
+                                   restore=phase1).start()  # fmt: skip
+                else:
+                    service = build_service(settings, transport, instance=f"bench-{suffix}")
+                    service.detector_factory = _restore_factory(settings, phase1)
+                    run = ServiceRun(service).start()
                 run.wait_until(lambda s: s.readings >= o.streams, 120, "the primer step's scores")
                 sent = self._paced(run, load, rate)
                 load.stop()
@@ -245,13 +258,15 @@ class ClientBench:
         stats = latency_stats(readings, scores, measure_from)
         stats.update(rate=round(rate, 1), measure_from_ms=measure_from, topic=topic, scores_topic=settings.topics.scores,
                      producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
-                     drained_within_s=drained, dead_letters=run.service.stats.dead_letters)  # fmt: skip
+                     drained_within_s=drained, dead_letters=run.sample().dead_letters)  # fmt: skip
+        if isinstance(run, GroupRun):
+            stats["per_detector_scored"] = run.per_member()
         if stats["missing"]:
             log.warning("%s: %d readings have no Score (examples %s)", self.client,
                         stats["missing"], stats["missing_examples"])  # fmt: skip
         return stats
 
-    def _paced(self, run: ServiceRun, load: LoadProcess, rate: float) -> dict[str, Any]:
+    def _paced(self, run: Sampled, load: LoadProcess, rate: float) -> dict[str, Any]:
         o = self.opts
         load.go()
         t0, total = time.monotonic(), o.warmup_s + o.seconds
@@ -266,7 +281,7 @@ class ClientBench:
                 if time.monotonic() - t0 > total * 3 + 120:
                     raise StreamwatchError("the paced load did not finish in time")
 
-    def _drain(self, run: ServiceRun, sent: int) -> float | None:
+    def _drain(self, run: Sampled, sent: int) -> float | None:
         """Seconds until every sent reading is scored, or None after the drain timeout."""
         t0 = time.monotonic()
         try:

@@ -73,6 +73,9 @@ def register(subparsers: Any) -> None:
                    help="throughput phase: a Score per reading (default) or only around alerts; "
                    "the latency phase always emits all")
     p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
+    p.add_argument("--detectors", type=int, default=1,
+                   help="detector processes in the consumer group (default 1); with more, each "
+                   "runs in its own process and the figures are the group's")
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
                    "(pip install -e .[bench]); raw stacks kept next to --json")
@@ -173,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         profile_dir=(args.json.parent if args.json else Path.cwd()) if args.profile else None,
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
+        detectors=args.detectors,
     )  # fmt: skip
     result = run_bench(opts)
     _write_json(result, args.json)

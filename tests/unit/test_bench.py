@@ -92,3 +92,28 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         v = result["verdict"][client]
         assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
         assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
+
+
+@pytest.mark.timeout(280)
+def test_bench_measures_a_group_of_detector_processes_as_one(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--detectors 2``: two processes in one group split the partitions; the figures are
+    the group's, and every Score on the topics is counted."""
+    out = tmp_path / "bench.json"
+    code = main(["--log-level", "warning", "bench", "kafka", "--clients", "confluent",
+                 "--detectors", "2", "--streams", "40", "--seconds", "2", "--warmup-s", "3",
+                 "--prefill-rate", "4000", "--train-every", "32", "--partitions", "3",
+                 "--session-timeout-ms", "2000", "--bootstrap-servers", kafka_bootstrap,
+                 "--json", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = json.loads(out.read_text())
+    assert result["config"]["detectors"] == 2
+    tp, lat = result["runs"]["confluent"]["throughput"], result["runs"]["confluent"]["latency"]
+    split = tp["per_detector_scored"]
+    assert len(split) == 2 and all(n > 0 for n in split) and sum(split) == tp["scored_total"]
+    assert tp["readings"] > 0 and tp["training_steps"] > 0
+    assert len(_records(kafka_bootstrap, tp["scores_topic"], 3)) >= tp["scored_total"]
+    assert lat["missing"] == 0 and lat["joined"] == lat["readings"] > 0
+    assert len(lat["per_detector_scored"]) == 2
