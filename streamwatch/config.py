@@ -63,7 +63,7 @@ class ServiceSection(BaseModel):
     poll_timeout_s: float = Field(default=0.5, gt=0, le=60)
     emit_scores: Literal["all", "alerts"] = "all"
     checkpoint_dir: Path = Path("runs/detector")
-    checkpoint_every_batches: int = Field(default=50, ge=1)
+    checkpoint_every_batches: int = Field(default=1000, ge=1)
     checkpoint_every_s: float = Field(default=10.0, gt=0)
     health_every_s: float = Field(default=2.0, gt=0)
     max_future_s: float = Field(default=300.0, ge=0)
