@@ -64,7 +64,7 @@ class ServiceSection(BaseModel):
     emit_scores: Literal["all", "alerts"] = "all"
     checkpoint_dir: Path = Path("runs/detector")
     checkpoint_every_batches: int = Field(default=1000, ge=1)
-    checkpoint_every_s: float = Field(default=10.0, gt=0)
+    checkpoint_every_s: float = Field(default=30.0, gt=0)
     health_every_s: float = Field(default=2.0, gt=0)
     max_future_s: float = Field(default=300.0, ge=0)
     payload_cap: int = Field(default=4096, ge=64, le=1_000_000)

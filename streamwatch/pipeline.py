@@ -53,7 +53,7 @@ class ServiceOptions:
     poll_timeout_s: float = 0.5
     emit_scores: str = "all"  # "all" | "alerts"
     checkpoint_every_batches: int = 1000
-    checkpoint_every_s: float = 10.0
+    checkpoint_every_s: float = 30.0
     health_every_s: float = 2.0
     max_future_s: float = 300.0
     payload_cap: int = 4096

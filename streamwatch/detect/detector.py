@@ -17,7 +17,8 @@
    (every reading, for a kind with ``alerts.observe_during_alert``)
    -> ``scorer.learn_many`` with ``not anomalous and not inside an open alert``, minus
    streams in a strong burst of peaks.
-4. One ``Score`` per reading, in input order, plus the alert events of the batch.
+4. One ``Score`` per reading, in input order, plus the alert events of the batch
+   (``process_encoded``: each Score as its JSON, built from the arrays, for a service).
 
 Warm-up: a stream's scores feed its threshold only after ``warmup_readings`` readings
 (and after the scorer's own warm-up, when it has ``warming_up``), and no model-based alert
