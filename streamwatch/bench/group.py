@@ -46,6 +46,11 @@ def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, e
     transport = open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
                                client_config=k.client_config)  # fmt: skip
     run = None
+
+    def publish(s: Sample) -> None:
+        shared[: len(FIELDS)] = [float(-1 if getattr(s, f) is None else getattr(s, f))
+                                 for f in FIELDS]  # fmt: skip
+
     try:
         service = build_service(settings, transport, instance=instance)
         if restore is not None:
@@ -53,15 +58,11 @@ def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, e
         run = ServiceRun(service).start()
         while True:
             run.check()
-            s = run.sample()
-            shared[: len(FIELDS)] = [float(getattr(s, f) if getattr(s, f) is not None else -1)
-                                     for f in FIELDS]  # fmt: skip
+            publish(run.sample())
             if stop.wait(SAMPLE_EVERY_S):
                 break
         run.stop()
-        s = run.sample()
-        shared[: len(FIELDS)] = [float(getattr(s, f) if getattr(s, f) is not None else -1)
-                                 for f in FIELDS]  # fmt: skip
+        publish(run.sample())  # the final counts
     except BaseException as exc:
         errors.put(f"{instance}: {exc!r}")
         if run is not None:
