@@ -79,6 +79,11 @@ class Consumer(Protocol):
 
     def position(self, partition: TopicPartition) -> int: ...
 
+    def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """The first offset still in the log per partition (asks the broker)."""
+
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The exact next offset to be written per partition (asks the broker: slow)."""
 
@@ -98,8 +103,11 @@ class Transport(Protocol):
 
     def consumer(self, group_id: str | None = None) -> Consumer: ...
 
-    def create_topics(self, topics: Mapping[str, int]) -> None:
-        """Create each topic with its partition count; existing topics are left alone."""
+    def create_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
+        """Create each topic with its partition count and, if given, its topic configs
+        (e.g. ``{"cleanup.policy": "compact"}``); existing topics are left alone."""
 
     def partitions_for(self, topic: str) -> int: ...
 

@@ -134,12 +134,16 @@ class ConfluentTransport:
         probe_config = {**self.consumer_config, "group.id": f"streamwatch-probe-{uuid.uuid4().hex}"}
         return ConfluentConsumerTransport(native, group_id, probe_config, self.auto_offset_reset)
 
-    def create_topics(self, topics: Mapping[str, int]) -> None:
+    def create_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         for name, partitions in topics.items():
             check_partitions(name, partitions)
         self._metadata()
         assert self._admin is not None
-        new = [NewTopic(name, n, -1) for name, n in topics.items()]
+        configs = configs or {}
+        new = [NewTopic(name, n, -1, config=dict(configs.get(name, {})))
+               for name, n in topics.items()]
         if new:
             futures = self._admin.create_topics(new, operation_timeout=10, request_timeout=15)
             for name, future in futures.items():
@@ -405,6 +409,18 @@ class ConfluentConsumerTransport:
         except KafkaException as exc:
             raise TransportError(f"position({partition}) failed: {exc}") from exc
         return int(low)
+
+    def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        try:
+            for tp in partitions:
+                low, _high = self.native.get_watermark_offsets(_to_c(tp), timeout=10, cached=False)
+                out[tp] = int(low)
+        except KafkaException as exc:
+            raise TransportError(f"beginning_offsets failed: {exc}") from exc
+        return out
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         listed: dict[TopicPartition, int] = {}

@@ -133,12 +133,16 @@ class KafkaTransport:
             native, group_id, lambda: self._build(KafkaConsumer, probe_config)
         )
 
-    def create_topics(self, topics: Mapping[str, int]) -> None:
+    def create_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         for name, partitions in topics.items():
             check_partitions(name, partitions)
         admin = self._admin_client()
         existing = set(admin.list_topics())
-        new = [NewTopic(name, n, -1) for name, n in topics.items() if name not in existing]
+        configs = configs or {}
+        new = [NewTopic(name, n, -1, topic_configs=dict(configs.get(name, {})))
+               for name, n in topics.items() if name not in existing]
         for topic in new:
             try:
                 admin.create_topics([topic])
@@ -423,6 +427,18 @@ class KafkaConsumerTransport:
             return int(self.native.position(_to_k(partition), timeout_ms=10_000))
         except (kerrors.KafkaError, AssertionError) as exc:
             raise TransportError(f"position({partition}) failed: {exc}") from exc
+
+    def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        wanted = [_to_k(tp) for tp in partitions]
+        if not wanted:
+            return {}
+        try:
+            listed = self.native.beginning_offsets(wanted, timeout_ms=10_000)
+        except kerrors.KafkaError as exc:
+            raise TransportError(f"beginning_offsets failed: {exc}") from exc
+        return {TopicPartition(k.topic, k.partition): int(v) for k, v in listed.items()}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         wanted = [_to_k(tp) for tp in partitions]

@@ -102,7 +102,10 @@ class MemoryTransport:
         self._check_open()
         return MemoryConsumer(self, group_id)
 
-    def create_topics(self, topics: Mapping[str, int]) -> None:
+    def create_topics(
+        self, topics: Mapping[str, int], configs: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
+        """Configs are accepted and not kept (no compaction, as on Tansu)."""
         self._check_open()
         for name, partitions in topics.items():
             check_topic_name(name)
@@ -384,6 +387,11 @@ class MemoryConsumer:
     def position(self, partition: TopicPartition) -> int:
         self._check_assigned(partition)
         return self._positions[partition]
+
+    def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 0)  # nothing is ever trimmed
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         with self._bus.cond:

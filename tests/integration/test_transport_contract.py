@@ -268,6 +268,26 @@ def test_end_offsets_count_every_record_across_batches(
     consumer.close()
 
 
+def test_beginning_offsets_and_a_topic_created_with_configs(
+    transport: Transport, unique_topic: str
+) -> None:
+    transport.create_topics({unique_topic: 1}, configs={unique_topic: {"cleanup.policy": "compact"}})
+    producer = transport.producer()
+    for i in range(4):
+        producer.send(unique_topic, b"%d" % i, key=b"k%d" % (i % 2))
+    producer.flush(timeout=30)
+    consumer = transport.consumer(None)
+    tp = TopicPartition(unique_topic, 0)
+    consumer.assign([tp])
+    assert consumer.beginning_offsets([tp]) == {tp: 0}
+    assert consumer.end_offsets([tp]) == {tp: 4}
+    consumer.seek(tp, consumer.beginning_offsets([tp])[tp])
+    got: list[Message] = []
+    drain([consumer], lambda: len(got) >= 4, sink={0: got})
+    assert [m.value for m in got] == [b"0", b"1", b"2", b"3"]
+    consumer.close()
+
+
 def test_create_topics_is_idempotent(transport: Transport, unique_topic: str) -> None:
     transport.create_topics({unique_topic: 3})
     transport.create_topics({unique_topic: 3})
