@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -88,14 +89,12 @@ def _check_plain(obj: Any, where: str) -> None:
     )
 
 
-def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any],
-                    meta: dict[str, Any]) -> Path:
-    """Write ``state`` and ``meta`` to ``path`` atomically; returns the path.
+def dump_checkpoint(state: dict[str, Any], meta: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint holding ``state`` and ``meta`` (what ``save_checkpoint``
+    writes to its file; a Kafka state store sends them as records).
 
-    Raises ``CheckpointError`` (before touching the file) if a value is not plain, and
-    ``OSError`` if the directory cannot be written (the old checkpoint stays intact).
+    Raises ``CheckpointError`` if a value is not plain.
     """
-    target = Path(path)
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -104,12 +103,26 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any],
     }
     _check_plain(payload, "")
     payload["sha256"] = _digest({"meta": meta, "state": state})
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any],
+                    meta: dict[str, Any]) -> Path:
+    """Write ``state`` and ``meta`` to ``path`` atomically; returns the path.
+
+    Raises ``CheckpointError`` (before touching the file) if a value is not plain, and
+    ``OSError`` if the directory cannot be written (the old checkpoint stays intact).
+    """
+    target = Path(path)
+    data = dump_checkpoint(state, meta)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
                                     dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
@@ -118,8 +131,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any],
             os.unlink(tmp_name)
         raise
     _fsync_dir(target.parent)
-    log.debug("checkpoint written", extra={"path": str(target),
-                                           "bytes": target.stat().st_size})
+    log.debug("checkpoint written", extra={"path": str(target), "bytes": len(data)})
     return target
 
 
@@ -152,31 +164,40 @@ def load_checkpoint(
     target = Path(path)
     if not target.is_file():
         raise CheckpointError(f"checkpoint {target} does not exist (or is not a file)")
+    return parse_checkpoint(target.read_bytes(), str(target), expected_meta=expected_meta)
+
+
+def parse_checkpoint(
+    data: bytes, source: str, *, expected_meta: Mapping[str, Any] | None = None,
+    fix: str = _FIX,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(state, meta)`` of checkpoint bytes made by ``dump_checkpoint``. ``source`` names
+    them in errors (a file, a changelog record); ``fix`` says what the user can do."""
     try:
-        payload = torch.load(target, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"checkpoint {target} holds objects that safe loading refuses or is corrupt "
-            f"({_first_line(exc)}); {_FIX}"
+            f"checkpoint {source} holds objects that safe loading refuses or is corrupt "
+            f"({_first_line(exc)}); {fix}"
         ) from exc
     except Exception as exc:  # torch's loader raises many types on damaged bytes
         raise CheckpointError(
-            f"checkpoint {target} is truncated or corrupt ({_first_line(exc)}); {_FIX}"
+            f"checkpoint {source} is truncated or corrupt ({_first_line(exc)}); {fix}"
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{target} is not a streamwatch checkpoint; {_FIX}")
+        raise CheckpointError(f"{source} is not a streamwatch checkpoint; {fix}")
     version = payload.get("format_version")
     if version != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"checkpoint {target} has format version {version!r}, this streamwatch reads "
-            f"version {CHECKPOINT_VERSION}; {_FIX}"
+            f"checkpoint {source} has format version {version!r}, this streamwatch reads "
+            f"version {CHECKPOINT_VERSION}; {fix}"
         )
     state, meta = payload.get("state"), payload.get("meta")
     if not isinstance(state, dict) or not isinstance(meta, dict):
-        raise CheckpointError(f"checkpoint {target} lacks its state or meta section; {_FIX}")
+        raise CheckpointError(f"checkpoint {source} lacks its state or meta section; {fix}")
     if payload.get("sha256") != _digest({"meta": meta, "state": state}):
         raise CheckpointError(
-            f"checkpoint {target} is corrupt: its content does not match its checksum; {_FIX}"
+            f"checkpoint {source} is corrupt: its content does not match its checksum; {fix}"
         )
     if expected_meta:
         mismatches = [
@@ -186,9 +207,9 @@ def load_checkpoint(
         ]
         if mismatches:
             raise CheckpointError(
-                f"checkpoint {target} was written with other settings ("
+                f"checkpoint {source} was written with other settings ("
                 + "; ".join(mismatches)
-                + f"); run with the saved settings, or {_FIX}"
+                + f"); run with the saved settings, or {fix}"
             )
     return state, meta
 
