@@ -52,6 +52,8 @@ class TopicSettings(BaseModel):
     deadletter: str = "streamwatch.deadletter"
     health: str = "streamwatch.health"
     truth: str = "streamwatch.truth"
+    state: str = Field(default="streamwatch.detector-state",
+                       description="the detectors' changelog (service.state_store = kafka)")
     partitions: int = Field(default=6, ge=1, le=10_000, description="when streamwatch creates them")
 
 
@@ -62,6 +64,13 @@ class ServiceSection(BaseModel):
     max_poll_records: int = Field(default=1000, ge=1, le=100_000)
     poll_timeout_s: float = Field(default=0.5, gt=0, le=60)
     emit_scores: Literal["all", "alerts"] = "all"
+    state_store: Literal["kafka", "directory"] = Field(
+        default="kafka", description="where checkpoints go: the changelog topic "
+        "topics.state (any process of the group reaches it), or checkpoint_dir (a "
+        "directory every process must see)")
+    state_chunk_bytes: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024,
+                                   description="largest changelog record; below the "
+                                   "broker's message.max.bytes (1 MB by default)")
     checkpoint_dir: Path = Path("runs/detector")
     checkpoint_every_batches: int = Field(default=1000, ge=1)
     checkpoint_every_s: float = Field(default=30.0, gt=0)

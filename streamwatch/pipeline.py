@@ -33,7 +33,7 @@ from streamwatch.detect.detector import EncodedScores
 from streamwatch.errors import SchemaError, StreamwatchError, TransportError
 from streamwatch.metrics import ServiceMetrics
 from streamwatch.schema import Alert, DeadLetter, Health, Reading
-from streamwatch.state_store import FileStateStore, PartitionState
+from streamwatch.state_store import PartitionState, Snapshot, StateStore
 from streamwatch.transport.base import Consumer, Message, Producer, TopicPartition, Transport
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class DetectorService:
         self,
         transport: Transport,
         detector_factory: Callable[[], Any],
-        store: FileStateStore,
+        store: StateStore,
         options: ServiceOptions | None = None,
         metrics: ServiceMetrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -273,13 +273,17 @@ class DetectorService:
         finally:
             self._consumer.close()
             self._producer.close()
+            try:
+                self.store.close()
+            except StreamwatchError as exc:
+                log.warning("state store did not close cleanly", extra={"error": str(exc)})
             log.info("detector stopped", extra={"readings": self.stats.readings,
                                                 "dead_letters": self.stats.dead_letters})
 
     # -- rebalance ---------------------------------------------------------------------
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
         assert self._consumer is not None
-        snapshot = self.store.load(set(partitions), fresh_start=self.options.fresh_start)
+        snapshot = self._load_state(set(partitions))
         if snapshot.global_state is not None and not self._restored_global:
             self.detector.load_global_state(snapshot.global_state)
             self._restored_global = True
@@ -297,6 +301,22 @@ class DetectorService:
         log.info("partitions assigned", extra={
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
             "restored": len(snapshot.partitions)})
+
+    def _load_state(self, partitions: set[TopicPartition]) -> Snapshot:
+        """The store's snapshot of these partitions, retried while the store's broker is
+        unreachable: scoring them from cold state would change their scores and alert ids."""
+        backoff = self.options.retry_backoff_s[0]
+        while True:
+            try:
+                return self.store.load(partitions, fresh_start=self.options.fresh_start)
+            except TransportError as exc:
+                if self._stop.is_set():
+                    raise
+                self.metrics.transport_errors.inc()
+                log.warning("could not read the state store; retrying", extra={
+                    "store": repr(self.store), "error": str(exc), "retry_in_s": backoff})
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.options.retry_backoff_s[1])
 
     def _on_revoke(self, partitions: set[TopicPartition]) -> None:
         assert self._producer is not None

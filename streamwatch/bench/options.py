@@ -75,6 +75,9 @@ class BenchOptions:
         p50 / ~300 ms p99 of latency on Tansu.
     config_file
         Settings file (TOML/JSON) for model, detector and service settings.
+    state_store
+        ``kafka`` (the changelog topic) or ``directory``; ``None`` = the settings' (kafka
+        unless the config file says otherwise).
     detectors
         Detector processes in the consumer group, 1-16 (``bench.group``): 1 runs the service
         in a thread of the bench process (profiled with ``profile``), more run one process
@@ -102,6 +105,7 @@ class BenchOptions:
     fetch_max_wait_ms: int | None = None
     config_file: Path | None = None
     detectors: int = 1
+    state_store: str | None = None
 
     def __post_init__(self) -> None:
         if not self.clients or any(c not in CLIENTS for c in self.clients):
@@ -137,6 +141,9 @@ class BenchOptions:
             raise ConfigError(f"fetch_max_wait_ms must be in 0..60000, got {self.fetch_max_wait_ms}")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.state_store not in (None, "kafka", "directory"):
+            raise ConfigError(f"state_store must be 'kafka' or 'directory', got "
+                              f"{self.state_store!r}")  # fmt: skip
         if not 1 <= self.detectors <= 16:
             raise ConfigError(f"detectors must be in 1..16, got {self.detectors}")
         if self.profile and self.detectors > 1:

@@ -49,6 +49,8 @@ class Phase1:
     """What the latency phase needs from the throughput phase."""
 
     checkpoint_dir: Path
+    state_store: str  # kafka | directory
+    state_topic: str
     instance: str
     readings_topic: str
     partitions: int
@@ -79,9 +81,10 @@ class ClientBench:
             "kafka": {"bootstrap_servers": self.bootstrap, "client": self.client,
                       "session_timeout_ms": o.session_timeout_ms,
                       "client_config": {"fetch_max_wait_ms": o.fetch_max_wait_ms}},
-            "topics": {**{n: f"bench-{suffix}.{n}" for n in names}, "partitions": o.partitions},
+            "topics": {**{n: f"bench-{suffix}.{n}" for n in names}, "partitions": o.partitions,
+                       "state": f"bench-{suffix}.state"},
             "service": {"group_id": f"bench-{suffix}", "metrics_port": 0, "emit_scores": emit_scores,
-                        "checkpoint_dir": self.workdir / suffix},
+                        "checkpoint_dir": self.workdir / suffix, "state_store": o.state_store},
             "model": {"train_every": o.train_every},
         }  # fmt: skip
         return load_settings(o.config_file, _without_none(overrides))
@@ -154,7 +157,8 @@ class ClientBench:
         figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
                                 for k, v in prefill.items()}, topic=topic,
                        scores_topic=settings.topics.scores, partitions=parts)  # fmt: skip
-        phase1 = Phase1(settings.service.checkpoint_dir, instance, topic, parts,
+        phase1 = Phase1(settings.service.checkpoint_dir, settings.service.state_store,
+                        settings.topics.state, instance, topic, parts,
                         self.start_ts + (scored - 1) // o.streams + 2,
                         figures["readings_per_s"] or 0.0)  # fmt: skip
         return figures, phase1
@@ -336,15 +340,30 @@ def _restore_factory(settings: Any, phase1: Phase1) -> Callable[[], Any]:
     """A detector factory that starts from phase 1's final checkpoint (warm model, warm
     thresholds and per-stream state), as a restarted detector would."""
     from streamwatch.commands.detect import build_detector
-    from streamwatch.state_store import FileStateStore
+    from streamwatch.state_store import FileStateStore, KafkaStateStore
+    from streamwatch.transport import open_transport
     from streamwatch.transport.base import TopicPartition
+
+    def load(wanted: set[TopicPartition]) -> Any:
+        if phase1.state_store == "directory":
+            return FileStateStore(phase1.checkpoint_dir, phase1.instance).load(wanted)
+        k = settings.kafka
+        transport = open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
+                                   client_config=k.client_config)  # fmt: skip
+        store = KafkaStateStore(transport, phase1.state_topic, "bench-restore")
+        try:
+            return store.load(wanted)
+        finally:
+            store.close()
+            transport.close()
 
     def factory() -> Any:
         detector = build_detector(settings)
         wanted = {TopicPartition(phase1.readings_topic, p) for p in range(phase1.partitions)}
-        snap = FileStateStore(phase1.checkpoint_dir, phase1.instance).load(wanted)
+        snap = load(wanted)
+        where = phase1.checkpoint_dir if phase1.state_store == "directory" else phase1.state_topic
         if snap.global_state is None:
-            raise StreamwatchError(f"the throughput phase left no checkpoint in {phase1.checkpoint_dir}")
+            raise StreamwatchError(f"the throughput phase left no checkpoint in {where}")
         detector.load_global_state(snap.global_state)
         for state in snap.partitions.values():
             detector.import_streams(state.streams)

@@ -76,6 +76,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--detectors", type=int, default=1,
                    help="detector processes in the consumer group (default 1); with more, each "
                    "runs in its own process and the figures are the group's")
+    p.add_argument("--state-store", choices=["kafka", "directory"],
+                   help="where the detectors checkpoint (default: the settings', kafka)")
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
                    "(pip install -e .[bench]); raw stacks kept next to --json")
@@ -176,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
         profile_dir=(args.json.parent if args.json else Path.cwd()) if args.profile else None,
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
-        detectors=args.detectors,
+        detectors=args.detectors, state_store=args.state_store,
     )  # fmt: skip
     result = run_bench(opts)
     _write_json(result, args.json)

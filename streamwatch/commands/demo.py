@@ -105,12 +105,18 @@ def _settings(args: argparse.Namespace, workdir: Path) -> Any:
         args.session_timeout_ms = DEMO_SESSION_TIMEOUT_MS
     if args.checkpoint_dir is None and "STREAMWATCH_SERVICE__CHECKPOINT_DIR" not in env:
         args.checkpoint_dir = workdir / "checkpoints"
+    if args.state_store is None and "STREAMWATCH_SERVICE__STATE_STORE" not in env:
+        # one detector on one host; and the demo's Tansu broker never compacts, so a
+        # changelog there would grow by a whole checkpoint (up to ~12 MB) every 30 s
+        args.state_store = "directory"
     if args.metrics_port is None and "STREAMWATCH_SERVICE__METRICS_PORT" not in env:
         args.metrics_port = 0  # no fixed port that a second demo would collide with
     overrides = {
         "kafka": {"bootstrap_servers": args.bootstrap_servers, "client": args.kafka_client,
                   "session_timeout_ms": args.session_timeout_ms},
-        "service": {"group_id": args.group_id, "checkpoint_dir": args.checkpoint_dir,
+        "topics": {"state": args.state_topic},
+        "service": {"group_id": args.group_id, "state_store": args.state_store,
+                    "checkpoint_dir": args.checkpoint_dir,
                     "checkpoint_every_batches": args.checkpoint_every_batches,
                     "checkpoint_every_s": args.checkpoint_every_s,
                     "max_poll_records": args.max_poll_records, "emit_scores": args.emit_scores,

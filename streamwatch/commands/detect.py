@@ -33,8 +33,12 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--session-timeout-ms", type=int)
     k.add_argument("--group-id", help="consumer group (default streamwatch-detector)")
     s = p.add_argument_group("service")
+    s.add_argument("--state-store", choices=["kafka", "directory"],
+                   help="keep checkpoints on the changelog topic (default kafka) or in "
+                   "--checkpoint-dir, a directory every detector process must see")
+    s.add_argument("--state-topic", help="changelog topic (default streamwatch.detector-state)")
     s.add_argument("--checkpoint-dir", type=Path,
-                   help="shared state directory (default runs/detector)")
+                   help="state directory for --state-store directory (default runs/detector)")
     s.add_argument("--checkpoint-every-batches", type=int)
     s.add_argument("--checkpoint-every-s", type=float)
     s.add_argument("--max-poll-records", type=int, help="micro-batch size (default 1000)")
@@ -56,8 +60,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             "client": args.kafka_client,
             "session_timeout_ms": args.session_timeout_ms,
         },
+        "topics": {"state": args.state_topic},
         "service": {
             "group_id": args.group_id,
+            "state_store": args.state_store,
             "checkpoint_dir": args.checkpoint_dir,
             "checkpoint_every_batches": args.checkpoint_every_batches,
             "checkpoint_every_s": args.checkpoint_every_s,
@@ -86,13 +92,16 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
     """A ``DetectorService`` wired from settings (topics created if missing)."""
     from streamwatch.metrics import ServiceMetrics
     from streamwatch.pipeline import DetectorService, ServiceOptions
-    from streamwatch.state_store import FileStateStore
+    from streamwatch.state_store import FileStateStore, KafkaStateStore, StateStore
 
     topics, svc = settings.topics, settings.service
-    transport.create_topics({
+    wanted = {
         topics.readings: topics.partitions, topics.scores: topics.partitions,
         topics.alerts: topics.partitions, topics.deadletter: 1, topics.health: 1,
-    })
+    }
+    if svc.state_store == "kafka":
+        wanted[topics.state] = 1
+    transport.create_topics(wanted, configs={topics.state: {"cleanup.policy": "compact"}})
     options = ServiceOptions(
         readings_topic=topics.readings, scores_topic=topics.scores, alerts_topic=topics.alerts,
         deadletter_topic=topics.deadletter, health_topic=topics.health, group_id=svc.group_id,
@@ -106,7 +115,12 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
     metrics = ServiceMetrics()
     if svc.metrics_port:
         metrics.serve(svc.metrics_port, svc.metrics_host)
-    store = FileStateStore(svc.checkpoint_dir, options.instance)
+    store: StateStore
+    if svc.state_store == "kafka":
+        store = KafkaStateStore(transport, topics.state, options.instance,
+                                chunk_bytes=svc.state_chunk_bytes)
+    else:
+        store = FileStateStore(svc.checkpoint_dir, options.instance)
     return DetectorService(transport, lambda: build_detector(settings), store, options, metrics)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def _one_thread() -> None:
 @pytest.fixture
 def topics() -> dict[str, str]:
     tag = uuid.uuid4().hex[:10]
-    names = ("readings", "scores", "alerts", "deadletter", "health")
+    names = ("readings", "scores", "alerts", "deadletter", "health", "state")
     return {name: f"sw-{tag}.{name}" for name in names}
 
 
@@ -65,13 +66,14 @@ def _env(s: Any) -> dict[str, str]:
         "STREAMWATCH_KAFKA__SESSION_TIMEOUT_MS": str(s.kafka.session_timeout_ms),
         "STREAMWATCH_SERVICE__GROUP_ID": s.service.group_id,
         "STREAMWATCH_SERVICE__CHECKPOINT_DIR": str(s.service.checkpoint_dir),
+        "STREAMWATCH_SERVICE__STATE_STORE": s.service.state_store,
         "STREAMWATCH_SERVICE__METRICS_PORT": "0",
         "STREAMWATCH_SERVICE__POLL_TIMEOUT_S": "0.2",
         "STREAMWATCH_SERVICE__CHECKPOINT_EVERY_S": str(s.service.checkpoint_every_s),
         "STREAMWATCH_SERVICE__MAX_POLL_RECORDS": str(s.service.max_poll_records),
         "STREAMWATCH_TOPICS__PARTITIONS": str(PARTITIONS),
     })
-    for name in ("readings", "scores", "alerts", "deadletter", "health"):
+    for name in ("readings", "scores", "alerts", "deadletter", "health", "state"):
         env[f"STREAMWATCH_TOPICS__{name.upper()}"] = getattr(s.topics, name)
     return env
 
@@ -108,6 +110,19 @@ def _read_all(bootstrap: str, topic: str, name: str, *, expect: int | None = Non
     consumer.close()
     transport.close()
     return out
+
+
+def _state_heads(bootstrap: str, topic: str) -> set[bytes]:
+    """Keys of the checkpoint heads on the state topic (one per detector process)."""
+    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    consumer = transport.consumer(None)
+    consumer.assign([TopicPartition(topic, 0)])
+    heads: set[bytes] = set()
+    while batch := consumer.poll(1.0, 50_000):
+        heads |= {m.key for m in batch if m.key and m.key.endswith(b"/head")}
+    consumer.close()
+    transport.close()
+    return heads
 
 
 def _opened(alerts: list[Alert]) -> set[str]:
@@ -262,14 +277,16 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+@pytest.mark.parametrize("store", ["kafka", "directory"])
 def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
-    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str
 ) -> None:
     readings, _ = icu_readings()
     _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
     want = _direct_alerts(readings, tmp_path / "direct")
     assert len(want) >= 3
-    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=500)
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=500,
+                  state_store=store)
     log = tmp_path / "detector.log"
     rng = random.Random(4)
     for kill in range(3):  # kill -9 three times at random points, restart each time
@@ -292,15 +309,22 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
         proc.wait(30)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
+    if store == "kafka":  # the state went through the changelog, not the directory
+        assert not (tmp_path / "ckpt").exists()
+        # the last process and each killed one that lived to its first checkpoint
+        assert len(_state_heads(kafka_bootstrap, topics["state"])) >= 2
+        assert re.search(r"msg='partitions assigned' .*restored=[1-9]", log.read_text())
 
 
 # --------------------------------------------------------------------------- scale-out
+@pytest.mark.parametrize("store", ["kafka", "directory"])
 def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
-    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str
 ) -> None:
     readings, _ = icu_readings()
     _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
-    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=300)
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=300,
+                  state_store=store)
     log = tmp_path / "detectors.log"
     a, b = _spawn_detector(s, log), _spawn_detector(s, log)
     try:

@@ -93,7 +93,10 @@ def test_service_alerts_match_the_direct_detector_path(tmp_path: Path) -> None:
     assert _opened(_drain(transport, ALERTS, "alert")) == _opened(expected)
 
 
-def test_restart_from_checkpoint_scores_every_reading_and_keeps_alert_ids(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["kafka", "directory"])
+def test_restart_from_checkpoint_scores_every_reading_and_keeps_alert_ids(
+    tmp_path: Path, store: str
+) -> None:
     readings, _ = icu_readings()
     reference = MemoryTransport()
     total = _fill(reference, readings)
@@ -102,7 +105,8 @@ def test_restart_from_checkpoint_scores_every_reading_and_keeps_alert_ids(tmp_pa
 
     transport = MemoryTransport()
     _fill(transport, readings)
-    settings = service_settings(tmp_path / "ckpt", checkpoint_every_batches=3, max_poll_records=500)
+    settings = service_settings(tmp_path / "ckpt", checkpoint_every_batches=3, max_poll_records=500,
+                                state_store=store)
     first = build_service(settings, transport, instance="first").run(timeout=120, count=total // 3)
     second = build_service(settings, transport, instance="second").run(
         timeout=120, count=total - first.readings)
