@@ -24,9 +24,12 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from streamwatch import schema
 from streamwatch.detect.detector import EncodedScores
@@ -154,6 +157,17 @@ class EventTimeMerge:
             self._gone.pop((tp.topic, tp.partition), None)
 
 
+def _copied(tree: Any) -> Any:
+    """``tree`` with every tensor cloned and every dict and list rebuilt."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().clone()
+    if isinstance(tree, Mapping):
+        return {k: _copied(v) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_copied(v) for v in tree)
+    return tree
+
+
 @dataclass
 class RunStats:
     readings: int = 0
@@ -199,6 +213,10 @@ class DetectorService:
         self._last_health = 0.0
         self._restored_global = False
         self._gc_frozen = False
+        # checkpoints are written on a thread of their own while the loop goes on, one at
+        # a time (a fresh executor per run())
+        self._writer = ThreadPoolExecutor(max_workers=1)
+        self._pending: tuple[Future[None], dict[TopicPartition, int]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def stop(self) -> None:
@@ -213,6 +231,7 @@ class DetectorService:
         """Process until stopped, ``timeout`` seconds pass, or ``count`` records are handled."""
         opts = self.options
         self.detector = self.detector_factory()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamwatch-checkpoint")
         self._producer = self.transport.producer()
         self._consumer = self.transport.consumer(group_id=opts.group_id)
         self._consumer.subscribe([opts.readings_topic], on_assign=self._on_assign,
@@ -273,6 +292,7 @@ class DetectorService:
         finally:
             self._consumer.close()
             self._producer.close()
+            self._writer.shutdown(wait=True)
             try:
                 self.store.close()
             except StreamwatchError as exc:
@@ -283,6 +303,7 @@ class DetectorService:
     # -- rebalance ---------------------------------------------------------------------
     def _on_assign(self, partitions: set[TopicPartition]) -> None:
         assert self._consumer is not None
+        self._finish_pending(block=True)  # never read the store while writing to it
         snapshot = self._load_state(set(partitions))
         if snapshot.global_state is not None and not self._restored_global:
             self.detector.load_global_state(snapshot.global_state)
@@ -504,30 +525,81 @@ class DetectorService:
     # -- checkpoint + commit -----------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
         opts = self.options
+        if self._pending is not None and not self._finish_pending(block=False):
+            return  # the previous checkpoint is still being written
         due = (self._batches_since_ckpt >= opts.checkpoint_every_batches
                or (self._batches_since_ckpt > 0
                    and time.monotonic() - self._last_ckpt >= opts.checkpoint_every_s))
         if due:
-            self._checkpoint_and_commit()
+            self._start_checkpoint()
 
-    def _checkpoint_and_commit(self) -> None:
-        assert self._consumer is not None
+    def _snapshot(self) -> tuple[dict[str, Any], dict[TopicPartition, PartitionState],
+                                 dict[TopicPartition, int]] | None:
+        """The state to checkpoint and the offsets it covers, copied (no tensor in it is
+        shared with the live detector, which goes on changing while it is written)."""
         if self.detector is None or not self._next_offsets:
-            return
+            return None
         offsets = dict(self._next_offsets)
         by_partition: dict[TopicPartition, list[str]] = {tp: [] for tp in offsets}
         for sid, tp in self._stream_partition.items():
             if tp in by_partition:
                 by_partition[tp].append(sid)
         partitions = {
-            tp: PartitionState(offset, self.detector.export_streams(by_partition[tp]))
+            tp: PartitionState(offset, _copied(self.detector.export_streams(by_partition[tp])))
             for tp, offset in offsets.items()
         }
-        self.store.save(self.detector.global_state_dict(), partitions)
-        self.stats.checkpoints += 1
-        self.metrics.checkpoints.inc()
         self._batches_since_ckpt = 0
         self._last_ckpt = time.monotonic()
+        return _copied(self.detector.global_state_dict()), partitions, offsets
+
+    def _start_checkpoint(self) -> None:
+        """Snapshot now (~10 ms with 1,000 streams), write in the background (serialising
+        and sending ~12 MB takes 100-500 ms, which would stall the loop), and commit the
+        offsets it covers once it is durable (``_finish_pending``, on this thread: the
+        consumer is not thread-safe)."""
+        snap = self._snapshot()
+        if snap is None:
+            return
+        global_state, partitions, offsets = snap
+        future = self._writer.submit(self.store.save, global_state, partitions)
+        self._pending = (future, offsets)
+
+    def _finish_pending(self, *, block: bool) -> bool:
+        """Commit after the background checkpoint once it is written; True when none is
+        left pending. A broker error leaves the offsets uncommitted (the next checkpoint
+        covers them); any other failure is raised here, as a synchronous save would."""
+        if self._pending is None:
+            return True
+        future, offsets = self._pending
+        if not block and not future.done():
+            return False
+        self._pending = None
+        try:
+            future.result()
+        except TransportError as exc:
+            self.metrics.transport_errors.inc()
+            log.warning("checkpoint not written; offsets stay uncommitted until the next one",
+                        extra={"store": repr(self.store), "error": str(exc)})
+            return True
+        self._saved(offsets)
+        return True
+
+    def _checkpoint_and_commit(self) -> None:
+        """Checkpoint and commit now, waiting for both (rebalance, shutdown)."""
+        assert self._consumer is not None
+        self._finish_pending(block=True)
+        snap = self._snapshot()
+        if snap is None:
+            return
+        global_state, partitions, offsets = snap
+        self.store.save(global_state, partitions)
+        self._saved(offsets)
+
+    def _saved(self, offsets: dict[TopicPartition, int]) -> None:
+        """A checkpoint covering ``offsets`` is durable: count it and commit them."""
+        assert self._consumer is not None
+        self.stats.checkpoints += 1
+        self.metrics.checkpoints.inc()
         try:
             self._consumer.commit(offsets)
         except TransportError as exc:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -114,3 +117,65 @@ def test_restart_from_checkpoint_scores_every_reading_and_keeps_alert_ids(
     scores = _drain(transport, SCORES, "score")
     assert {(s.stream_id, s.ts) for s in scores} == {(r.stream_id, r.ts) for r in readings}
     assert _opened(_drain(transport, ALERTS, "alert")) == want
+
+
+class _SlowStore:
+    """A real store behind a slow write (as a busy broker is): records, per save, a digest
+    of what it was handed when the write began and when it ended, and how many batches
+    the service had scored by then."""
+
+    def __init__(self, inner: Any, service: Any = None) -> None:
+        self.inner, self.service = inner, service
+        self.saves: list[tuple[str, str, int, int]] = []
+
+    def save(self, global_state: Any, partitions: Any) -> None:
+        first, batches = _digest((global_state, partitions)), self.service.stats.batches
+        time.sleep(0.4)
+        self.inner.save(global_state, partitions)
+        self.saves.append((first, _digest((global_state, partitions)), batches,
+                           self.service.stats.batches))
+
+    def load(self, partitions: Any, *, fresh_start: bool = False) -> Any:
+        return self.inner.load(partitions, fresh_start=fresh_start)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _digest(tree: Any) -> str:
+    h = hashlib.sha256()
+
+    def feed(x: Any) -> None:
+        if isinstance(x, torch.Tensor):
+            h.update(f"{x.dtype}{tuple(x.shape)}".encode() + x.detach().contiguous().numpy().tobytes())
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                h.update(repr(k).encode())
+                feed(v)
+        elif isinstance(x, list | tuple):
+            for v in x:
+                feed(v)
+        else:
+            h.update(repr(x).encode())
+    feed(tree)
+    return h.hexdigest()
+
+
+def test_the_loop_goes_on_while_a_checkpoint_is_written_and_the_checkpoint_does_not_change(
+    tmp_path: Path,
+) -> None:
+    readings, _ = icu_readings()
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    settings = service_settings(tmp_path, checkpoint_every_batches=4, max_poll_records=200,
+                                state_store="directory")
+    service = build_service(settings, transport, instance="slow")
+    slow = _SlowStore(service.store, service)
+    service.store = slow
+    stats = service.run(timeout=120, count=total)
+    assert stats.readings == total and stats.checkpoints == len(slow.saves) >= 3
+    background = slow.saves[:-1]  # the last one is the shutdown's, written synchronously
+    # batches were scored (and the model trained) while checkpoints were being written...
+    assert sum(after - before for _f, _l, before, after in background) >= 2
+    # ...and no checkpoint shared a tensor with the detector that went on changing
+    assert all(first == last for first, last, _b, _a in slow.saves)
