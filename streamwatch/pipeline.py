@@ -223,6 +223,11 @@ class DetectorService:
         """Ask the loop to finish its batch, checkpoint, commit and return."""
         self._stop.set()
 
+    @property
+    def assigned_partitions(self) -> frozenset[TopicPartition]:
+        """The partitions this process holds now (between rebalances)."""
+        return frozenset(self._assigned)
+
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self.stop())

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 #: Sample fields published by each child, in this order, then an "alive" flag.
 FIELDS = ("readings", "batches", "dead_letters", "checkpoints", "cpu_s", "thread_cpu_s",
-          "training_steps", "batch_seconds_sum", "batch_count")  # fmt: skip
+          "training_steps", "batch_seconds_sum", "batch_count", "members_assigned")  # fmt: skip
 
 
 def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, errors: Any,
@@ -132,4 +132,5 @@ class GroupRun(Sampled):
             t=time.monotonic(), readings=int(values["readings"]), batches=int(values["batches"]),
             dead_letters=int(values["dead_letters"]), checkpoints=int(values["checkpoints"]),
             cpu_s=values["cpu_s"], thread_cpu_s=values["thread_cpu_s"], training_steps=steps,
-            batch_seconds_sum=values["batch_seconds_sum"], batch_count=values["batch_count"])  # fmt: skip
+            batch_seconds_sum=values["batch_seconds_sum"], batch_count=values["batch_count"],
+            members_assigned=int(values["members_assigned"]))  # fmt: skip

@@ -48,6 +48,7 @@ class Sample:
     training_steps: int | None
     batch_seconds_sum: float
     batch_count: float
+    members_assigned: int = 0  # detector processes that hold partitions now
 
 
 class Sampled:
@@ -149,6 +150,7 @@ class ServiceRun(Sampled):
             training_steps=self._training_steps(),
             batch_seconds_sum=registry.get_sample_value("streamwatch_batch_seconds_sum") or 0.0,
             batch_count=registry.get_sample_value("streamwatch_batch_seconds_count") or 0.0,
+            members_assigned=1 if self.service.assigned_partitions else 0,
         )  # fmt: skip
 
 def window_figures(start: Sample, end: Sample) -> dict[str, Any]:
@@ -208,7 +210,8 @@ def latency_stats(
     """Join ``(stream_id, ts, create_ms)`` readings to scores; latency per reading.
 
     Every reading is looked up (``missing`` counts those without a Score); the percentiles
-    cover the readings produced at or after ``measure_from_ms`` (after the warm-up). A
+    cover the readings produced at or after ``measure_from_ms`` (after the warm-up), and
+    ``per_second`` gives them per second of produce time (to see when a tail happens). A
     reading scored twice (at-least-once replay) counts its first Score.
     """
     first: dict[tuple[str, float], int] = {}
@@ -223,6 +226,7 @@ def latency_stats(
             first[key] = ms
     total = joined = 0
     lat: list[int] = []
+    sent: list[int] = []
     missing_examples: list[str] = []
     for sid, ts, ms in readings:
         total += 1
@@ -234,7 +238,15 @@ def latency_stats(
         joined += 1
         if ms >= measure_from_ms:
             lat.append(got - ms)
+            sent.append(ms)
     arr = np.asarray(lat, dtype=np.float64)
+    second = (np.asarray(sent, dtype=np.int64) - measure_from_ms) // 1000
+    per_second = [
+        {"second": int(sec), "readings": int(part.size),
+         "p50_ms": round(float(np.percentile(part, 50)), 1),
+         "p99_ms": round(float(np.percentile(part, 99)), 1), "max_ms": round(float(part.max()), 1)}
+        for sec in np.unique(second) for part in (arr[second == sec],)
+    ]
 
     def pct(q: float) -> float | None:
         return round(float(np.percentile(arr, q)), 1) if arr.size else None
@@ -246,6 +258,7 @@ def latency_stats(
         "max_ms": round(float(arr.max()), 1) if arr.size else None,
         "mean_ms": round(float(arr.mean()), 1) if arr.size else None,
         "min_ms": round(float(arr.min()), 1) if arr.size else None,
+        "per_second": per_second,
     }  # fmt: skip
 
 

@@ -246,7 +246,12 @@ class ClientBench:
                     service = build_service(settings, transport, instance=f"bench-{suffix}")
                     service.detector_factory = _restore_factory(settings, phase1)
                     run = ServiceRun(service).start()
-                run.wait_until(lambda s: s.readings >= o.streams, 120, "the primer step's scores")
+                # every member in the group, holding partitions, before the paced load: a
+                # member joining late would rebalance the group mid-measurement
+                members = min(o.detectors, parts)
+                run.wait_until(lambda s: s.readings >= o.streams and s.members_assigned >= members,
+                               120, f"the primer step's scores and {members} detectors holding "
+                               "partitions")  # fmt: skip
                 sent = self._paced(run, load, rate)
                 load.stop()
                 drained = self._drain(run, sent["sent"])
