@@ -71,6 +71,9 @@ class ServiceSection(BaseModel):
     state_chunk_bytes: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024,
                                    description="largest changelog record; below the "
                                    "broker's message.max.bytes (1 MB by default)")
+    state_forget_after_s: float = Field(
+        default=3600.0, ge=60, description="a checkpoint on the state topic this old whose "
+        "every partition another holds at a newer offset is removed (its process is gone)")
     checkpoint_dir: Path = Path("runs/detector")
     checkpoint_every_batches: int = Field(default=1000, ge=1)
     checkpoint_every_s: float = Field(default=30.0, gt=0)

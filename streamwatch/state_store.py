@@ -173,34 +173,61 @@ _KAFKA_FIX = ("delete the state topic (or pass --state-topic with a new name) or
               "--fresh-start to begin from scratch")
 
 
+@dataclass(frozen=True)
+class _Head:
+    """A process's current checkpoint as its head record describes it."""
+
+    key: bytes
+    instance: str
+    set_id: str
+    chunks: int
+    sha256: str
+    saved_at: float
+    offsets: dict[TopicPartition, int]
+
+    @property
+    def source(self) -> str:
+        return self.key.decode(errors="replace")
+
+
 class KafkaStateStore:
     """Changelog-topic state store (see module docstring).
 
     A checkpoint is cut into chunks of at most ``chunk_bytes`` (Kafka's default record
-    limit is 1 MB; a detector with 1,000 ICU streams checkpoints ~12 MB, mostly the replay
+    limit is 1 MB; a detector with 1,000 ICU streams checkpoints ~17 MB, mostly the replay
     buffer). Per save, with keys naming the process (``instance``):
 
     1. the chunks, under keys ``ckpt/<instance>/<set>/<i>`` (``set``: a fresh random id),
        then a flush;
-    2. the head, key ``ckpt/<instance>/head``: JSON with the set, the chunk count, the size
-       and the SHA-256 of the whole; then a flush. Only now is the checkpoint current;
+    2. the head, key ``ckpt/<instance>/head``: JSON with the set, the chunk count, the
+       SHA-256 of the whole, the time, and the next offset of each partition it holds; then
+       a flush. Only now is the checkpoint current;
     3. tombstones for the previous set's chunks (flushed with the next save or at close).
 
     A crash before 2 leaves the previous head and its chunks intact; a crash after 2 at
     worst leaves the previous set's chunks untombstoned (garbage no head names). So a
-    reader that keeps the last value per key (what compaction keeps) always finds, per
+    reader that keeps the last record per key (what compaction keeps) always finds, per
     process, one complete checkpoint, and checks its SHA-256 before using it.
 
-    The reader is one consumer of its own (no group) that reads the topic from its
-    beginning once, then on each ``load`` what was added since, folding records into the
-    last value per key (tombstones remove keys). That is correct on a compacting broker
-    (Apache Kafka) and on one that keeps every record (Tansu, the demo's and the tests'
-    broker: there the topic grows by one checkpoint per save, and the first read of a
-    process replays all of it).
+    The reader tails the topic with a consumer of its own (no group): from the beginning
+    once, then on each ``load`` what was added since. It keeps every head and, of each
+    chunk, only where it is (partition, offset): memory stays small however many processes
+    wrote. A ``load`` chooses from the heads alone (per partition the highest offset, the
+    global model of the head that has read furthest; ``select``'s rules) and fetches and
+    parses only the checkpoints chosen. That is correct on a compacting broker (Apache
+    Kafka: the last record of a key keeps its offset) and on one that keeps every record
+    (Tansu, the demo's and the tests' broker: there the topic grows by one checkpoint per
+    save, and the first read of a process scans all of it).
+
+    Checkpoints of processes that are gone stay until superseded: a head older than
+    ``forget_after_s`` whose every partition has a newer entry in another head (and whose
+    model is not the one chosen) is tombstoned with its chunks by the next ``load``. A live
+    process checkpoints every ``checkpoint_every_s``, so its head is never that old.
     """
 
     def __init__(self, transport: Transport, topic: str, instance: str, *,
-                 chunk_bytes: int = 512 * 1024, read_timeout_s: float = 60.0) -> None:
+                 chunk_bytes: int = 512 * 1024, read_timeout_s: float = 60.0,
+                 forget_after_s: float = 3600.0) -> None:
         if "/" in instance:
             raise CheckpointError(f"instance name {instance!r} must not contain '/'")
         if chunk_bytes < 1024:
@@ -210,17 +237,21 @@ class KafkaStateStore:
         self.instance = instance
         self.chunk_bytes = chunk_bytes
         self.read_timeout_s = read_timeout_s
+        self.forget_after_s = forget_after_s
         self._producer: Producer | None = None
-        self._consumer: Consumer | None = None
+        self._consumer: Consumer | None = None  # tails the topic
+        self._fetcher: Consumer | None = None  # reads chosen chunks back
         self._tps: list[TopicPartition] = []
-        self._log: dict[bytes, bytes] = {}  # last value per key
+        self._heads: dict[bytes, bytes] = {}  # head key -> its last value
+        self._chunks: dict[bytes, tuple[int, int]] = {}  # chunk key -> (partition, offset)
         self._previous: tuple[str, int] | None = None  # (set id, chunks) of our last save
         self._topic_ready = False
 
     def __repr__(self) -> str:
         return f"KafkaStateStore({self.topic!r})"
 
-    def _head_key(self, instance: str) -> bytes:
+    @staticmethod
+    def _head_key(instance: str) -> bytes:
         return f"ckpt/{instance}/head".encode()
 
     @staticmethod
@@ -234,6 +265,12 @@ class KafkaStateStore:
                                          configs={self.topic: {"cleanup.policy": "compact"}})
             self._topic_ready = True
 
+    def _send(self) -> Producer:
+        if self._producer is None:
+            self.ensure_topic()
+            self._producer = self.transport.producer()
+        return self._producer
+
     # -- writing -----------------------------------------------------------------------
     def save(
         self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState]
@@ -244,10 +281,7 @@ class KafkaStateStore:
         then stays the current one, and the caller must not commit offsets."""
         data = dump_checkpoint(_state(global_state, partitions),
                                {"format": FORMAT, "instance": self.instance})
-        if self._producer is None:
-            self.ensure_topic()
-            self._producer = self.transport.producer()
-        producer, size = self._producer, self.chunk_bytes
+        producer, size = self._send(), self.chunk_bytes
         set_id = uuid.uuid4().hex[:16]
         chunks = [data[i:i + size] for i in range(0, len(data), size)]
         for i, chunk in enumerate(chunks):
@@ -255,41 +289,61 @@ class KafkaStateStore:
         producer.flush()
         head = {"format": HEAD_FORMAT, "instance": self.instance, "set": set_id,
                 "chunks": len(chunks), "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(), "saved_at": time.time()}
+                "sha256": hashlib.sha256(data).hexdigest(), "saved_at": time.time(),
+                "partitions": [[tp.topic, tp.partition, ps.offset]
+                               for tp, ps in sorted(partitions.items())]}
         producer.send(self.topic, json.dumps(head).encode(), self._head_key(self.instance))
         producer.flush()
         if self._previous is not None:
-            old_set, old_n = self._previous
-            for i in range(old_n):
-                producer.send(self.topic, None, self._chunk_key(self.instance, old_set, i))
+            self._forget(self.instance, *self._previous)
         self._previous = (set_id, len(chunks))
         log.debug("checkpoint sent to the state topic",
                   extra={"topic": self.topic, "bytes": len(data), "chunks": len(chunks)})
 
+    def _forget(self, instance: str, set_id: str, chunks: int, *, head: bool = False) -> None:
+        """Tombstone a set's chunks (and the head naming it)."""
+        producer = self._send()
+        keys = [self._chunk_key(instance, set_id, i) for i in range(chunks)]
+        if head:
+            keys.append(self._head_key(instance))
+        for key in keys:
+            producer.send(self.topic, None, key)
+            self._chunks.pop(key, None)
+            self._heads.pop(key, None)
+
     # -- reading -----------------------------------------------------------------------
     def fold(self, messages: Iterable[Message]) -> None:
-        """Fold changelog records into the last value per key (a tombstone removes it)."""
-        last = self._log
+        """Fold changelog records into the last record per key (a tombstone removes it):
+        heads by value, chunks by where they are."""
         for msg in messages:
-            if msg.key is None:
+            key = msg.key
+            if key is None:
                 log.warning("state topic record without a key ignored",
                             extra={"topic": msg.topic, "offset": msg.offset})
             elif msg.value is None:
-                last.pop(msg.key, None)
+                self._heads.pop(key, None)
+                self._chunks.pop(key, None)
+            elif key.endswith(b"/head"):
+                self._heads[key] = msg.value
             else:
-                last[msg.key] = msg.value
+                self._chunks[key] = (msg.partition, msg.offset)
+
+    def _reader(self) -> Consumer:
+        self.ensure_topic()
+        consumer = self.transport.consumer(None)
+        if not self._tps:
+            self._tps = [TopicPartition(self.topic, p)
+                         for p in range(self.transport.partitions_for(self.topic))]
+        consumer.assign(self._tps)
+        return consumer
 
     def _catch_up(self) -> None:
         """Read the topic up to its end offsets as of now."""
         if self._consumer is None:
-            self.ensure_topic()
-            consumer = self.transport.consumer(None)
-            tps = [TopicPartition(self.topic, p)
-                   for p in range(self.transport.partitions_for(self.topic))]
-            consumer.assign(tps)
-            for tp, offset in consumer.beginning_offsets(tps).items():
+            consumer = self._reader()
+            for tp, offset in consumer.beginning_offsets(self._tps).items():
                 consumer.seek(tp, offset)
-            self._consumer, self._tps = consumer, tps
+            self._consumer = consumer
         consumer = self._consumer
         ends = consumer.end_offsets(self._tps)
         deadline = time.monotonic() + self.read_timeout_s
@@ -300,56 +354,135 @@ class KafkaStateStore:
                     f"{self.read_timeout_s:g} s; check the broker, then restart")
             self.fold(consumer.poll(0.5, 10_000))
 
+    def _parse_heads(self, fresh_start: bool) -> list[_Head]:
+        heads = []
+        for key, value in sorted(self._heads.items()):
+            try:
+                raw = json.loads(value)
+                if raw.get("format") != HEAD_FORMAT:
+                    raise ValueError(f"format {raw.get('format')!r}, expected {HEAD_FORMAT!r}")
+                head = _Head(key, str(raw["instance"]), str(raw["set"]), int(raw["chunks"]),
+                             str(raw["sha256"]), float(raw["saved_at"]),
+                             {TopicPartition(str(t), int(p)): int(o) for t, p, o in raw["partitions"]})
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                error = CheckpointError(
+                    f"checkpoint head {self.topic}:{key.decode(errors='replace')} is not "
+                    f"readable ({exc}); {_KAFKA_FIX}")
+                if not fresh_start:
+                    raise error from None
+                log.warning("ignoring unreadable checkpoint (fresh start asked)",
+                            extra={"error": str(error)})
+                continue
+            heads.append(head)
+        return heads
+
+    def _fetch(self, head: _Head) -> bytes:
+        """The bytes of ``head``'s checkpoint, read back from the topic and checked."""
+        where: dict[tuple[int, int], int] = {}  # (partition, offset) -> chunk index
+        for i in range(head.chunks):
+            at = self._chunks.get(self._chunk_key(head.instance, head.set_id, i))
+            if at is None:
+                raise CheckpointError(
+                    f"checkpoint {self.topic}:{head.source} names {head.chunks} chunks of set "
+                    f"{head.set_id} but chunk {i} is not on the topic (deleted by retention?); "
+                    f"{_KAFKA_FIX}")
+            where[at] = i
+        if self._fetcher is None:
+            self._fetcher = self._reader()
+        fetcher, parts = self._fetcher, [b""] * head.chunks
+        last = {}  # per partition, the offset of its last chunk
+        for partition in {p for p, _o in where}:
+            offsets = [o for p, o in where if p == partition]
+            last[TopicPartition(self.topic, partition)] = max(offsets)
+            fetcher.seek(TopicPartition(self.topic, partition), min(offsets))
+        deadline = time.monotonic() + self.read_timeout_s
+        while where:
+            if time.monotonic() > deadline:
+                raise TransportError(
+                    f"could not read checkpoint {head.source} back from {self.topic!r} within "
+                    f"{self.read_timeout_s:g} s; check the broker, then restart")
+            for msg in fetcher.poll(0.5, 100):
+                at = (msg.partition, msg.offset)
+                if at in where and msg.value is not None:
+                    parts[where.pop(at)] = msg.value
+            if where and all(fetcher.position(tp) > end for tp, end in last.items()):
+                raise CheckpointError(
+                    f"checkpoint {self.topic}:{head.source}: {len(where)} of its chunks are "
+                    f"gone from the topic (deleted by retention?); {_KAFKA_FIX}")
+        data = b"".join(parts)
+        if hashlib.sha256(data).hexdigest() != head.sha256:
+            raise CheckpointError(f"checkpoint {self.topic}:{head.source} is corrupt: its chunks "
+                                  f"do not match the head's checksum; {_KAFKA_FIX}")
+        return data
+
+    def _parsed(self, head: _Head) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        source = f"{self.topic}:{head.source}"
+        state, meta = parse_checkpoint(self._fetch(head), source, fix=_KAFKA_FIX)
+        return source, state, meta
+
     def checkpoints(self, *, fresh_start: bool = False
                     ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
-        """``(source, state, meta)`` of every process's current checkpoint on the topic.
+        """``(source, state, meta)`` of every process's current checkpoint on the topic
+        (all of them fetched and parsed: for tools and tests; ``load`` reads fewer).
 
         One that is incomplete or damaged raises ``CheckpointError`` unless
         ``fresh_start``, in which case it is logged and skipped (never silently)."""
         self._catch_up()
+        return self._all_parsed(self._parse_heads(fresh_start), fresh_start)
+
+    def _all_parsed(self, heads: list[_Head], fresh_start: bool
+                    ) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         out = []
-        for key, value in sorted(self._log.items()):
-            if not (key.startswith(b"ckpt/") and key.endswith(b"/head")):
-                continue
-            source = f"{self.topic}:{key.decode(errors='replace')}"
+        for head in heads:
             try:
-                data = self._assemble(source, value)
-                state, meta = parse_checkpoint(data, source, fix=_KAFKA_FIX)
-            except CheckpointError:
+                out.append(self._parsed(head))
+            except CheckpointError as exc:
                 if not fresh_start:
                     raise
                 log.warning("ignoring unreadable checkpoint (fresh start asked)",
-                            extra={"source": source})
-                continue
-            out.append((source, state, meta))
+                            extra={"error": str(exc)})
         return out
 
-    def _assemble(self, source: str, value: bytes) -> bytes:
-        try:
-            head = json.loads(value)
-            instance, set_id, n = str(head["instance"]), str(head["set"]), int(head["chunks"])
-            if head.get("format") != HEAD_FORMAT:
-                raise ValueError(f"format {head.get('format')!r}, expected {HEAD_FORMAT!r}")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"checkpoint head {source} is not readable ({exc}); "
-                                  f"{_KAFKA_FIX}") from None
-        parts = []
-        for i in range(n):
-            chunk = self._log.get(self._chunk_key(instance, set_id, i))
-            if chunk is None:
-                raise CheckpointError(
-                    f"checkpoint {source} names {n} chunks of set {set_id} but chunk {i} is "
-                    f"not on the topic (deleted by retention?); {_KAFKA_FIX}")
-            parts.append(chunk)
-        data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != head.get("sha256"):
-            raise CheckpointError(f"checkpoint {source} is corrupt: its chunks do not match "
-                                  f"the head's checksum; {_KAFKA_FIX}")
-        return data
-
     def load(self, partitions: set[TopicPartition], *, fresh_start: bool = False) -> Snapshot:
-        """The newest state of each requested partition and the newest global state."""
-        return select(self.checkpoints(fresh_start=fresh_start), partitions)
+        """The newest state of each requested partition and the newest global state,
+        fetching only the checkpoints that hold them (``select``'s rules on the heads)."""
+        self._catch_up()
+        heads = self._parse_heads(fresh_start)
+        mine = next((h for h in heads if h.instance == self.instance), None)
+        if mine is not None and self._previous is None:  # a restart under the same name
+            self._previous = (mine.set_id, mine.chunks)
+        best: dict[TopicPartition, _Head] = {}
+        furthest: _Head | None = None
+        for head in heads:
+            for tp, offset in head.offsets.items():
+                if tp in partitions and (tp not in best or offset > best[tp].offsets[tp]):
+                    best[tp] = head
+            if furthest is None or sum(head.offsets.values()) >= sum(furthest.offsets.values()):
+                furthest = head
+        chosen = {h.key for h in best.values()} | ({furthest.key} if furthest else set())
+        self._forget_gone(heads, furthest)
+        snap = select(self._all_parsed([h for h in heads if h.key in chosen], fresh_start),
+                      partitions)
+        if fresh_start and furthest is not None and snap.global_state is None:
+            log.warning("no readable model checkpoint on the state topic; starting the model "
+                        "fresh (fresh start asked)", extra={"topic": self.topic})
+        return snap
+
+    def _forget_gone(self, heads: list[_Head], furthest: _Head | None) -> None:
+        """Tombstone the checkpoints of processes gone for ``forget_after_s`` whose every
+        partition another head holds at a newer offset (see class docstring)."""
+        now = time.time()
+        for head in heads:
+            if head.instance == self.instance or head is furthest:
+                continue
+            if now - head.saved_at < self.forget_after_s:
+                continue
+            if all(any(o.offsets.get(tp, -1) > offset for o in heads if o is not head)
+                   for tp, offset in head.offsets.items()):
+                log.info("removing the superseded checkpoint of a detector gone since "
+                         "its last save", extra={"topic": self.topic, "head": head.source,
+                                                 "age_s": round(now - head.saved_at)})
+                self._forget(head.instance, head.set_id, head.chunks, head=True)
 
     def close(self) -> None:
         """Flush pending tombstones, close the clients."""
@@ -357,8 +490,7 @@ class KafkaStateStore:
             if self._producer is not None:
                 self._producer.flush()
         finally:
-            if self._producer is not None:
-                self._producer.close()
-            if self._consumer is not None:
-                self._consumer.close()
-            self._producer = self._consumer = None
+            for client in (self._producer, self._consumer, self._fetcher):
+                if client is not None:
+                    client.close()
+            self._producer = self._consumer = self._fetcher = None

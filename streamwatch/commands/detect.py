@@ -118,7 +118,8 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
     store: StateStore
     if svc.state_store == "kafka":
         store = KafkaStateStore(transport, topics.state, options.instance,
-                                chunk_bytes=svc.state_chunk_bytes)
+                                chunk_bytes=svc.state_chunk_bytes,
+                                forget_after_s=svc.state_forget_after_s)
     else:
         store = FileStateStore(svc.checkpoint_dir, options.instance)
     return DetectorService(transport, lambda: build_detector(settings), store, options, metrics)

@@ -102,9 +102,9 @@ def test_a_large_checkpoint_is_cut_into_chunks_and_old_sets_are_tombstoned() -> 
     # the last value per key leaves exactly the newest set and its head
     reader = KafkaStateStore(transport, TOPIC, "reader")
     reader.fold(records)
-    live = {k for k in reader._log if k != b"ckpt/one/head"}
-    sets = {k.rsplit(b"/", 1)[0] for k in live}
-    assert len(sets) == 1 and len(live) > 30
+    assert set(reader._heads) == {b"ckpt/one/head"}
+    sets = {k.rsplit(b"/", 1)[0] for k in reader._chunks}
+    assert len(sets) == 1 and len(reader._chunks) > 30
     snap = KafkaStateStore(transport, TOPIC, "reader2").load({A})
     assert snap.partitions[A].offset == 30
     assert torch.equal(snap.global_state["kinds"]["icu_vitals"]["w"],  # type: ignore[index]
@@ -192,8 +192,7 @@ def _damage(transport: MemoryTransport, key: bytes, value: bytes | None) -> None
 def _chunk_keys(transport: MemoryTransport, instance: str) -> list[bytes]:
     reader = KafkaStateStore(transport, TOPIC, "probe")
     reader.fold(_records(transport))
-    return sorted(k for k in reader._log if k.startswith(f"ckpt/{instance}/".encode())
-                  and not k.endswith(b"/head"))
+    return sorted(k for k in reader._chunks if k.startswith(f"ckpt/{instance}/".encode()))
 
 
 @pytest.mark.parametrize(("damage", "message"), [
@@ -228,3 +227,52 @@ def test_a_damaged_checkpoint_is_a_clear_error_or_a_logged_fresh_start(
 def test_an_instance_name_with_a_slash_is_refused() -> None:
     with pytest.raises(CheckpointError, match="must not contain '/'"):
         KafkaStateStore(MemoryTransport(), TOPIC, "host/1")
+
+
+def test_a_load_fetches_only_the_checkpoints_it_restores_from() -> None:
+    """Chosen from the heads alone: a damaged checkpoint nobody needs does not matter."""
+    transport = MemoryTransport()
+    KafkaStateStore(transport, TOPIC, "one", chunk_bytes=1024).save(
+        _global(1, rows=50), {A: PartitionState(100, _streams("a"))})
+    KafkaStateStore(transport, TOPIC, "two", chunk_bytes=1024).save(
+        _global(2, rows=50), {B: PartitionState(5, _streams("b"))})
+    _damage(transport, _chunk_keys(transport, "two")[0], b"junk")
+    snap = KafkaStateStore(transport, TOPIC, "reader").load({A})
+    assert snap.partitions[A].offset == 100
+    assert snap.global_state["kinds"]["icu_vitals"]["seed"] == 1  # type: ignore[index]
+    with pytest.raises(CheckpointError, match="checksum"):
+        KafkaStateStore(transport, TOPIC, "reader2").load({B})
+
+
+def test_a_restart_under_the_same_name_tombstones_its_predecessor_s_chunks() -> None:
+    transport = MemoryTransport()
+    first = KafkaStateStore(transport, TOPIC, "host-1", chunk_bytes=1024)
+    first.save(_global(1, rows=50), {A: PartitionState(10, _streams("a"))})
+    old = set(_chunk_keys(transport, "host-1"))
+    again = KafkaStateStore(transport, TOPIC, "host-1", chunk_bytes=1024)  # same container
+    assert again.load({A}).partitions[A].offset == 10  # the service loads before it saves
+    again.save(_global(2, rows=50), {A: PartitionState(20, _streams("a"))})
+    again.close()
+    now = set(_chunk_keys(transport, "host-1"))
+    assert now and not now & old
+
+
+def test_checkpoints_of_processes_long_gone_are_removed_once_superseded() -> None:
+    transport = MemoryTransport()
+    KafkaStateStore(transport, TOPIC, "gone", chunk_bytes=1024).save(
+        _global(1, rows=20), {A: PartitionState(5, _streams("a")), C: PartitionState(7, _streams("c"))})
+    KafkaStateStore(transport, TOPIC, "gone-too", chunk_bytes=1024).save(
+        _global(2, rows=20), {A: PartitionState(6, _streams("a"))})
+    KafkaStateStore(transport, TOPIC, "live", chunk_bytes=1024).save(
+        _global(3, rows=20), {A: PartitionState(9, _streams("a")), B: PartitionState(3, _streams("b"))})
+    # only a reader for whom every head is old enough removes anything
+    KafkaStateStore(transport, TOPIC, "reader").load({A, B, C})
+    assert len(KafkaStateStore(transport, TOPIC, "r").checkpoints()) == 3
+    sweeper = KafkaStateStore(transport, TOPIC, "sweeper", forget_after_s=0.0)
+    sweeper.load({A})
+    sweeper.close()
+    left = {source.rsplit(":", 1)[1] for source, _s, _m in
+            KafkaStateStore(transport, TOPIC, "r2").checkpoints()}
+    # "gone-too" was superseded on A; "gone" still holds the newest C; "live" read furthest
+    assert left == {"ckpt/gone/head", "ckpt/live/head"}
+    assert not _chunk_keys(transport, "gone-too")
