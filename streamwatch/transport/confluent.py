@@ -410,26 +410,25 @@ class ConfluentConsumerTransport:
             raise TransportError(f"position({partition}) failed: {exc}") from exc
         return int(low)
 
+    def _watermarks(self, partitions: Iterable[TopicPartition], what: str
+                    ) -> dict[TopicPartition, tuple[int, int]]:
+        """(low, high) per partition, asked of the broker."""
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        try:
+            for tp in partitions:
+                low, high = self.native.get_watermark_offsets(_to_c(tp), timeout=10, cached=False)
+                out[tp] = (int(low), int(high))
+        except KafkaException as exc:
+            raise TransportError(f"{what} failed: {exc}") from exc
+        return out
+
     def beginning_offsets(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
-        try:
-            for tp in partitions:
-                low, _high = self.native.get_watermark_offsets(_to_c(tp), timeout=10, cached=False)
-                out[tp] = int(low)
-        except KafkaException as exc:
-            raise TransportError(f"beginning_offsets failed: {exc}") from exc
-        return out
+        return {tp: low for tp, (low, _high) in self._watermarks(partitions, "beginning_offsets").items()}
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        listed: dict[TopicPartition, int] = {}
-        try:
-            for tp in partitions:
-                _low, high = self.native.get_watermark_offsets(_to_c(tp), timeout=10, cached=False)
-                listed[tp] = int(high)
-        except KafkaException as exc:
-            raise TransportError(f"end_offsets failed: {exc}") from exc
+        listed = {tp: high for tp, (_low, high) in self._watermarks(partitions, "end_offsets").items()}
         return self._confirm_ends(listed)
 
     def highwater(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:

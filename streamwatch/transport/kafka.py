@@ -428,28 +428,25 @@ class KafkaConsumerTransport:
         except (kerrors.KafkaError, AssertionError) as exc:
             raise TransportError(f"position({partition}) failed: {exc}") from exc
 
+    def _list_offsets(self, partitions: Iterable[TopicPartition], what: str
+                      ) -> dict[TopicPartition, int]:
+        """kafka-python's ``beginning_offsets`` or ``end_offsets`` (ListOffsets)."""
+        wanted = [_to_k(tp) for tp in partitions]
+        if not wanted:
+            return {}
+        try:
+            listed = getattr(self.native, what)(wanted, timeout_ms=10_000)
+        except kerrors.KafkaError as exc:
+            raise TransportError(f"{what} failed: {exc}") from exc
+        return {TopicPartition(k.topic, k.partition): int(v) for k, v in listed.items()}
+
     def beginning_offsets(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
-        wanted = [_to_k(tp) for tp in partitions]
-        if not wanted:
-            return {}
-        try:
-            listed = self.native.beginning_offsets(wanted, timeout_ms=10_000)
-        except kerrors.KafkaError as exc:
-            raise TransportError(f"beginning_offsets failed: {exc}") from exc
-        return {TopicPartition(k.topic, k.partition): int(v) for k, v in listed.items()}
+        return self._list_offsets(partitions, "beginning_offsets")
 
     def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        wanted = [_to_k(tp) for tp in partitions]
-        if not wanted:
-            return {}
-        try:
-            listed = self.native.end_offsets(wanted, timeout_ms=10_000)
-        except kerrors.KafkaError as exc:
-            raise TransportError(f"end_offsets failed: {exc}") from exc
-        ends = {TopicPartition(k.topic, k.partition): int(v) for k, v in listed.items()}
-        return self._confirm_ends(ends)
+        return self._confirm_ends(self._list_offsets(partitions, "end_offsets"))
 
     def highwater(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         out: dict[TopicPartition, int] = {}
