@@ -559,7 +559,7 @@ class DetectorService:
 
     def _start_checkpoint(self) -> None:
         """Snapshot now (~10 ms with 1,000 streams), write in the background (serialising
-        and sending ~12 MB takes 100-500 ms, which would stall the loop), and commit the
+        and sending ~17 MB takes 100-500 ms, which would stall the loop), and commit the
         offsets it covers once it is durable (``_finish_pending``, on this thread: the
         consumer is not thread-safe)."""
         snap = self._snapshot()
