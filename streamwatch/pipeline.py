@@ -214,8 +214,8 @@ class DetectorService:
         self._restored_global = False
         self._gc_frozen = False
         # checkpoints are written on a thread of their own while the loop goes on, one at
-        # a time (a fresh executor per run())
-        self._writer = ThreadPoolExecutor(max_workers=1)
+        # a time (made by run(), shut down with it)
+        self._writer: ThreadPoolExecutor | None = None
         self._pending: tuple[Future[None], dict[TopicPartition, int]] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -297,7 +297,8 @@ class DetectorService:
         finally:
             self._consumer.close()
             self._producer.close()
-            self._writer.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
             try:
                 self.store.close()
             except StreamwatchError as exc:
@@ -566,6 +567,7 @@ class DetectorService:
         if snap is None:
             return
         global_state, partitions, offsets = snap
+        assert self._writer is not None
         future = self._writer.submit(self.store.save, global_state, partitions)
         self._pending = (future, offsets)
 

@@ -38,13 +38,10 @@ def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, e
 
     from streamwatch.bench.measure import ServiceRun
     from streamwatch.bench.runner import _restore_factory
-    from streamwatch.commands.detect import build_service
-    from streamwatch.transport import open_transport
+    from streamwatch.commands.detect import build_service, open_kafka
 
     torch.set_num_threads(settings.service.torch_threads)
-    k = settings.kafka
-    transport = open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
-                               client_config=k.client_config)  # fmt: skip
+    transport = open_kafka(settings)
     run = None
 
     def publish(s: Sample) -> None:

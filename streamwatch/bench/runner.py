@@ -90,11 +90,9 @@ class ClientBench:
         return load_settings(o.config_file, _without_none(overrides))
 
     def transport(self, settings: Any) -> Any:
-        from streamwatch.transport import open_transport
+        from streamwatch.commands.detect import open_kafka
 
-        k = settings.kafka
-        return open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
-                              client_config=k.client_config)  # fmt: skip
+        return open_kafka(settings)
 
     def _bar(self, total: float, desc: str, unit: str) -> tqdm:  # type: ignore[type-arg]
         return tqdm(total=total, desc=f"{self.client}: {desc}", unit=unit, leave=False,
@@ -344,17 +342,14 @@ def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
 def _restore_factory(settings: Any, phase1: Phase1) -> Callable[[], Any]:
     """A detector factory that starts from phase 1's final checkpoint (warm model, warm
     thresholds and per-stream state), as a restarted detector would."""
-    from streamwatch.commands.detect import build_detector
+    from streamwatch.commands.detect import build_detector, open_kafka
     from streamwatch.state_store import FileStateStore, KafkaStateStore
-    from streamwatch.transport import open_transport
     from streamwatch.transport.base import TopicPartition
 
     def load(wanted: set[TopicPartition]) -> Any:
         if phase1.state_store == "directory":
             return FileStateStore(phase1.checkpoint_dir, phase1.instance).load(wanted)
-        k = settings.kafka
-        transport = open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
-                                   client_config=k.client_config)  # fmt: skip
+        transport = open_kafka(settings)
         store = KafkaStateStore(transport, phase1.state_topic, "bench-restore")
         try:
             return store.load(wanted)

@@ -88,6 +88,15 @@ def build_detector(settings: Any) -> Any:
                           settings.detector)
 
 
+def open_kafka(settings: Any) -> Any:
+    """The transport to the cluster ``settings.kafka`` names (client, timeouts, client config)."""
+    from streamwatch.transport import open_transport
+
+    k = settings.kafka
+    return open_transport(k.bootstrap_servers, k.client, session_timeout_ms=k.session_timeout_ms,
+                          client_config=k.client_config)
+
+
 def build_service(settings: Any, transport: Any, *, instance: str | None = None) -> Any:
     """A ``DetectorService`` wired from settings (topics created if missing)."""
     from streamwatch.metrics import ServiceMetrics
@@ -95,13 +104,10 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
     from streamwatch.state_store import FileStateStore, KafkaStateStore, StateStore
 
     topics, svc = settings.topics, settings.service
-    wanted = {
+    transport.create_topics({
         topics.readings: topics.partitions, topics.scores: topics.partitions,
         topics.alerts: topics.partitions, topics.deadletter: 1, topics.health: 1,
-    }
-    if svc.state_store == "kafka":
-        wanted[topics.state] = 1
-    transport.create_topics(wanted, configs={topics.state: {"cleanup.policy": "compact"}})
+    })  # the state topic: by its store (KafkaStateStore.ensure_topic), compacted
     options = ServiceOptions(
         readings_topic=topics.readings, scores_topic=topics.scores, alerts_topic=topics.alerts,
         deadletter_topic=topics.deadletter, health_topic=topics.health, group_id=svc.group_id,
@@ -130,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
 
     from streamwatch.config import masked
     from streamwatch.errors import ConfigError
-    from streamwatch.transport import open_transport
 
     settings = settings_from_args(args)
     torch.set_num_threads(settings.service.torch_threads)
@@ -138,9 +143,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no Kafka cluster given: pass --bootstrap-servers HOST:PORT, set "
                           "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS, or run `streamwatch demo`")
     log.info("effective config", extra={"config": masked(settings)})
-    transport = open_transport(settings.kafka.bootstrap_servers, settings.kafka.client,
-                               session_timeout_ms=settings.kafka.session_timeout_ms,
-                               client_config=settings.kafka.client_config)
+    transport = open_kafka(settings)
     try:
         service = build_service(settings, transport)
         service.install_signal_handlers()
