@@ -277,7 +277,9 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-@pytest.mark.parametrize("store", ["kafka", "directory"])
+# the default store in CI; the directory store (same selection rules, tested on the
+# memory bus in tests/unit) also here with `make unit` (-m slow included)
+@pytest.mark.parametrize("store", ["kafka", pytest.param("directory", marks=pytest.mark.slow)])
 def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
     kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str
 ) -> None:
@@ -317,7 +319,9 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
 
 
 # --------------------------------------------------------------------------- scale-out
-@pytest.mark.parametrize("store", ["kafka", "directory"])
+# the default store in CI; the directory store (same selection rules, tested on the
+# memory bus in tests/unit) also here with `make unit` (-m slow included)
+@pytest.mark.parametrize("store", ["kafka", pytest.param("directory", marks=pytest.mark.slow)])
 def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
     kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str
 ) -> None:
