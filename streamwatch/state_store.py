@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import crc32c
+
 from streamwatch.checkpoint import (
     dump_checkpoint,
     load_checkpoint,
@@ -173,6 +175,22 @@ _KAFKA_FIX = ("delete the state topic (or pass --state-topic with a new name) or
               "--fresh-start to begin from scratch")
 
 
+def _crc(data: bytes) -> str:
+    return f"{crc32c.crc32c(data):08x}"
+
+
+def _checksum_of(data: bytes, kind: str) -> str:
+    return _crc(data) if kind == "crc32c" else hashlib.sha256(data).hexdigest()
+
+
+def _checksum(raw: dict[str, Any]) -> tuple[str, str]:
+    """The head's checksum: CRC-32C (hardware-fast), or SHA-256 in older heads."""
+    for kind in ("crc32c", "sha256"):
+        if kind in raw:
+            return kind, str(raw[kind])
+    raise KeyError("crc32c")
+
+
 @dataclass(frozen=True)
 class _Head:
     """A process's current checkpoint as its head record describes it."""
@@ -181,7 +199,7 @@ class _Head:
     instance: str
     set_id: str
     chunks: int
-    sha256: str
+    checksum: tuple[str, str]  # ("crc32c", hex) or, in heads written before, ("sha256", hex)
     saved_at: float
     offsets: dict[TopicPartition, int]
 
@@ -200,14 +218,14 @@ class KafkaStateStore:
     1. the chunks, under keys ``ckpt/<instance>/<set>/<i>`` (``set``: a fresh random id),
        then a flush;
     2. the head, key ``ckpt/<instance>/head``: JSON with the set, the chunk count, the
-       SHA-256 of the whole, the time, and the next offset of each partition it holds; then
+       CRC-32C of the whole, the time, and the next offset of each partition it holds; then
        a flush. Only now is the checkpoint current;
     3. tombstones for the previous set's chunks (flushed with the next save or at close).
 
     A crash before 2 leaves the previous head and its chunks intact; a crash after 2 at
     worst leaves the previous set's chunks untombstoned (garbage no head names). So a
     reader that keeps the last record per key (what compaction keeps) always finds, per
-    process, one complete checkpoint, and checks its SHA-256 before using it.
+    process, one complete checkpoint, and checks its CRC-32C before using it.
 
     The reader tails the topic with a consumer of its own (no group): from the beginning
     once, then on each ``load`` what was added since. It keeps every head and, of each
@@ -289,7 +307,7 @@ class KafkaStateStore:
         producer.flush()
         head = {"format": HEAD_FORMAT, "instance": self.instance, "set": set_id,
                 "chunks": len(chunks), "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(), "saved_at": time.time(),
+                "crc32c": _crc(data), "saved_at": time.time(),
                 "partitions": [[tp.topic, tp.partition, ps.offset]
                                for tp, ps in sorted(partitions.items())]}
         producer.send(self.topic, json.dumps(head).encode(), self._head_key(self.instance))
@@ -362,7 +380,7 @@ class KafkaStateStore:
                 if raw.get("format") != HEAD_FORMAT:
                     raise ValueError(f"format {raw.get('format')!r}, expected {HEAD_FORMAT!r}")
                 head = _Head(key, str(raw["instance"]), str(raw["set"]), int(raw["chunks"]),
-                             str(raw["sha256"]), float(raw["saved_at"]),
+                             _checksum(raw), float(raw["saved_at"]),
                              {TopicPartition(str(t), int(p)): int(o) for t, p, o in raw["partitions"]})
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 error = CheckpointError(
@@ -410,7 +428,7 @@ class KafkaStateStore:
                     f"checkpoint {self.topic}:{head.source}: {len(where)} of its chunks are "
                     f"gone from the topic (deleted by retention?); {_KAFKA_FIX}")
         data = b"".join(parts)
-        if hashlib.sha256(data).hexdigest() != head.sha256:
+        if _checksum_of(data, head.checksum[0]) != head.checksum[1]:
             raise CheckpointError(f"checkpoint {self.topic}:{head.source} is corrupt: its chunks "
                                   f"do not match the head's checksum; {_KAFKA_FIX}")
         return data

@@ -197,3 +197,54 @@ def test_unusual_tensors_round_trip_and_are_checksummed(tmp_path: Path) -> None:
     loaded, _ = load_checkpoint(path)
     for key, value in state.items():
         assert torch.equal(loaded[key], value), key
+
+
+def _sha256_era_file(path: Path, state: dict[str, object], meta: dict[str, object],
+                     *, damage: bool = False) -> None:
+    """A checkpoint as streamwatch wrote it before CRC-32C: a SHA-256 of the same content
+    stream, and torch's zip CRC-32 on."""
+    import hashlib
+
+    from streamwatch.checkpoint import CHECKPOINT_VERSION, _feed
+
+    hasher = hashlib.sha256()
+    _feed(hasher, {"meta": meta, "state": state})
+    digest = hasher.hexdigest()
+    if damage:
+        digest = ("0" if digest[0] != "0" else "1") + digest[1:]
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                "meta": meta, "state": state, "sha256": digest}, path)
+
+
+def test_a_checkpoint_written_with_the_older_sha256_still_loads_and_is_checked(
+    tmp_path: Path,
+) -> None:
+    state = {"w": torch.randn(50), "n": 3}
+    _sha256_era_file(tmp_path / "old.pt", state, {"kind": "icu_vitals"})
+    loaded, meta = load_checkpoint(tmp_path / "old.pt", expected_meta={"kind": "icu_vitals"})
+    assert torch.equal(loaded["w"], state["w"]) and meta == {"kind": "icu_vitals"}
+    _sha256_era_file(tmp_path / "bad.pt", state, {}, damage=True)
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_a_checkpoint_without_any_checksum_is_refused(tmp_path: Path) -> None:
+    from streamwatch.checkpoint import CHECKPOINT_VERSION
+
+    torch.save({"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+                "meta": {}, "state": {"w": torch.zeros(2)}}, tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        load_checkpoint(tmp_path / "none.pt")
+
+
+@pytest.mark.parametrize("where", range(0, 4000, 397))
+def test_any_flipped_bit_in_the_tensor_bytes_is_caught(tmp_path: Path, where: int) -> None:
+    """With torch's own zip CRC off, the CRC-32C is what catches damage in tensor data."""
+    weights = torch.randn(1000)
+    path = save_checkpoint(tmp_path / "c.pt", {"w": weights}, {})
+    data = bytearray(path.read_bytes())
+    i = bytes(data).index(weights.numpy().tobytes()[:16]) + where
+    data[i] ^= 1 << (where % 8)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match its checksum"):
+        load_checkpoint(path)

@@ -276,3 +276,29 @@ def test_checkpoints_of_processes_long_gone_are_removed_once_superseded() -> Non
     # "gone-too" was superseded on A; "gone" still holds the newest C; "live" read furthest
     assert left == {"ckpt/gone/head", "ckpt/live/head"}
     assert not _chunk_keys(transport, "gone-too")
+
+
+def test_a_head_written_with_the_older_sha256_is_still_read_and_checked() -> None:
+    """Heads named a SHA-256 of the chunks before they named a CRC-32C."""
+    import hashlib
+    import json
+
+    transport = MemoryTransport()
+    KafkaStateStore(transport, TOPIC, "one", chunk_bytes=1024).save(
+        _global(1, rows=50), {A: PartitionState(7, _streams("a"))})
+    head_msg = next(m for m in _records(transport) if m.key == b"ckpt/one/head")
+    head = json.loads(head_msg.value)  # type: ignore[arg-type]
+    reader = KafkaStateStore(transport, TOPIC, "probe")
+    reader.fold(_records(transport))
+    chunks = sorted(((k, at) for k, at in reader._chunks.items()), key=lambda kv: kv[1])
+    by_offset = {m.offset: m.value for m in _records(transport)}
+    data = b"".join(by_offset[at[1]] or b"" for _k, at in chunks)
+    for digest, works in ((hashlib.sha256(data).hexdigest(), True), ("0" * 64, False)):
+        old = {k: v for k, v in head.items() if k != "crc32c"} | {"sha256": digest}
+        transport.producer().send(TOPIC, json.dumps(old).encode(), b"ckpt/one/head")
+        if works:
+            snap = KafkaStateStore(transport, TOPIC, "reader").load({A})
+            assert snap.partitions[A].offset == 7
+        else:
+            with pytest.raises(CheckpointError, match="do not match the head's checksum"):
+                KafkaStateStore(transport, TOPIC, "reader2").load({A})
