@@ -77,6 +77,10 @@ class ServiceSection(BaseModel):
     checkpoint_dir: Path = Path("runs/detector")
     checkpoint_every_batches: int = Field(default=1000, ge=1)
     checkpoint_every_s: float = Field(default=30.0, gt=0)
+    checkpoint_jitter: float = Field(
+        default=0.25, ge=0, lt=1, description="each interval by time is drawn from "
+        "[(1 - jitter) * checkpoint_every_s, checkpoint_every_s]: a group's processes do not "
+        "checkpoint all at once")
     health_every_s: float = Field(default=2.0, gt=0)
     max_future_s: float = Field(default=300.0, ge=0)
     payload_cap: int = Field(default=4096, ge=64, le=1_000_000)

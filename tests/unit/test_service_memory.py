@@ -179,3 +179,19 @@ def test_the_loop_goes_on_while_a_checkpoint_is_written_and_the_checkpoint_does_
     assert sum(after - before for _f, _l, before, after in background) >= 2
     # ...and no checkpoint shared a tensor with the detector that went on changing
     assert all(first == last for first, last, _b, _a in slow.saves)
+
+
+def test_checkpoint_times_are_drawn_apart_within_the_configured_interval(tmp_path: Path) -> None:
+    """Processes of a group started together must not checkpoint at the same moments (on
+    2 cores two simultaneous writes doubled the p99), yet never wait longer than
+    ``checkpoint_every_s``."""
+    settings = service_settings(tmp_path, checkpoint_every_s=20.0, checkpoint_jitter=0.25)
+    one, two = (build_service(settings, MemoryTransport(), instance=name) for name in "ab")
+    first = [one._next_interval() for _ in range(200)]
+    second = [two._next_interval() for _ in range(200)]
+    assert all(15.0 <= s <= 20.0 for s in first + second)
+    assert max(first) - min(first) > 3.0  # spread over the band, not one fixed phase
+    assert sum(abs(a - b) > 0.5 for a, b in zip(first, second, strict=True)) > 150
+    steady = build_service(service_settings(tmp_path, checkpoint_every_s=20.0,
+                                            checkpoint_jitter=0.0), MemoryTransport())
+    assert {steady._next_interval() for _ in range(20)} == {20.0}
