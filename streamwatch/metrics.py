@@ -52,6 +52,14 @@ class ServiceMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r,
         )
+        self.checkpoint_seconds = Histogram(
+            "streamwatch_checkpoint_seconds",
+            "Checkpoint time by stage: snapshot (the loop pauses for it), write (serialise and "
+            "send or store, on the checkpoint thread)",
+            ["stage"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
         self._lock = threading.Lock()
         self.dead_letter_counts: dict[str, int] = {}

@@ -222,7 +222,8 @@ class DetectorService:
         # checkpoints are written on a thread of their own while the loop goes on, one at
         # a time (made by run(), shut down with it)
         self._writer: ThreadPoolExecutor | None = None
-        self._pending: tuple[Future[None], dict[TopicPartition, int]] | None = None
+        # (the write, the offsets it covers, the snapshot's seconds)
+        self._pending: tuple[Future[float], dict[TopicPartition, int], float] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def stop(self) -> None:
@@ -577,13 +578,22 @@ class DetectorService:
         and sending ~17 MB takes 100-500 ms, which would stall the loop), and commit the
         offsets it covers once it is durable (``_finish_pending``, on this thread: the
         consumer is not thread-safe)."""
+        started = time.perf_counter()
         snap = self._snapshot()
         if snap is None:
             return
         global_state, partitions, offsets = snap
+        snapshot_s = time.perf_counter() - started
+        self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
         assert self._writer is not None
-        future = self._writer.submit(self.store.save, global_state, partitions)
-        self._pending = (future, offsets)
+        future = self._writer.submit(self._timed_save, global_state, partitions)
+        self._pending = (future, offsets, snapshot_s)
+
+    def _timed_save(self, global_state: dict[str, Any],
+                    partitions: dict[TopicPartition, PartitionState]) -> float:
+        started = time.perf_counter()
+        self.store.save(global_state, partitions)
+        return time.perf_counter() - started
 
     def _finish_pending(self, *, block: bool) -> bool:
         """Commit after the background checkpoint once it is written; True when none is
@@ -591,29 +601,39 @@ class DetectorService:
         covers them); any other failure is raised here, as a synchronous save would."""
         if self._pending is None:
             return True
-        future, offsets = self._pending
+        future, offsets, snapshot_s = self._pending
         if not block and not future.done():
             return False
         self._pending = None
         try:
-            future.result()
+            write_s = future.result()
         except TransportError as exc:
             self.metrics.transport_errors.inc()
             log.warning("checkpoint not written; offsets stay uncommitted until the next one",
                         extra={"store": repr(self.store), "error": str(exc)})
             return True
+        self._wrote(snapshot_s, write_s, synchronous=False)
         self._saved(offsets)
         return True
+
+    def _wrote(self, snapshot_s: float, write_s: float, *, synchronous: bool) -> None:
+        self.metrics.checkpoint_seconds.labels("write").observe(write_s)
+        log.info("checkpoint written", extra={"snapshot_ms": round(snapshot_s * 1000, 1),
+                                              "write_ms": round(write_s * 1000, 1),
+                                              "synchronous": synchronous})
 
     def _checkpoint_and_commit(self) -> None:
         """Checkpoint and commit now, waiting for both (rebalance, shutdown)."""
         assert self._consumer is not None
         self._finish_pending(block=True)
+        started = time.perf_counter()
         snap = self._snapshot()
         if snap is None:
             return
         global_state, partitions, offsets = snap
-        self.store.save(global_state, partitions)
+        snapshot_s = time.perf_counter() - started
+        self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
+        self._wrote(snapshot_s, self._timed_save(global_state, partitions), synchronous=True)
         self._saved(offsets)
 
     def _saved(self, offsets: dict[TopicPartition, int]) -> None:

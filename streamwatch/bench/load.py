@@ -62,6 +62,10 @@ class LoadSpec:
         Readings/s, or ``None`` for as fast as possible.
     primer_steps
         Paced mode only: steps sent at once before waiting for ``go``, >= 0.
+    linger_ms
+        The load producer's ``linger_ms`` (0-1,000): how long it gathers a partition's
+        records into one batch. The time waited counts in the latency (CreateTime is set at
+        ``send``).
     """
 
     bootstrap: str
@@ -73,6 +77,7 @@ class LoadSpec:
     steps: int
     rate: float | None = None
     primer_steps: int = 0
+    linger_ms: int = 5
 
     def __post_init__(self) -> None:
         if not 1 <= self.streams <= 100_000:
@@ -83,6 +88,8 @@ class LoadSpec:
             raise ConfigError(f"rate must be > 0 readings/s or None, got {self.rate}")
         if not 0 <= self.primer_steps < self.steps:
             raise ConfigError(f"primer_steps must be in [0, steps), got {self.primer_steps}")
+        if not 0 <= self.linger_ms <= 1000:
+            raise ConfigError(f"linger_ms must be in 0..1000, got {self.linger_ms}")
 
     @property
     def readings(self) -> int:
@@ -176,7 +183,8 @@ def load_main(spec_fields: dict[str, Any], queue: Any, go: Any) -> None:
     spec = LoadSpec(**spec_fields)
     cpu0 = time.process_time()
     try:
-        transport = open_transport(spec.bootstrap, spec.client)  # type: ignore[arg-type]
+        transport = open_transport(spec.bootstrap, spec.client,  # type: ignore[arg-type]
+                                   client_config={"linger_ms": spec.linger_ms})
         producer = transport.producer()
         try:
             if spec.rate is None:

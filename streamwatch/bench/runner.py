@@ -232,7 +232,8 @@ class ClientBench:
             transport.create_topics({topic: parts})
             steps = 1 + math.ceil(rate * (o.warmup_s + o.seconds) / o.streams)
             spec = LoadSpec(self.bootstrap, self.producer_client, topic, o.streams, o.seed,
-                            phase1.next_ts, steps, rate=rate, primer_steps=1)  # fmt: skip
+                            phase1.next_ts, steps, rate=rate, primer_steps=1,
+                            linger_ms=o.load_linger_ms)  # fmt: skip
             load = LoadProcess(spec).start()
             run: Any = None
             try:
@@ -263,6 +264,10 @@ class ClientBench:
             transport.close()
         measure_from = int((sent["paced_start_epoch"] + o.warmup_s) * 1000)
         stats = latency_stats(readings, scores, measure_from)
+        broker_cpu = sent.pop("broker_cpu_s", None)  # over the paced load
+        stats["broker_cpu_share_of_one_core"] = (
+            None if broker_cpu is None or not sent["elapsed_s"]
+            else round(broker_cpu / sent["elapsed_s"], 3))
         stats.update(rate=round(rate, 1), measure_from_ms=measure_from, topic=topic, scores_topic=settings.topics.scores,
                      producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
                      drained_within_s=drained, dead_letters=run.sample().dead_letters)  # fmt: skip
@@ -276,7 +281,7 @@ class ClientBench:
     def _paced(self, run: Sampled, load: LoadProcess, rate: float) -> dict[str, Any]:
         o = self.opts
         load.go()
-        t0, total = time.monotonic(), o.warmup_s + o.seconds
+        t0, total, broker0 = time.monotonic(), o.warmup_s + o.seconds, self._broker_cpu()
         with self._bar(total, f"latency @ {rate:,.0f} rd/s", "s") as bar:
             while True:
                 run.check()
@@ -284,7 +289,9 @@ class ClientBench:
                 bar.n = round(min(time.monotonic() - t0, total), 1)
                 bar.refresh()
                 if msg is not None and msg[0] == "done":
-                    return dict(msg[1])
+                    broker1 = self._broker_cpu()
+                    return {**msg[1], "broker_cpu_s": None if broker0 is None or broker1 is None
+                            else round(broker1 - broker0, 3)}
                 if time.monotonic() - t0 > total * 3 + 120:
                     raise StreamwatchError("the paced load did not finish in time")
 

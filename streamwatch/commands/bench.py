@@ -69,6 +69,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--fetch-max-wait-ms", type=int,
                    help="the detector consumer's fetch wait (default: the client's, 500); Tansu "
                    "answers fetches only when it expires, so lower it (e.g. 50) for latency there")
+    p.add_argument("--load-linger-ms", type=int, default=5,
+                   help="latency phase: the load producer's linger_ms (default 5, the "
+                   "product's); counts in the latency. On Tansu fewer, larger batches cost "
+                   "the broker less (docs/bench.md)")
     p.add_argument("--emit-scores", choices=["all", "alerts"], default="all",
                    help="throughput phase: a Score per reading (default) or only around alerts; "
                    "the latency phase always emits all")
@@ -179,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
         detectors=args.detectors, state_store=args.state_store,
+        load_linger_ms=args.load_linger_ms,
     )  # fmt: skip
     result = run_bench(opts)
     _write_json(result, args.json)

@@ -179,6 +179,13 @@ def test_the_loop_goes_on_while_a_checkpoint_is_written_and_the_checkpoint_does_
     assert sum(after - before for _f, _l, before, after in background) >= 2
     # ...and no checkpoint shared a tensor with the detector that went on changing
     assert all(first == last for first, last, _b, _a in slow.saves)
+    # the metrics tell the loop's pause from the write (>= the 0.4 s sleep)
+    sample = service.metrics.registry.get_sample_value
+    writes = sample("streamwatch_checkpoint_seconds_count", {"stage": "write"})
+    assert writes == len(slow.saves)  # background and synchronous ones
+    assert sample("streamwatch_checkpoint_seconds_sum", {"stage": "write"}) >= 0.4 * writes
+    assert sample("streamwatch_checkpoint_seconds_count", {"stage": "snapshot"}) == writes
+    assert sample("streamwatch_checkpoint_seconds_sum", {"stage": "snapshot"}) < 0.4 * writes
 
 
 def test_checkpoint_times_are_drawn_apart_within_the_configured_interval(tmp_path: Path) -> None:
