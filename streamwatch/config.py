@@ -71,6 +71,10 @@ class ServiceSection(BaseModel):
     state_chunk_bytes: int = Field(default=512 * 1024, ge=1024, le=16 * 1024 * 1024,
                                    description="largest changelog record; below the "
                                    "broker's message.max.bytes (1 MB by default)")
+    state_write_bytes_per_s: int = Field(
+        default=16 * 1024 * 1024, ge=0, description="pace of a background checkpoint's "
+        "chunks to the state topic (0: no limit); saves on a rebalance or shutdown are not "
+        "paced")
     state_forget_after_s: float = Field(
         default=3600.0, ge=60, description="a checkpoint on the state topic this old whose "
         "every partition another holds at a newer offset is removed (its process is gone)")

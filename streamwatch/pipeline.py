@@ -586,13 +586,15 @@ class DetectorService:
         snapshot_s = time.perf_counter() - started
         self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
         assert self._writer is not None
-        future = self._writer.submit(self._timed_save, global_state, partitions)
+        future = self._writer.submit(self._timed_save, global_state, partitions,
+                                     background=True)
         self._pending = (future, offsets, snapshot_s)
 
     def _timed_save(self, global_state: dict[str, Any],
-                    partitions: dict[TopicPartition, PartitionState]) -> float:
+                    partitions: dict[TopicPartition, PartitionState],
+                    background: bool = False) -> float:
         started = time.perf_counter()
-        self.store.save(global_state, partitions)
+        self.store.save(global_state, partitions, background=background)
         return time.perf_counter() - started
 
     def _finish_pending(self, *, block: bool) -> bool:

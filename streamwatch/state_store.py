@@ -67,9 +67,11 @@ class StateStore(Protocol):
     """What the service needs of a store (see module docstring)."""
 
     def save(
-        self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState]
+        self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState],
+        *, background: bool = False,
     ) -> None:
-        """Make this process's checkpoint durable (replacing its previous one)."""
+        """Make this process's checkpoint durable (replacing its previous one).
+        ``background``: the loop goes on meanwhile, so the store may pace the write."""
 
     def load(self, partitions: set[TopicPartition], *, fresh_start: bool = False) -> Snapshot:
         """The newest state of each requested partition and the newest global state."""
@@ -130,9 +132,10 @@ class FileStateStore:
         return f"FileStateStore({str(self.directory)!r})"
 
     def save(
-        self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState]
+        self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState],
+        *, background: bool = False,
     ) -> None:
-        """Write this process's checkpoint atomically."""
+        """Write this process's checkpoint atomically (never paced: a local write)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         save_checkpoint(self.path, _state(global_state, partitions),
                         {"format": FORMAT, "instance": self.instance})
@@ -241,21 +244,30 @@ class KafkaStateStore:
     ``forget_after_s`` whose every partition has a newer entry in another head (and whose
     model is not the one chosen) is tombstoned with its chunks by the next ``load``. A live
     process checkpoints every ``checkpoint_every_s``, so its head is never that old.
+
+    A background save sends its chunks at ``write_bytes_per_s`` at most (0: no limit), as
+    RocksDB rate-limits its background writes: a checkpoint is ~17 MB with 1,000 streams,
+    and sent at once it held the broker and both cores long enough to put 350-500 ms on
+    the p99 latency of the seconds around it (docs/bench.md). Saves on a rebalance or at
+    shutdown are not paced: the group waits for them.
     """
 
     def __init__(self, transport: Transport, topic: str, instance: str, *,
                  chunk_bytes: int = 512 * 1024, read_timeout_s: float = 60.0,
-                 forget_after_s: float = 3600.0) -> None:
+                 forget_after_s: float = 3600.0, write_bytes_per_s: float = 0.0) -> None:
         if "/" in instance:
             raise CheckpointError(f"instance name {instance!r} must not contain '/'")
         if chunk_bytes < 1024:
             raise CheckpointError(f"chunk_bytes must be >= 1024, got {chunk_bytes}")
+        if write_bytes_per_s < 0:
+            raise CheckpointError(f"write_bytes_per_s must be >= 0, got {write_bytes_per_s}")
         self.transport = transport
         self.topic = topic
         self.instance = instance
         self.chunk_bytes = chunk_bytes
         self.read_timeout_s = read_timeout_s
         self.forget_after_s = forget_after_s
+        self.write_bytes_per_s = write_bytes_per_s
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None  # tails the topic
         self._fetcher: Consumer | None = None  # reads chosen chunks back
@@ -291,9 +303,11 @@ class KafkaStateStore:
 
     # -- writing -----------------------------------------------------------------------
     def save(
-        self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState]
+        self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState],
+        *, background: bool = False,
     ) -> None:
-        """Send this process's checkpoint (chunks, flush, head, flush; see class docstring).
+        """Send this process's checkpoint (chunks, flush, head, flush; see class docstring);
+        ``background``: paced at ``write_bytes_per_s``.
 
         Raises ``TransportError`` if the broker does not take it: the previous checkpoint
         then stays the current one, and the caller must not commit offsets."""
@@ -302,8 +316,13 @@ class KafkaStateStore:
         producer, size = self._send(), self.chunk_bytes
         set_id = uuid.uuid4().hex[:16]
         chunks = [data[i:i + size] for i in range(0, len(data), size)]
+        rate = self.write_bytes_per_s if background else 0.0
+        started, sent = time.monotonic(), 0
         for i, chunk in enumerate(chunks):
+            if rate and (ahead := started + sent / rate - time.monotonic()) > 0:
+                time.sleep(ahead)  # the chunks sent so far are due at `rate`
             producer.send(self.topic, chunk, self._chunk_key(self.instance, set_id, i))
+            sent += len(chunk)
         producer.flush()
         head = {"format": HEAD_FORMAT, "instance": self.instance, "set": set_id,
                 "chunks": len(chunks), "bytes": len(data),

@@ -126,7 +126,8 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
     if svc.state_store == "kafka":
         store = KafkaStateStore(transport, topics.state, options.instance,
                                 chunk_bytes=svc.state_chunk_bytes,
-                                forget_after_s=svc.state_forget_after_s)
+                                forget_after_s=svc.state_forget_after_s,
+                                write_bytes_per_s=svc.state_write_bytes_per_s)
     else:
         store = FileStateStore(svc.checkpoint_dir, options.instance)
     return DetectorService(transport, lambda: build_detector(settings), store, options, metrics)

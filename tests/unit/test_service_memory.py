@@ -127,11 +127,13 @@ class _SlowStore:
     def __init__(self, inner: Any, service: Any = None) -> None:
         self.inner, self.service = inner, service
         self.saves: list[tuple[str, str, int, int]] = []
+        self.background: list[bool] = []
 
-    def save(self, global_state: Any, partitions: Any) -> None:
+    def save(self, global_state: Any, partitions: Any, *, background: bool = False) -> None:
         first, batches = _digest((global_state, partitions)), self.service.stats.batches
+        self.background.append(background)
         time.sleep(0.4)
-        self.inner.save(global_state, partitions)
+        self.inner.save(global_state, partitions, background=background)
         self.saves.append((first, _digest((global_state, partitions)), batches,
                            self.service.stats.batches))
 
@@ -175,6 +177,7 @@ def test_the_loop_goes_on_while_a_checkpoint_is_written_and_the_checkpoint_does_
     stats = service.run(timeout=120, count=total)
     assert stats.readings == total and stats.checkpoints == len(slow.saves) >= 3
     background = slow.saves[:-1]  # the last one is the shutdown's, written synchronously
+    assert slow.background[-1] is False and slow.background.count(True) >= 2
     # batches were scored (and the model trained) while checkpoints were being written...
     assert sum(after - before for _f, _l, before, after in background) >= 2
     # ...and no checkpoint shared a tensor with the detector that went on changing

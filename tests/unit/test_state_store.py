@@ -302,3 +302,27 @@ def test_a_head_written_with_the_older_sha256_is_still_read_and_checked() -> Non
         else:
             with pytest.raises(CheckpointError, match="do not match the head's checksum"):
                 KafkaStateStore(transport, TOPIC, "reader2").load({A})
+
+
+def test_a_background_save_is_paced_and_a_rebalance_save_is_not() -> None:
+    """Background checkpoints go out at ``write_bytes_per_s`` (a 17 MB one sent at once
+    held the broker and both cores, docs/bench.md); the group waits for the others."""
+    import time
+
+    transport = MemoryTransport()
+    store = KafkaStateStore(transport, TOPIC, "one", chunk_bytes=4096,
+                            write_bytes_per_s=200_000)
+    state = _global(1, rows=2000)  # ~128 KB of tensors: ~32 chunks
+    started = time.monotonic()
+    store.save(state, {A: PartitionState(5, _streams("a"))}, background=True)
+    paced = time.monotonic() - started
+    chunks = len(_chunk_keys(transport, "one"))
+    assert chunks >= 30
+    assert paced >= (chunks - 1) * 4096 / 200_000  # every chunk but the first waited its turn
+    started = time.monotonic()
+    store.save(state, {A: PartitionState(9, _streams("a"))})
+    assert time.monotonic() - started < paced / 2
+    snap = KafkaStateStore(transport, TOPIC, "reader").load({A})
+    assert snap.partitions[A].offset == 9  # both complete checkpoints, the newer one read
+    with pytest.raises(CheckpointError, match="write_bytes_per_s"):
+        KafkaStateStore(transport, TOPIC, "bad", write_bytes_per_s=-1)
