@@ -72,7 +72,7 @@ class ServiceSection(BaseModel):
                                    description="largest changelog record; below the "
                                    "broker's message.max.bytes (1 MB by default)")
     state_write_bytes_per_s: int = Field(
-        default=16 * 1024 * 1024, ge=0, description="pace of a background checkpoint's "
+        default=8 * 1024 * 1024, ge=0, description="pace of a background checkpoint's "
         "chunks to the state topic (0: no limit); saves on a rebalance or shutdown are not "
         "paced")
     state_forget_after_s: float = Field(
