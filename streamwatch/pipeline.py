@@ -554,11 +554,13 @@ class DetectorService:
         return opts.checkpoint_every_s * (1.0 - opts.checkpoint_jitter * self._ckpt_rng.random())
 
     def _snapshot(self) -> tuple[dict[str, Any], dict[TopicPartition, PartitionState],
-                                 dict[TopicPartition, int]] | None:
-        """The state to checkpoint and the offsets it covers, copied (no tensor in it is
-        shared with the live detector, which goes on changing while it is written)."""
+                                 dict[TopicPartition, int], float] | None:
+        """The state to checkpoint, the offsets it covers, copied (no tensor in it is shared
+        with the live detector, which goes on changing while it is written), and the
+        seconds the copy took (the loop's pause, also in the metrics)."""
         if self.detector is None or not self._next_offsets:
             return None
+        started = time.perf_counter()
         offsets = dict(self._next_offsets)
         by_partition: dict[TopicPartition, list[str]] = {tp: [] for tp in offsets}
         for sid, tp in self._stream_partition.items():
@@ -571,21 +573,20 @@ class DetectorService:
         self._batches_since_ckpt = 0
         self._last_ckpt = time.monotonic()
         self._ckpt_interval = self._next_interval()
-        return _copied(self.detector.global_state_dict()), partitions, offsets
+        global_state = _copied(self.detector.global_state_dict())
+        snapshot_s = time.perf_counter() - started
+        self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
+        return global_state, partitions, offsets, snapshot_s
 
     def _start_checkpoint(self) -> None:
         """Snapshot now (8-15 ms with 1,000 streams on an idle machine), write in the
         background (serialising and sending ~17 MB: 60-700 ms, ~2 s when the topic store
-        paces it; it would stall the loop), and commit the
-        offsets it covers once it is durable (``_finish_pending``, on this thread: the
-        consumer is not thread-safe)."""
-        started = time.perf_counter()
+        paces it; it would stall the loop), and commit the offsets it covers once it is
+        durable (``_finish_pending``, on this thread: the consumer is not thread-safe)."""
         snap = self._snapshot()
         if snap is None:
             return
-        global_state, partitions, offsets = snap
-        snapshot_s = time.perf_counter() - started
-        self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
+        global_state, partitions, offsets, snapshot_s = snap
         assert self._writer is not None
         future = self._writer.submit(self._timed_save, global_state, partitions,
                                      background=True)
@@ -629,13 +630,10 @@ class DetectorService:
         """Checkpoint and commit now, waiting for both (rebalance, shutdown)."""
         assert self._consumer is not None
         self._finish_pending(block=True)
-        started = time.perf_counter()
         snap = self._snapshot()
         if snap is None:
             return
-        global_state, partitions, offsets = snap
-        snapshot_s = time.perf_counter() - started
-        self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
+        global_state, partitions, offsets, snapshot_s = snap
         self._wrote(snapshot_s, self._timed_save(global_state, partitions), synchronous=True)
         self._saved(offsets)
 
