@@ -201,7 +201,8 @@ def test_checkpoint_times_are_drawn_apart_within_the_configured_interval(tmp_pat
     second = [two._next_interval() for _ in range(200)]
     assert all(15.0 <= s <= 20.0 for s in first + second)
     assert max(first) - min(first) > 3.0  # spread over the band, not one fixed phase
-    assert sum(abs(a - b) > 0.5 for a, b in zip(first, second, strict=True)) > 150
+    # independent draws: ~162 of 200 pairs differ by > 0.5 s (one fixed phase: none)
+    assert sum(abs(a - b) > 0.5 for a, b in zip(first, second, strict=True)) > 120
     steady = build_service(service_settings(tmp_path, checkpoint_every_s=20.0,
                                             checkpoint_jitter=0.0), MemoryTransport())
     assert {steady._next_interval() for _ in range(20)} == {20.0}
