@@ -9,7 +9,10 @@ For each client (kafka-python, confluent-kafka), on fresh topics (uuid suffix):
    configured ``train_every``, checkpoints, health records, one torch thread) consumes it
    in this process. After ``warmup_s`` from its first scored batch, ``seconds`` of
    sustained readings/s are measured, with batches, training steps, checkpoints and the
-   process's CPU time (all threads).
+   process's CPU time (all threads). Before the detectors, unless ``relay`` is off,
+   ``bench.relay.Relay`` (consume, decode, produce a record per reading: the transport
+   alone) is measured on the same pre-fill in as many processes: the ceiling of this
+   broker, client and machine, side by side with the detector's rate.
 2. **Latency.** A fresh service, restored from phase 1's final checkpoint (warm model,
    thresholds and per-stream state, as a restarted detector), consumes a live load paced
    at ``latency_rate_fraction`` x the measured rate. Each Reading is joined to its Score

@@ -29,7 +29,8 @@ FIELDS = ("readings", "batches", "dead_letters", "checkpoints", "cpu_s", "thread
 
 
 def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, errors: Any,
-           log_level: str) -> None:  # fmt: skip  # pragma: no cover - runs in the child process
+           log_level: str, relay_topic: str | None = None,
+           ) -> None:  # fmt: skip  # pragma: no cover - runs in the child process
     import torch
 
     from streamwatch.cli import setup_logging
@@ -37,6 +38,7 @@ def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, e
     setup_logging(log_level)
 
     from streamwatch.bench.measure import ServiceRun
+    from streamwatch.bench.relay import relay_for
     from streamwatch.bench.runner import _restore_factory
     from streamwatch.commands.detect import build_service, open_kafka
 
@@ -49,7 +51,10 @@ def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, e
                                  for f in FIELDS]  # fmt: skip
 
     try:
-        service = build_service(settings, transport, instance=instance)
+        if relay_topic is not None:
+            service: Any = relay_for(settings, transport, relay_topic)
+        else:
+            service = build_service(settings, transport, instance=instance)
         if restore is not None:
             service.detector_factory = _restore_factory(settings, restore)
         run = ServiceRun(service).start()
@@ -71,9 +76,11 @@ def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, e
 
 
 class GroupRun(Sampled):
-    """N detector processes in one group (see module docstring)."""
+    """N detector processes in one group (see module docstring); with ``relay_topic``,
+    N :class:`~streamwatch.bench.relay.Relay` processes instead (the transport alone)."""
 
-    def __init__(self, settings: Any, instances: list[str], restore: Any = None) -> None:
+    def __init__(self, settings: Any, instances: list[str], restore: Any = None,
+                 relay_topic: str | None = None) -> None:  # fmt: skip
         if len(instances) < 2:
             raise StreamwatchError("a group run needs at least 2 detector processes")
         ctx = mp.get_context("spawn")
@@ -84,7 +91,8 @@ class GroupRun(Sampled):
             arr[len(FIELDS)] = 1.0
         self._procs = [ctx.Process(target=_child, name=f"streamwatch-bench-{name}", daemon=True,
                                    args=(settings, name, restore, arr, self._stop, self._errors,
-                                         logging.getLevelName(logging.getLogger().level).lower()))
+                                         logging.getLevelName(logging.getLogger().level).lower(),
+                                         relay_topic))
                        for name, arr in zip(instances, self._shared, strict=True)]  # fmt: skip
 
     def start(self) -> GroupRun:

@@ -83,6 +83,11 @@ class BenchOptions:
     state_store
         ``kafka`` (the changelog topic) or ``directory``; ``None`` = the settings' (kafka
         unless the config file says otherwise).
+    relay
+        Before the detector phase, measure :class:`~streamwatch.bench.relay.Relay` (the
+        transport alone: consume, decode, produce one record per reading) on the same
+        pre-fill, in ``detectors`` processes: what this broker, client and machine carry
+        with no detector, side by side with the detector's rate.
     detectors
         Detector processes in the consumer group, 1-16 (``bench.group``): 1 runs the service
         in a thread of the bench process (profiled with ``profile``), more run one process
@@ -112,6 +117,7 @@ class BenchOptions:
     config_file: Path | None = None
     detectors: int = 1
     state_store: str | None = None
+    relay: bool = True
 
     def __post_init__(self) -> None:
         if not self.clients or any(c not in CLIENTS for c in self.clients):

@@ -69,10 +69,13 @@ def machine_info() -> dict[str, Any]:
 
 
 def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per client: throughput target met, latency target met (p99 and nothing missing)."""
+    """Per client: throughput target met, latency target met (p99 and nothing missing),
+    and, when the relay ran, its rate and whether the target lies above it (then no
+    detector reaches it on this machine: the transport alone does not)."""
     out: dict[str, dict[str, Any]] = {}
     for client, run in runs.items():
         rate = (run.get("throughput") or {}).get("readings_per_s")
+        relay = ((run.get("throughput") or {}).get("relay") or {}).get("readings_per_s")
         lat = run.get("latency") or {}
         target = TARGETS.get(client)
         t_met = None if rate is None or target is None else rate >= target
@@ -82,14 +85,16 @@ def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "readings_per_s": rate, "target_readings_per_s": target, "throughput_met": t_met,
             "p99_ms": p99, "target_p99_ms": TARGETS["p99_ms"], "all_scores_joined":
             None if not lat else lat.get("missing") == 0, "latency_met": l_met,
-            "met": bool(t_met) and bool(l_met),
+            "met": bool(t_met) and bool(l_met), "relay_readings_per_s": relay,
+            "target_above_relay": None if relay is None or target is None else target > relay,
         }  # fmt: skip
     return out
 
 
 def table(result: dict[str, Any]) -> str:
     """A short side-by-side table of the runs."""
-    head = (f"{'client':<13} {'readings/s':>11} {'target':>8} {'thr cpu us/rd':>13} {'train':>6} "
+    head = (f"{'client':<13} {'readings/s':>11} {'relay rd/s':>10} {'target':>8} "
+            f"{'thr cpu us/rd':>13} {'train':>6} "
             f"{'lat rate':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} "
             f"{'joined':>14} {'verdict':>8}")  # fmt: skip
     lines = [head, "-" * len(head)]
@@ -102,7 +107,8 @@ def table(result: dict[str, Any]) -> str:
         v = result["verdict"][client]
         joined = f"{lat.get('joined', '-')}/{lat.get('readings', '-')}" if lat else "-"
         lines.append(
-            f"{client:<13} {f(tp.get('readings_per_s')):>11} {f(v['target_readings_per_s']):>8} "
+            f"{client:<13} {f(tp.get('readings_per_s')):>11} "
+            f"{f(v.get('relay_readings_per_s')):>10} {f(v['target_readings_per_s']):>8} "
             f"{f(tp.get('detector_thread_cpu_us_per_reading'), '.1f'):>13} "
             f"{f(tp.get('training_steps'), 'd'):>6} "
             f"{f(lat.get('rate'))!s:>9} {f(lat.get('p50_ms'), '.1f'):>7} "

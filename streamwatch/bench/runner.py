@@ -143,6 +143,7 @@ class ClientBench:
             with self._bar(spec.readings, "pre-fill", "rd") as bar:
                 prefill = self._wait_load(load, "done", bar, timeout=3600)
             load.stop()
+            relay = self._relay(settings, transport, spec.readings) if o.relay else None
             instance = f"bench-{suffix}"
             run: Sampled
             if o.detectors > 1:
@@ -155,11 +156,69 @@ class ClientBench:
         figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
                                 for k, v in prefill.items()}, topic=topic,
                        scores_topic=settings.topics.scores, partitions=parts)  # fmt: skip
+        if relay is not None:
+            figures["relay"] = relay
         phase1 = Phase1(settings.service.checkpoint_dir, settings.service.state_store,
                         settings.topics.state, instance, topic, parts,
                         self.start_ts + (scored - 1) // o.streams + 2,
                         figures["readings_per_s"] or 0.0)  # fmt: skip
         return figures, phase1
+
+    def _relay(self, settings: Any, transport: Any, prefilled: int) -> dict[str, Any]:
+        """The transport alone on the pre-filled topic (``bench.relay``), in as many
+        processes as the detector phase, before the detectors read the same topic."""
+        from streamwatch.bench.relay import relay_for
+
+        o = self.opts
+        out_topic = f"{settings.topics.readings.rsplit('.', 1)[0]}.relay"
+        transport.create_topics({out_topic: settings.topics.partitions})
+        run: Sampled
+        if o.detectors > 1:
+            names = [f"bench-relay-{i}" for i in range(o.detectors)]
+            run = GroupRun(settings, names, relay_topic=out_topic)
+        else:
+            run = ServiceRun(relay_for(settings, transport, out_topic))
+        run.start()
+        try:
+            figures = self._relay_window(run, prefilled)
+        except BaseException:
+            run.stop()
+            raise
+        run.stop()
+        figures.update(relayed_total=run.sample().readings, out_topic=out_topic,
+                       processes=o.detectors)  # fmt: skip
+        if isinstance(run, GroupRun):
+            figures["per_process_relayed"] = run.per_member()
+        return figures
+
+    def _relay_window(self, run: Sampled, prefilled: int) -> dict[str, Any]:
+        """As the throughput window; a relay that empties the pre-fill within its warm-up
+        is measured from its first batch (``warmup_included``) rather than refused."""
+        o = self.opts
+
+        def drained(s: Sample) -> bool:
+            return s.readings + s.dead_letters >= prefilled
+
+        first = run.wait_until(lambda s: s.batches > 0, 120, "the relay's first batch")
+        start = run.wait_until(lambda s: s.t >= first.t + o.warmup_s or drained(s),
+                               o.warmup_s + 120, "the end of the relay's warm-up")  # fmt: skip
+        warmup_included = drained(start)
+        if warmup_included:
+            start = first
+        with self._bar(o.seconds, "relay (transport alone)", "s") as bar:
+            end = run.wait_until(
+                lambda s: s.t >= start.t + o.seconds or drained(s), o.seconds + 120,
+                "the end of the relay's window",
+                lambda s: setattr(bar, "n", round(min(s.t - start.t, o.seconds), 1)))  # fmt: skip
+        figures = window_figures(start, end)
+        for key in ("training_steps", "checkpoints"):
+            figures.pop(key)
+        figures.update(drained_early=drained(end), warmup_included=warmup_included)
+        if figures["drained_early"]:
+            log.warning("%s: the relay emptied the pre-fill after %.1f s: its rate is a lower "
+                        "bound; raise --prefill-rate for a full window", self.client,
+                        figures["elapsed_s"])  # fmt: skip
+        return figures
 
     def _measure_throughput(self, run: Any, prefilled: int) -> tuple[dict[str, Any], int]:
         run.start()

@@ -82,6 +82,10 @@ def register(subparsers: Any) -> None:
                    "runs in its own process and the figures are the group's")
     p.add_argument("--state-store", choices=["kafka", "directory"],
                    help="where the detectors checkpoint (default: the settings', kafka)")
+    p.add_argument("--relay", action=argparse.BooleanOptionalAction, default=True,
+                   help="before the detectors, measure the transport alone on the same pre-fill "
+                   "(consume, decode, produce a record per reading, as many processes): the "
+                   "ceiling of this broker, client and machine (default on)")
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
                    "(pip install -e .[bench]); raw stacks kept next to --json")
@@ -183,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
         detectors=args.detectors, state_store=args.state_store,
-        load_linger_ms=args.load_linger_ms,
+        load_linger_ms=args.load_linger_ms, relay=args.relay,
     )  # fmt: skip
     result = run_bench(opts)
     _write_json(result, args.json)

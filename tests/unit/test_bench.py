@@ -75,6 +75,14 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         assert tp["scored_total"] >= tp["readings"]
         scores = _records(kafka_bootstrap, tp["scores_topic"], 3)
         assert len(scores) == tp["scored_total"]
+        # The relay (transport alone) on the same pre-fill: each record it counts is on its
+        # topic once, and is one of the pre-filled readings.
+        relay = tp["relay"]
+        assert relay["readings"] > 0 and relay["batches"] > 0 and relay["dead_letters"] == 0
+        assert relay["processes"] == 1 and "training_steps" not in relay
+        relayed = {(sid, ts) for sid, ts, _ms in _records(kafka_bootstrap, relay["out_topic"], 3)}
+        assert len(relayed) == relay["relayed_total"] >= relay["readings"]
+        assert relayed <= {(sid, ts) for sid, ts, _ms in _records(kafka_bootstrap, tp["topic"], 3)}
         # Latency: every reading joined; figures recomputed from the topics themselves.
         readings = _records(kafka_bootstrap, lat["topic"], 3)
         assert lat["readings"] == len(readings) == lat["producer"]["sent"] == lat["joined"]
@@ -98,6 +106,8 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         v = result["verdict"][client]
         assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
         assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
+        assert v["relay_readings_per_s"] == relay["readings_per_s"] > 0
+        assert v["target_above_relay"] == (TARGETS[client] > relay["readings_per_s"])
 
 
 @pytest.mark.timeout(280)
@@ -121,6 +131,9 @@ def test_bench_measures_a_group_of_detector_processes_as_one(
     assert len(split) == 2 and all(n > 0 for n in split) and sum(split) == tp["scored_total"]
     assert tp["readings"] > 0 and tp["training_steps"] > 0
     assert len(_records(kafka_bootstrap, tp["scores_topic"], 3)) >= tp["scored_total"]
+    relay = tp["relay"]
+    assert relay["processes"] == 2 and sum(relay["per_process_relayed"]) == relay["relayed_total"]
+    assert len(_records(kafka_bootstrap, relay["out_topic"], 3)) >= relay["relayed_total"] > 0
     assert lat["missing"] == 0 and lat["joined"] == lat["readings"] > 0
     # both held partitions before the paced load began, so both scored some of it
     assert len(lat["per_detector_scored"]) == 2 and all(n > 0 for n in lat["per_detector_scored"])
