@@ -178,13 +178,7 @@ class ClientBench:
             run = GroupRun(settings, names, relay_topic=out_topic)
         else:
             run = ServiceRun(relay_for(settings, transport, out_topic))
-        run.start()
-        try:
-            figures = self._relay_window(run, prefilled)
-        except BaseException:
-            run.stop()
-            raise
-        run.stop()
+        figures = _windowed(run, self._relay_window, prefilled)
         figures.update(relayed_total=run.sample().readings, out_topic=out_topic,
                        processes=o.detectors)  # fmt: skip
         if isinstance(run, GroupRun):
@@ -195,13 +189,7 @@ class ClientBench:
         """As the throughput window; a relay that empties the pre-fill within its warm-up
         is measured from its first batch (``warmup_included``) rather than refused."""
         o = self.opts
-
-        def drained(s: Sample) -> bool:
-            return s.readings + s.dead_letters >= prefilled
-
-        first = run.wait_until(lambda s: s.batches > 0, 120, "the relay's first batch")
-        start = run.wait_until(lambda s: s.t >= first.t + o.warmup_s or drained(s),
-                               o.warmup_s + 120, "the end of the relay's warm-up")  # fmt: skip
+        first, start, drained = self._warm_up(run, prefilled, "the relay")
         warmup_included = drained(start)
         if warmup_included:
             start = first
@@ -221,28 +209,30 @@ class ClientBench:
         return figures
 
     def _measure_throughput(self, run: Any, prefilled: int) -> tuple[dict[str, Any], int]:
-        run.start()
-        try:
-            figures = self._throughput_window(run, prefilled)
-        except BaseException:
-            run.stop()
-            raise
-        run.stop()
+        figures = _windowed(run, self._throughput_window, prefilled)
         scored = run.sample().readings
         figures["scored_total"] = scored
         if isinstance(run, GroupRun):
             figures["per_detector_scored"] = run.per_member()
         return figures, scored
 
-    def _throughput_window(self, run: Sampled, prefilled: int) -> dict[str, Any]:
+    def _warm_up(self, run: Sampled, prefilled: int, who: str
+                 ) -> tuple[Sample, Sample, Callable[[Sample], bool]]:  # fmt: skip
+        """Samples at the first batch and at the end of the warm-up after it (or when the
+        pre-fill ran out, if sooner), and the test for "the pre-fill ran out"."""
         o = self.opts
 
         def drained(s: Sample) -> bool:
             return s.readings + s.dead_letters >= prefilled
 
-        first = run.wait_until(lambda s: s.batches > 0, 120, "the first scored batch")
+        first = run.wait_until(lambda s: s.batches > 0, 120, f"{who}'s first batch")
         start = run.wait_until(lambda s: s.t >= first.t + o.warmup_s or drained(s),
-                               o.warmup_s + 120, "the end of the warm-up")  # fmt: skip
+                               o.warmup_s + 120, f"the end of {who}'s warm-up")  # fmt: skip
+        return first, start, drained
+
+    def _throughput_window(self, run: Sampled, prefilled: int) -> dict[str, Any]:
+        o = self.opts
+        first, start, drained = self._warm_up(run, prefilled, "the detector")
         if drained(start):
             raise StreamwatchError(
                 f"{self.client}: the detector consumed the whole pre-fill ({prefilled} readings) "
@@ -397,6 +387,19 @@ class ClientBench:
             shutil.copyfile(out, kept)
             log.info("py-spy stacks kept", extra={"path": str(kept)})
         return summarise(counts, readings, cpu_s)
+
+
+def _windowed(run: Any, window: Callable[[Any, int], dict[str, Any]], prefilled: int
+              ) -> dict[str, Any]:  # fmt: skip
+    """Start ``run``, measure its window, stop it (also when the measurement fails)."""
+    run.start()
+    try:
+        figures = window(run, prefilled)
+    except BaseException:
+        run.stop()
+        raise
+    run.stop()
+    return figures
 
 
 def _without_none(tree: dict[str, Any]) -> dict[str, Any]:
