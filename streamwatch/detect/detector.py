@@ -77,6 +77,20 @@ from streamwatch.schema import Alert, ChannelForecast, Reading, Score, encode
 
 log = logging.getLogger(__name__)
 
+#: Event-time length of a training tick (``KindState.tick``), seconds.
+TRAIN_TICK_S = 1.0
+
+
+def _tick_breaks(readings: Sequence[Reading]) -> list[int]:
+    """Positions where the batch enters a later training tick than any reading before it
+    (late readings stay with the tick the batch has reached)."""
+    if len(readings) < 2:
+        return []
+    ts = np.fromiter((r.ts for r in readings), dtype=np.float64, count=len(readings))
+    with np.errstate(invalid="ignore"):
+        ticks = np.fmax.accumulate(np.floor(ts / TRAIN_TICK_S))
+        return (np.flatnonzero(ticks[1:] > ticks[:-1]) + 1).tolist()
+
 ScorerSource = Mapping[str, Scorer] | Callable[[KindSpec], Scorer]
 
 
@@ -273,21 +287,50 @@ class StreamDetector(DetectorState):
         return encoded, alerts
 
     def _run(self, readings: Sequence[Reading], emit: Callable[..., None]) -> list[Alert]:
+        """Process the batch split at event-time training ticks (``KindState.tick``): the
+        readings of one tick as one step, then the staged training before the next. Every
+        part is validated before any is processed (a bad reading changes nothing)."""
+        parts, start = [], 0
+        for end in [*_tick_breaks(readings), len(readings)]:
+            if end > start:
+                parts.append(self._prepare(readings, start, end))
+            start = end
+        alerts: list[Alert] = []
+        for prepared in parts:
+            for ks, idx, rs, values, ts in prepared:
+                if ks.deferred:
+                    self._enter_tick(ks, ts)
+                out = self._process_kind(ks, rs, values, ts, alerts)
+                emit(ks, idx, rs, ts, out)
+        self._counters["readings"] += len(readings)
+        return alerts
+
+    def _enter_tick(self, ks: KindState, ts: np.ndarray) -> None:
+        """Before a part of the batch: if it reaches a new tick, train what was staged."""
+        last = float(np.nanmax(ts)) if np.isfinite(ts).any() else math.nan
+        if not math.isfinite(last):
+            return
+        tick = math.floor(last / TRAIN_TICK_S)
+        if ks.tick is None:
+            ks.tick = tick
+        elif tick > ks.tick:
+            ks.scorer.train_pending()  # type: ignore[attr-defined]
+            ks.tick = tick
+
+    def _prepare(self, readings: Sequence[Reading], start: int, end: int
+                 ) -> list[tuple[KindState, list[int], list[Reading], np.ndarray, np.ndarray]]:  # fmt: skip
+        """Per kind: the positions, readings, value matrix and timestamps of a part
+        (raises on a bad reading)."""
         groups: dict[str, list[int]] = {}
-        for i, r in enumerate(readings):
-            groups.setdefault(r.kind, []).append(i)
+        for i in range(start, end):
+            groups.setdefault(readings[i].kind, []).append(i)
         prepared = []
         for name, idx in groups.items():
             ks = self._kind(name)
             rs = [readings[i] for i in idx]
             values, ts = self._matrix(ks, rs)
             prepared.append((ks, idx, rs, values, ts))
-        alerts: list[Alert] = []
-        for ks, idx, rs, values, ts in prepared:
-            out = self._process_kind(ks, rs, values, ts, alerts)
-            emit(ks, idx, rs, ts, out)
-        self._counters["readings"] += len(readings)
-        return alerts
+        return prepared
 
     def _process_kind(self, ks: KindState, rs: list[Reading], values: np.ndarray,
                       ts: np.ndarray, alerts: list[Alert]) -> _Outputs:  # fmt: skip

@@ -57,6 +57,16 @@ class KindState:
         self.scorer_warming: Callable[[Sequence[str]], np.ndarray] | None = getattr(
             scorer, "warming_up", None)  # fmt: skip
         self.score_encoder = ScoreEncoder(spec.name, spec.channels, scorer.name)
+        # Event-time training ticks: a scorer that can defer its training (``ForecastScorer``)
+        # stages what it learns and trains only when the event time enters a new tick
+        # (``TRAIN_TICK_S``), so its parameters change at the same points of the stream
+        # however the readings are split into micro-batches or polls: a replay after a
+        # crash or a rebalance scores as the uninterrupted run did. ``tick`` is the last
+        # tick entered (None before the first reading); it is checkpointed.
+        self.deferred = callable(getattr(scorer, "train_pending", None))
+        if self.deferred:
+            scorer.defer_training = True  # type: ignore[attr-defined]
+        self.tick: int | None = None
 
 
 class DetectorState:
@@ -74,7 +84,8 @@ class DetectorState:
         """Everything (scorers, thresholds, hard limits, alert machines, counters)."""
         kinds = {}
         for name, ks in self._kinds.items():
-            kinds[name] = {"scorer": ks.scorer.state_dict(), **self._banks(ks, None)}
+            kinds[name] = {"scorer": ks.scorer.state_dict(), "train_tick": ks.tick,
+                           **self._banks(ks, None)}  # fmt: skip
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "counters": dict(self._counters), "kinds": kinds}  # fmt: skip
 
@@ -84,6 +95,7 @@ class DetectorState:
         for name, kstate in state["kinds"].items():
             ks = self._kind_for_restore(name)
             ks.scorer.load_state_dict(kstate["scorer"])
+            ks.tick = kstate.get("train_tick")
             for sid in list(ks.table.ids):
                 self._kind_of.pop(sid, None)
             ks.table.clear()
@@ -106,7 +118,7 @@ class DetectorState:
                 scorer_state = ks.scorer.state_dict()
                 if "streams" in scorer_state:
                     scorer_state = {**scorer_state, "streams": ks.scorer.export_streams([])}
-            kinds[name] = {"scorer": scorer_state}
+            kinds[name] = {"scorer": scorer_state, "train_tick": ks.tick}
         return {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "counters": dict(self._counters), "kinds": kinds}  # fmt: skip
 
@@ -118,6 +130,7 @@ class DetectorState:
             ks = self._kind_for_restore(name)
             fn = getattr(ks.scorer, "load_global_state", None)
             (fn if callable(fn) else ks.scorer.load_state_dict)(kstate["scorer"])
+            ks.tick = kstate.get("train_tick")
 
     def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
         """Per-stream state of these streams (unknown ids are left out)."""
