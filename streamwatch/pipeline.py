@@ -69,6 +69,11 @@ class ServiceOptions:
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
+#: The longest a partition known to have unread data holds the others back while it sends
+#: nothing (``DetectorService._pending_partitions``), seconds of wall time.
+PENDING_HOLD_S = 60.0
+
+
 class EventTimeMerge:
     """Merges the assigned partitions into one event-time order before scoring.
 
@@ -97,6 +102,10 @@ class EventTimeMerge:
         for tp in partitions:
             self._seen[tp] = now
 
+    def last_seen(self, tp: TopicPartition, default: float) -> float:
+        """Wall time of the partition's latest data (or of its assignment)."""
+        return self._seen.get(tp, default)
+
     @property
     def held(self) -> int:
         return len(self._heap)
@@ -117,10 +126,15 @@ class EventTimeMerge:
         if reading.ts > self._latest.get(tp, float("-inf")):
             self._latest[tp] = reading.ts
 
-    def release(self, now: float, *, everything: bool, max_n: int | None = None) -> list[Reading]:
+    def release(self, now: float, *, everything: bool, max_n: int | None = None,
+                pending: frozenset[TopicPartition] = frozenset()) -> list[Reading]:  # fmt: skip
+        """Readings up to the watermark (all held with ``everything``), in order. A partition
+        in ``pending`` (data on the broker not read yet) is never idle: it holds the others
+        back however long it has been silent."""
         limit = float("inf")
         if not everything:
-            active = [tp for tp, seen in self._seen.items() if now - seen < self.idle_s]
+            active = [tp for tp, seen in self._seen.items()
+                      if now - seen < self.idle_s or tp in pending]  # fmt: skip
             limit = min((self._latest.get(tp, float("-inf")) for tp in active),
                         default=float("inf"))
         out: list[Reading] = []
@@ -207,6 +221,11 @@ class DetectorService:
         self._next_offsets: dict[TopicPartition, int] = {}  # safe to commit
         self._polled_next: dict[TopicPartition, int] = {}
         self._assigned: set[TopicPartition] = set()
+        # per assigned partition (``_pending_partitions``): its log end as asked of the
+        # broker before a fetch answer gave one, and where reading it began when nothing of
+        # it has been polled yet
+        self._end_hints: dict[TopicPartition, int] = {}
+        self._start_positions: dict[TopicPartition, int] = {}
         self._merge = EventTimeMerge()
         self._decoder = schema.ReadingDecoder()
         self._tps: dict[tuple[str, int], TopicPartition] = {}
@@ -262,7 +281,9 @@ class DetectorService:
                     messages = self._consumer.poll(opts.poll_timeout_s, opts.max_poll_records)
                     if messages or self._merge.held:
                         left = None if count is None else count - self.stats.readings - self.stats.dead_letters
-                        self._process(messages, caught_up=not messages, budget=left)
+                        pending = self._pending_partitions()
+                        self._process(messages, caught_up=not messages and not pending,
+                                      budget=left, pending=pending)  # fmt: skip
                         if not self._gc_frozen and self.stats.readings:
                             self._freeze_heap()
                     self._maybe_checkpoint()
@@ -331,6 +352,9 @@ class DetectorService:
                 self._next_offsets[tp] = state.offset
                 self._polled_next[tp] = state.offset
         self._assigned |= set(partitions)
+        for tp in partitions:
+            self._end_hints.pop(tp, None)
+            self._start_positions.pop(tp, None)
         self._merge.assign(set(partitions), time.monotonic())
         log.info("partitions assigned", extra={
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
@@ -363,6 +387,8 @@ class DetectorService:
         for tp in partitions:
             self._next_offsets.pop(tp, None)
             self._polled_next.pop(tp, None)
+            self._end_hints.pop(tp, None)
+            self._start_positions.pop(tp, None)
         self._assigned -= set(partitions)
         self._merge.drop(partitions)
         log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
@@ -391,8 +417,53 @@ class DetectorService:
             tp = self._tps[(topic, partition)] = TopicPartition(topic, partition)
         return tp
 
+    def _pending_partitions(self) -> frozenset[TopicPartition]:
+        """Assigned partitions with data on the broker that this process has not polled
+        yet. Such a partition holds the others back (``EventTimeMerge.release``), and an
+        empty poll means "caught up" only when there is none. Without this, a partition
+        whose first records come late (kafka-python on Tansu delivers the partitions of a
+        backlog one after another, the last ones 10-15 s after the first) was taken for
+        idle after ``idle_s``, the others' later readings went ahead of its earlier ones,
+        and the shared model learned in another order than an uninterrupted in-order run:
+        other alert onsets, other alert ids after a restart.
+
+        The end of each partition is the consumer's cached high watermark (no request),
+        or, until a fetch answer has brought one, the log end asked of the broker once per
+        assignment. A partition stays pending at most ``PENDING_HOLD_S`` of silence (a
+        watermark no fetch reaches, such as transaction markers at the end of the log,
+        must not hold the others for good)."""
+        assert self._consumer is not None
+        if not self._assigned:
+            return frozenset()
+        try:
+            high = self._consumer.highwater(self._assigned)
+            unknown = [tp for tp in self._assigned
+                       if tp not in high and tp not in self._end_hints]  # fmt: skip
+            if unknown:
+                self._end_hints.update(self._consumer.end_offsets(unknown))
+        except TransportError as exc:
+            log.debug("partition ends unknown this time: %s", exc)
+            return frozenset()
+        now, pending = time.monotonic(), set()
+        for tp in self._assigned:
+            end = high.get(tp, self._end_hints.get(tp))
+            if end is None:
+                continue
+            at = self._polled_next.get(tp)
+            if at is None:
+                at = self._start_positions.get(tp)
+            if at is None:
+                try:
+                    at = self._start_positions[tp] = self._consumer.position(tp)
+                except TransportError:
+                    continue
+            if end > at and now - self._merge.last_seen(tp, now) < PENDING_HOLD_S:
+                pending.add(tp)
+        return frozenset(pending)
+
     def _process(self, messages: Sequence[Message], caught_up: bool,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None,
+                 pending: frozenset[TopicPartition] = frozenset()) -> None:
         started = time.perf_counter()
         assert self._producer is not None
         now, wall = self.clock(), time.monotonic()
@@ -425,7 +496,8 @@ class DetectorService:
                 for i, exc in sorted(refused.items())]
         if budget is not None:
             budget = max(0, budget - len(dead))
-        accepted = self._merge.release(wall, everything=caught_up, max_n=budget)
+        accepted = self._merge.release(wall, everything=caught_up, max_n=budget,
+                                       pending=pending)  # fmt: skip
         self._next_offsets = self._merge.safe_offsets(self._polled_next)
         size = self.options.max_poll_records
         for start in range(0, max(len(accepted), 1 if dead else 0), size):
