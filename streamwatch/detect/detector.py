@@ -289,9 +289,20 @@ class StreamDetector(DetectorState):
     def _run(self, readings: Sequence[Reading], emit: Callable[..., None]) -> list[Alert]:
         """Process the batch split at event-time training ticks (``KindState.tick``): the
         readings of one tick as one step, then the staged training before the next. Every
-        part is validated before any is processed (a bad reading changes nothing)."""
+        part is validated before any is processed (a bad reading changes nothing).
+
+        The batch is cut only at the tick boundaries where some kind may owe training: a
+        boundary with fewer readings before it (in this batch) than the smallest
+        ``training_room`` of the batch's kinds cannot owe any, ``train_pending`` would do
+        nothing there, so one part scores as two would; from the first boundary that may,
+        every one is cut (1,000 streams in batches of 997, train_every 2,048: 97 cuts in
+        201 batches instead of 199)."""
+        breaks = _tick_breaks(readings)
+        if breaks:
+            room = self._training_room(readings)
+            breaks = [b for b in breaks if b >= room]
         parts, start = [], 0
-        for end in [*_tick_breaks(readings), len(readings)]:
+        for end in [*breaks, len(readings)]:
             if end > start:
                 parts.append(self._prepare(readings, start, end))
             start = end
@@ -305,12 +316,24 @@ class StreamDetector(DetectorState):
         self._counters["readings"] += len(readings)
         return alerts
 
+    def _training_room(self, readings: Sequence[Reading]) -> int:
+        """The fewest readings any kind of the batch can learn before it owes training (0
+        for a kind not seen yet: its scorer does not exist to ask)."""
+        room = len(readings)
+        for name in {r.kind for r in readings}:
+            ks = self._kinds.get(name)
+            if ks is None:
+                return 0
+            if ks.deferred:
+                room = min(room, ks.scorer.training_room())  # type: ignore[attr-defined]
+        return room
+
     def _enter_tick(self, ks: KindState, ts: np.ndarray) -> None:
         """Before a part of the batch: if it reaches a new tick, train what was staged."""
-        last = float(np.nanmax(ts)) if np.isfinite(ts).any() else math.nan
-        if not math.isfinite(last):
+        finite = ts[np.isfinite(ts)]
+        if finite.size == 0:
             return
-        tick = math.floor(last / TRAIN_TICK_S)
+        tick = math.floor(float(finite.max()) / TRAIN_TICK_S)
         if ks.tick is None:
             ks.tick = tick
         elif tick > ks.tick:

@@ -117,11 +117,13 @@ class ForecastScorer:
         self.defer_training = False
         """When True (set by the detector), ``learn_many`` only stages windows and counts;
         ``train_pending`` adds them to the replay buffer in canonical (ts, stream) order
-        and takes the optimiser steps. The detector calls it at event-time tick
-        boundaries, so parameters change at the same points of the stream whatever the
-        micro-batching or the interleaving of partitions: replays give identical scores."""
+        and takes the optimiser steps, once a step is owed. The detector calls it at
+        event-time tick boundaries, so parameters change at the same points of the stream
+        whatever the micro-batching or the interleaving of partitions: replays give
+        identical scores."""
         self._staged: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []
         self._staged_learned = 0
+        self._staged_n = 0  # windows in _staged
 
     # ---------------------------------------------------------------- properties
     @property
@@ -280,15 +282,29 @@ class ForecastScorer:
                 pos = np.flatnonzero(mask)[take]
                 self._staged.append((batch.ts[pos].copy(), [batch.stream_ids[i] for i in pos],
                                      *self._windows(eligible)))
+                self._staged_n += int(pos.size)
             self._staged_learned += int(sel.size)
             return
         if eligible.size:
             self.trainer.replay.add(*self._windows(eligible))
         self.trainer.on_learned(int(sel.size))
 
+    def training_room(self) -> int:
+        """How many more readings can be learned before ``train_pending`` has anything to
+        do: while it is positive, a tick boundary changes nothing (the detector does not cut
+        a batch there)."""
+        cfg = self.config
+        return max(0, min(cfg.train_every - self.trainer.pending - self._staged_learned,
+                          cfg.replay_capacity - self._staged_n))
+
     def train_pending(self) -> int:
-        """Move staged windows into the replay buffer in (ts, stream) order and take the
-        optimiser steps they are owed (see ``defer_training``). Returns steps taken."""
+        """Once a step is owed (or a buffer's worth is staged): move the staged windows into
+        the replay buffer in (ts, stream) order and take the optimiser steps (see
+        ``defer_training``). Returns steps taken. Until then the windows stay staged, so
+        the buffer holds the same windows in the same order at each step wherever the tick
+        boundaries between two steps fell."""
+        if self.training_room() > 0:
+            return 0
         if self._staged:
             ts = np.concatenate([item[0] for item in self._staged])
             sids = [sid for item in self._staged for sid in item[1]]
@@ -296,7 +312,7 @@ class ForecastScorer:
             y = np.concatenate([item[3] for item in self._staged])
             order = sorted(range(len(sids)), key=lambda i: (ts[i], sids[i]))
             self.trainer.replay.add(x[order], y[order])
-            self._staged = []
+            self._staged, self._staged_n = [], 0
         learned, self._staged_learned = self._staged_learned, 0
         return self.trainer.on_learned(learned) if learned else 0
 
@@ -494,6 +510,7 @@ class ForecastScorer:
         self.model, self.trainer, self.state = fresh.model, fresh.trainer, fresh.state
         self.late_readings = fresh.late_readings
         self._staged, self._staged_learned = fresh._staged, fresh._staged_learned
+        self._staged_n = fresh._staged_n
         self._wave = None
 
     def _staged_state(self) -> dict[str, Any]:
@@ -515,3 +532,4 @@ class ForecastScorer:
         if int(staged["n"]):
             self._staged = [(staged["ts"].numpy().copy(), list(staged["sids"]),
                              staged["x"].numpy().copy(), staged["y"].numpy().copy())]
+            self._staged_n = len(self._staged[0][1])

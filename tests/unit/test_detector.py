@@ -517,6 +517,42 @@ def test_forecast_scorer_state_restores_identically_through_both_checkpoint_path
     assert tail2 == tail and tail_alerts2 == tail_alerts
 
 
+def test_training_falls_at_the_same_readings_however_the_stream_is_batched() -> None:
+    """Event-time ticks: the model's parameters change at the same points of the stream
+    (each Score's ``model_version``) whether a batch holds one reading or many ticks, and
+    whether the batch is cut at every tick or only where training may be owed (which
+    takes fewer parts)."""
+    data = ward(beds=6, seconds=420, shift_bed=3, shift_at=360)
+    runs = {}
+    for batch, every_tick in [(1, False), (7, False), (7, True), (40, False), (40, True),
+                              (130, False), (130, True)]:  # fmt: skip
+        det = forecast_detector()
+        parts = 0
+        prepare = det._prepare
+
+        def counting(*args: Any, _prepare: Any = prepare) -> Any:
+            nonlocal parts
+            parts += 1
+            return _prepare(*args)
+
+        det._prepare = counting  # type: ignore[method-assign]
+        if every_tick:
+            det._training_room = lambda readings: 0  # type: ignore[method-assign]
+        scores, alerts = run(det, data, batch)
+        events = [(a.alert_id, a.event, a.ts) for a in alerts]
+        runs[batch, every_tick] = ([s.model_version for s in scores],
+                                   [s.score for s in scores], events, parts)  # fmt: skip
+    versions, scores, events, _parts = runs[1, False]
+    assert versions[-1] >= 20 and any(event == "open" for _id, event, _ts in events)
+    for (batch, every_tick), (v, sc, ev, parts) in runs.items():
+        assert v == versions, f"batches of {batch}: training moved"
+        assert ev == events, f"batches of {batch}: other alerts"
+        # equal up to float rounding (a wave of other rows takes other BLAS paths)
+        np.testing.assert_allclose(sc, scores, rtol=1e-6, atol=1e-9)
+        if every_tick and batch > 1:
+            assert runs[batch, False][3] < parts, f"batches of {batch}: cut at every tick"
+
+
 @pytest.mark.parametrize("make", [detector, forecast_detector], ids=["ewma", "gru"])
 def test_process_encoded_gives_the_bytes_of_every_score_process_gives(make: Any) -> None:
     """Twin detectors, same input: ``process_encoded``'s records are ``schema.encode`` of

@@ -366,3 +366,21 @@ def test_kind_overrides_give_each_kind_its_settings_and_bad_ones_name_the_field(
     b.load_state_dict(scorer.state_dict())
     with pytest.raises(ConfigError, match=r"kind_overrides\.machine: .*hidden_size"):
         ModelConfig.build(kind_overrides={"machine": {"hidden_size": 0}})
+
+
+def test_deferred_training_waits_until_a_step_is_owed_then_adds_in_ts_stream_order() -> None:
+    scorer = ForecastScorer(TRI, tiny(train_every=20, warmup=2))
+    scorer.defer_training = True
+    rng = np.random.default_rng(0)
+    ids = ["s2", "s1"]
+    for t in range(9):  # 18 readings learned: 2 short of a step
+        step(scorer, wave(TRI, ids, t, rng.normal(size=6)))
+        assert scorer.train_pending() == 0
+    assert len(scorer.trainer.replay) == 0 and scorer.version == 0
+    assert scorer.training_room() == 2
+    step(scorer, wave(TRI, ids, 9, rng.normal(size=6)))
+    assert scorer.training_room() == 0
+    assert scorer.train_pending() == 1 and scorer.version == 1
+    staged = scorer.trainer.replay.added
+    assert staged == 2 * (10 - 2 + 1)  # one window per learned reading once `warmup` seen
+    assert scorer.training_room() == 20 and scorer.train_pending() == 0
