@@ -54,7 +54,7 @@ class Phase1:
     instance: str
     readings_topic: str
     partitions: int
-    next_ts: float
+    next_ts: float  # after every reading of the pre-fill (scored or not)
     readings_per_s: float
 
 
@@ -150,7 +150,7 @@ class ClientBench:
                 run = GroupRun(settings, [f"{instance}-{i}" for i in range(o.detectors)])
             else:
                 run = ServiceRun(build_service(settings, transport, instance=instance))
-            figures, scored = self._measure_throughput(run, spec.readings)
+            figures, _scored = self._measure_throughput(run, spec.readings)
         finally:
             transport.close()
         figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
@@ -160,7 +160,12 @@ class ClientBench:
             figures["relay"] = relay
         phase1 = Phase1(settings.service.checkpoint_dir, settings.service.state_store,
                         settings.topics.state, instance, topic, parts,
-                        self.start_ts + (scored - 1) // o.streams + 2,
+                        # past every step pre-filled: the detector goes on reading after
+                        # `scored` is sampled, and its checkpoint's training tick with it; a
+                        # latency phase starting behind that tick would never train (its
+                        # staged windows grew to ~200 MB, and each checkpoint's snapshot to
+                        # 0.6 s, the p99 latency's cause on 4 December)
+                        self.start_ts + steps + 1,
                         figures["readings_per_s"] or 0.0)  # fmt: skip
         return figures, phase1
 

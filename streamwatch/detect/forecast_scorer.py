@@ -124,6 +124,7 @@ class ForecastScorer:
         self._staged: list[tuple[np.ndarray, list[str], np.ndarray, np.ndarray]] = []
         self._staged_learned = 0
         self._staged_n = 0  # windows in _staged
+        self._staged_dropped = 0  # staged windows left out by _trim_staged
 
     # ---------------------------------------------------------------- properties
     @property
@@ -283,6 +284,8 @@ class ForecastScorer:
                 self._staged.append((batch.ts[pos].copy(), [batch.stream_ids[i] for i in pos],
                                      *self._windows(eligible)))
                 self._staged_n += int(pos.size)
+                if self._staged_n > 2 * cfg.replay_capacity:
+                    self._trim_staged()
             self._staged_learned += int(sel.size)
             return
         if eligible.size:
@@ -293,28 +296,42 @@ class ForecastScorer:
         """How many more readings can be learned before ``train_pending`` has anything to
         do: while it is positive, a tick boundary changes nothing (the detector does not cut
         a batch there)."""
-        cfg = self.config
-        return max(0, min(cfg.train_every - self.trainer.pending - self._staged_learned,
-                          cfg.replay_capacity - self._staged_n))
+        return max(0, self.config.train_every - self.trainer.pending - self._staged_learned)
 
     def train_pending(self) -> int:
-        """Once a step is owed (or a buffer's worth is staged): move the staged windows into
-        the replay buffer in (ts, stream) order and take the optimiser steps (see
-        ``defer_training``). Returns steps taken. Until then the windows stay staged, so
-        the buffer holds the same windows in the same order at each step wherever the tick
-        boundaries between two steps fell."""
+        """Once a step is owed: move the staged windows into the replay buffer in (ts,
+        stream) order and take the optimiser steps (see ``defer_training``). Returns steps
+        taken. Until then the windows stay staged, so the buffer holds the same windows in
+        the same order at each step wherever the tick boundaries between two steps fell."""
         if self.training_room() > 0:
             return 0
         if self._staged:
-            ts = np.concatenate([item[0] for item in self._staged])
-            sids = [sid for item in self._staged for sid in item[1]]
-            x = np.concatenate([item[2] for item in self._staged])
-            y = np.concatenate([item[3] for item in self._staged])
-            order = sorted(range(len(sids)), key=lambda i: (ts[i], sids[i]))
-            self.trainer.replay.add(x[order], y[order])
-            self._staged, self._staged_n = [], 0
+            _ts, _sids, x, y = self._sorted_staged()
+            self.trainer.replay.add(x, y)
+            self.trainer.replay.added += self._staged_dropped
+            self._staged, self._staged_n, self._staged_dropped = [], 0, 0
         learned, self._staged_learned = self._staged_learned, 0
         return self.trainer.on_learned(learned) if learned else 0
+
+    def _sorted_staged(self) -> tuple[np.ndarray, list[str], np.ndarray, np.ndarray]:
+        ts = np.concatenate([item[0] for item in self._staged])
+        sids = [sid for item in self._staged for sid in item[1]]
+        order = sorted(range(len(sids)), key=lambda i: (ts[i], sids[i]))
+        x = np.concatenate([item[2] for item in self._staged])[order]
+        y = np.concatenate([item[3] for item in self._staged])[order]
+        return ts[order], [sids[i] for i in order], x, y
+
+    def _trim_staged(self) -> None:
+        """Keep the last ``replay_capacity`` staged windows in (ts, stream) order: the
+        replay ring would keep no others of them. Bounds the memory (and the checkpoint)
+        while no step is owed for a long time: with ``train_every`` far above the
+        buffer, or while the event time stays behind the kind's training tick (a
+        restored checkpoint fed older readings), when ticks do not advance."""
+        ts, sids, x, y = self._sorted_staged()
+        keep = self.config.replay_capacity
+        self._staged_dropped += len(sids) - keep
+        self._staged = [(ts[-keep:], sids[-keep:], x[-keep:], y[-keep:])]
+        self._staged_n = keep
 
     def _windows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Training windows ending at each row's latest reading (current statistics)."""
@@ -510,7 +527,7 @@ class ForecastScorer:
         self.model, self.trainer, self.state = fresh.model, fresh.trainer, fresh.state
         self.late_readings = fresh.late_readings
         self._staged, self._staged_learned = fresh._staged, fresh._staged_learned
-        self._staged_n = fresh._staged_n
+        self._staged_n, self._staged_dropped = fresh._staged_n, fresh._staged_dropped
         self._wave = None
 
     def _staged_state(self) -> dict[str, Any]:
@@ -518,6 +535,7 @@ class ForecastScorer:
             return {"learned": self._staged_learned, "n": 0}
         return {
             "learned": self._staged_learned,
+            "dropped": self._staged_dropped,
             "n": sum(len(item[1]) for item in self._staged),
             "ts": torch.from_numpy(np.concatenate([item[0] for item in self._staged])),
             "sids": [sid for item in self._staged for sid in item[1]],
@@ -529,6 +547,7 @@ class ForecastScorer:
         if not staged:
             return
         self._staged_learned = int(staged["learned"])
+        self._staged_dropped = int(staged.get("dropped", 0))
         if int(staged["n"]):
             self._staged = [(staged["ts"].numpy().copy(), list(staged["sids"]),
                              staged["x"].numpy().copy(), staged["y"].numpy().copy())]

@@ -384,3 +384,28 @@ def test_deferred_training_waits_until_a_step_is_owed_then_adds_in_ts_stream_ord
     staged = scorer.trainer.replay.added
     assert staged == 2 * (10 - 2 + 1)  # one window per learned reading once `warmup` seen
     assert scorer.training_room() == 20 and scorer.train_pending() == 0
+
+
+def test_staged_windows_stay_bounded_and_train_as_if_all_were_kept() -> None:
+    """While no step is owed (here: ``train_every`` far above the buffer), staged windows
+    are trimmed to the newest ``replay_capacity``: the buffer, the weights after the step
+    and the staged memory are those of keeping every window, with a bound."""
+    config = tiny(train_every=120, replay_capacity=16, warmup=2)
+    trimmed, kept = ForecastScorer(TRI, config), ForecastScorer(TRI, config)
+    kept._trim_staged = lambda: None  # type: ignore[method-assign]
+    rng = np.random.default_rng(4)
+    ids = ["c", "a", "b"]
+    most = 0
+    for t in range(40):
+        values = rng.normal(size=9)
+        for scorer in (trimmed, kept):
+            scorer.defer_training = True
+            step(scorer, wave(TRI, ids, t, values))
+        most = max(most, trimmed._staged_n)
+    assert kept._staged_n > 2 * 16 >= most
+    assert trimmed.train_pending() == kept.train_pending() == 1
+    np.testing.assert_array_equal(trimmed.trainer.replay.x, kept.trainer.replay.x)
+    np.testing.assert_array_equal(trimmed.trainer.replay.y, kept.trainer.replay.y)
+    assert trimmed.trainer.replay.added == kept.trainer.replay.added
+    for a, b in zip(trimmed.model.parameters(), kept.model.parameters(), strict=True):
+        assert torch.equal(a, b)
