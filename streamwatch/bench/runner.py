@@ -302,12 +302,17 @@ class ClientBench:
                 # every member in the group, holding partitions, before the paced load: a
                 # member joining late would rebalance the group mid-measurement
                 members = min(o.detectors, parts)
-                run.wait_until(lambda s: s.readings >= o.streams and s.members_assigned >= members,
-                               120, f"the primer step's scores and {members} detectors holding "
-                               "partitions")  # fmt: skip
+                primed = run.wait_until(
+                    lambda s: s.readings >= o.streams and s.members_assigned >= members, 120,
+                    f"the primer step's scores and {members} detectors holding partitions")
                 sent = self._paced(run, load, rate)
                 load.stop()
                 drained = self._drain(run, sent["sent"])
+                # training on during the latency phase too (it was not, unseen, while the
+                # phase's readings were behind the restored training tick)
+                after = run.sample().training_steps
+                trained = (None if after is None or primed.training_steps is None
+                           else after - primed.training_steps)  # fmt: skip
             finally:
                 load.stop()
                 if run is not None:
@@ -324,7 +329,8 @@ class ClientBench:
             else round(broker_cpu / sent["elapsed_s"], 3))
         stats.update(rate=round(rate, 1), measure_from_ms=measure_from, topic=topic, scores_topic=settings.topics.scores,
                      producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
-                     drained_within_s=drained, dead_letters=run.sample().dead_letters)  # fmt: skip
+                     drained_within_s=drained, dead_letters=run.sample().dead_letters,
+                     training_steps=trained)  # fmt: skip
         if isinstance(run, GroupRun):
             stats["per_detector_scored"] = run.per_member()
         if stats["missing"]:

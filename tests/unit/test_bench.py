@@ -103,6 +103,7 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
             part = mine[by_second == p["second"]]
             assert p["readings"] == part.size and p["max_ms"] == round(float(part.max()), 1)
         assert lat["rate"] == pytest.approx(0.5 * tp["readings_per_s"], rel=1e-2)
+        assert lat["training_steps"] > 0, "the latency phase must train too"
         v = result["verdict"][client]
         assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
         assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
@@ -137,3 +138,4 @@ def test_bench_measures_a_group_of_detector_processes_as_one(
     assert lat["missing"] == 0 and lat["joined"] == lat["readings"] > 0
     # both held partitions before the paced load began, so both scored some of it
     assert len(lat["per_detector_scored"]) == 2 and all(n > 0 for n in lat["per_detector_scored"])
+    assert lat["training_steps"] > 0
