@@ -369,20 +369,26 @@ def test_kind_overrides_give_each_kind_its_settings_and_bad_ones_name_the_field(
 
 
 def test_deferred_training_waits_until_a_step_is_owed_then_adds_in_ts_stream_order() -> None:
-    scorer = ForecastScorer(TRI, tiny(train_every=20, warmup=2))
+    """Deferred, with waves in stream order s2, s1: nothing reaches the buffer before a
+    step is owed; then the buffer and the step are those of an immediate scorer fed the
+    same readings in (ts, stream) order, s1 before s2."""
+    config = tiny(train_every=20, warmup=2)
+    scorer, ordered = ForecastScorer(TRI, config), ForecastScorer(TRI, config)
     scorer.defer_training = True
     rng = np.random.default_rng(0)
-    ids = ["s2", "s1"]
-    for t in range(9):  # 18 readings learned: 2 short of a step
-        step(scorer, wave(TRI, ids, t, rng.normal(size=6)))
-        assert scorer.train_pending() == 0
-    assert len(scorer.trainer.replay) == 0 and scorer.version == 0
-    assert scorer.training_room() == 2
-    step(scorer, wave(TRI, ids, 9, rng.normal(size=6)))
+    for t in range(10):  # 2 streams: the 10th wave makes 20 readings learned, one step
+        values = rng.normal(size=(2, 3))
+        step(scorer, wave(TRI, ["s2", "s1"], t, values))
+        step(ordered, wave(TRI, ["s1", "s2"], t, values[::-1]))
+        if t < 9:
+            assert scorer.train_pending() == 0
+    assert len(scorer.trainer.replay) == 0 and scorer.version == 0 and ordered.version == 1
     assert scorer.training_room() == 0
     assert scorer.train_pending() == 1 and scorer.version == 1
-    staged = scorer.trainer.replay.added
-    assert staged == 2 * (10 - 2 + 1)  # one window per learned reading once `warmup` seen
+    assert scorer.trainer.replay.added == 2 * (10 - 2 + 1)  # a window a reading after warm-up
+    np.testing.assert_array_equal(scorer.trainer.replay.x, ordered.trainer.replay.x)
+    for a, b in zip(scorer.model.parameters(), ordered.model.parameters(), strict=True):
+        assert torch.equal(a, b)
     assert scorer.training_room() == 20 and scorer.train_pending() == 0
 
 
