@@ -536,7 +536,7 @@ class ForecastScorer:
         return {
             "learned": self._staged_learned,
             "dropped": self._staged_dropped,
-            "n": sum(len(item[1]) for item in self._staged),
+            "n": self._staged_n,
             "ts": torch.from_numpy(np.concatenate([item[0] for item in self._staged])),
             "sids": [sid for item in self._staged for sid in item[1]],
             "x": torch.from_numpy(np.concatenate([item[2] for item in self._staged])),
