@@ -1,9 +1,16 @@
 """The bench's machine description, targets, verdict and printed table.
 
->>> v = verdict({"kafka-python": {"throughput": {"readings_per_s": 25000.0},
-...     "latency": {"p99_ms": 120.0, "missing": 0, "measured": 10}}})
+>>> v = verdict({"kafka-python": {"throughput": {"readings_per_s": 25000.0, "training_steps": 9},
+...     "latency": {"p99_ms": 120.0, "missing": 0, "measured": 10, "training_steps": 4}}})
 >>> v["kafka-python"]["throughput_met"], v["kafka-python"]["latency_met"], v["kafka-python"]["met"]
 (True, True, True)
+
+A phase that took no optimiser step was not measured with training on: not met.
+
+>>> v = verdict({"kafka-python": {"throughput": {"readings_per_s": 25000.0, "training_steps": 9},
+...     "latency": {"p99_ms": 120.0, "missing": 0, "measured": 10, "training_steps": 0}}})
+>>> v["kafka-python"]["trained"], v["kafka-python"]["met"]
+(False, False)
 """
 
 from __future__ import annotations
@@ -70,8 +77,9 @@ def machine_info() -> dict[str, Any]:
 
 def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per client: throughput target met, latency target met (p99 and nothing missing),
-    and, when the relay ran, its rate and whether the target lies above it (then no
-    detector reaches it on this machine: the transport alone does not)."""
+    training on in both phases (each took optimiser steps; the targets are for a
+    detector that learns), and, when the relay ran, its rate and whether the target lies
+    above it (then no detector reaches it on this machine: the transport alone does not)."""
     out: dict[str, dict[str, Any]] = {}
     for client, run in runs.items():
         rate = (run.get("throughput") or {}).get("readings_per_s")
@@ -81,11 +89,14 @@ def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         t_met = None if rate is None or target is None else rate >= target
         p99 = lat.get("p99_ms")
         l_met = None if p99 is None else (p99 < TARGETS["p99_ms"] and lat.get("missing", 1) == 0)
+        steps = [(phase or {}).get("training_steps") for phase in (run.get("throughput"), lat)]
+        trained = all(n is not None and n > 0 for n in steps)
         out[client] = {
             "readings_per_s": rate, "target_readings_per_s": target, "throughput_met": t_met,
             "p99_ms": p99, "target_p99_ms": TARGETS["p99_ms"], "all_scores_joined":
             None if not lat else lat.get("missing") == 0, "latency_met": l_met,
-            "met": bool(t_met) and bool(l_met), "relay_readings_per_s": relay,
+            "trained": trained, "met": bool(t_met) and bool(l_met) and trained,
+            "relay_readings_per_s": relay,
             "target_above_relay": None if relay is None or target is None else target > relay,
         }  # fmt: skip
     return out

@@ -107,6 +107,8 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         v = result["verdict"][client]
         assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
         assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
+        assert v["trained"] is True
+        assert v["met"] == (v["throughput_met"] and v["latency_met"])
         assert v["relay_readings_per_s"] == relay["readings_per_s"] > 0
         assert v["target_above_relay"] == (TARGETS[client] > relay["readings_per_s"])
 
