@@ -150,7 +150,7 @@ class ClientBench:
                 run = GroupRun(settings, [f"{instance}-{i}" for i in range(o.detectors)])
             else:
                 run = ServiceRun(build_service(settings, transport, instance=instance))
-            figures, _scored = self._measure_throughput(run, spec.readings)
+            figures = self._measure_throughput(run, spec.readings)
         finally:
             transport.close()
         figures.update(prefill={k: round(v, 3) if isinstance(v, float) else v
@@ -161,7 +161,7 @@ class ClientBench:
         phase1 = Phase1(settings.service.checkpoint_dir, settings.service.state_store,
                         settings.topics.state, instance, topic, parts,
                         # past every step pre-filled: the detector goes on reading after
-                        # `scored` is sampled, and its checkpoint's training tick with it; a
+                        # `scored_total` is sampled, and its checkpointed training tick too; a
                         # latency phase starting behind that tick would never train (its
                         # staged windows grew to ~200 MB, and each checkpoint's snapshot to
                         # 0.6 s, the p99 latency's cause on 4 December)
@@ -213,13 +213,12 @@ class ClientBench:
                         figures["elapsed_s"])  # fmt: skip
         return figures
 
-    def _measure_throughput(self, run: Any, prefilled: int) -> tuple[dict[str, Any], int]:
+    def _measure_throughput(self, run: Any, prefilled: int) -> dict[str, Any]:
         figures = _windowed(run, self._throughput_window, prefilled)
-        scored = run.sample().readings
-        figures["scored_total"] = scored
+        figures["scored_total"] = run.sample().readings
         if isinstance(run, GroupRun):
             figures["per_detector_scored"] = run.per_member()
-        return figures, scored
+        return figures
 
     def _warm_up(self, run: Sampled, prefilled: int, who: str
                  ) -> tuple[Sample, Sample, Callable[[Sample], bool]]:  # fmt: skip
