@@ -89,6 +89,10 @@ class ServiceSection(BaseModel):
     max_future_s: float = Field(default=300.0, ge=0)
     payload_cap: int = Field(default=4096, ge=64, le=1_000_000)
     fresh_start: bool = False
+    buffered_per_partition: int = Field(
+        default=20_000, ge=0, description="a partition with more readings than this "
+        "waiting in the event-time merge (it runs ahead of the others) is paused until it "
+        "holds half as many; 0: never pause")
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(default=9308, ge=0, le=65535)
     torch_threads: int = Field(default=1, ge=1, le=256)

@@ -37,6 +37,9 @@ class ServiceMetrics:
             "streamwatch_transport_errors_total", "Broker errors survived (retried)", registry=r
         )
         self.consumer_lag = Gauge("streamwatch_consumer_lag", "Readings behind the log end", registry=r)
+        self.paused_partitions = Gauge(
+            "streamwatch_paused_partitions", "Partitions paused because they ran ahead in "
+            "event time", registry=r)
         self.open_alerts = Gauge("streamwatch_open_alerts", "Alerts currently open", registry=r)
         self.streams = Gauge("streamwatch_streams", "Streams with state in this process", registry=r)
         self.training_steps = Gauge(

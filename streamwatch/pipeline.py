@@ -65,6 +65,9 @@ class ServiceOptions:
     max_future_s: float = 300.0
     payload_cap: int = 4096
     fresh_start: bool = False
+    # a partition holding more readings than this in the event-time merge is paused until
+    # it holds half as many (``DetectorService._flow_control``); 0: never pause
+    buffered_per_partition: int = 20_000
     retry_backoff_s: tuple[float, float] = (0.5, 10.0)
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
@@ -109,6 +112,12 @@ class EventTimeMerge:
     @property
     def held(self) -> int:
         return len(self._heap)
+
+    def held_of(self, tp: TopicPartition) -> int:
+        """Readings of this partition still held."""
+        key = (tp.topic, tp.partition)
+        q = self._held.get(key)
+        return 0 if q is None else len(q) - len(self._gone[key])
 
     def add(self, tp: TopicPartition, offset: int, reading: Reading, now: float) -> None:
         heapq.heappush(self._heap, (reading.ts, reading.stream_id, offset, tp.partition,
@@ -227,6 +236,7 @@ class DetectorService:
         self._end_hints: dict[TopicPartition, int] = {}
         self._start_positions: dict[TopicPartition, int] = {}
         self._merge = EventTimeMerge()
+        self._paused: set[TopicPartition] = set()  # by _flow_control
         self._decoder = schema.ReadingDecoder()
         self._tps: dict[tuple[str, int], TopicPartition] = {}
         self._keys: dict[str, bytes] = {}  # stream_id -> Kafka key
@@ -248,6 +258,16 @@ class DetectorService:
     def stop(self) -> None:
         """Ask the loop to finish its batch, checkpoint, commit and return."""
         self._stop.set()
+
+    @property
+    def held_readings(self) -> int:
+        """Readings waiting in the event-time merge."""
+        return self._merge.held
+
+    @property
+    def paused_partitions(self) -> frozenset[TopicPartition]:
+        """Partitions paused by flow control (``_flow_control``)."""
+        return frozenset(self._paused)
 
     @property
     def assigned_partitions(self) -> frozenset[TopicPartition]:
@@ -281,11 +301,13 @@ class DetectorService:
                     messages = self._consumer.poll(opts.poll_timeout_s, opts.max_poll_records)
                     if messages or self._merge.held:
                         left = None if count is None else count - self.stats.readings - self.stats.dead_letters
-                        pending = self._pending_partitions()
+                        pending = self._pending_partitions() | self._paused
                         self._process(messages, caught_up=not messages and not pending,
                                       budget=left, pending=pending)  # fmt: skip
                         if not self._gc_frozen and self.stats.readings:
                             self._freeze_heap()
+                    if self._paused or self._merge.held > opts.buffered_per_partition > 0:
+                        self._flow_control()
                     self._maybe_checkpoint()
                     self._maybe_health()
                     backoff = opts.retry_backoff_s[0]
@@ -352,6 +374,7 @@ class DetectorService:
                 self._next_offsets[tp] = state.offset
                 self._polled_next[tp] = state.offset
         self._assigned |= set(partitions)
+        self._paused -= set(partitions)  # the transport starts them unpaused
         for tp in partitions:
             self._end_hints.pop(tp, None)
             self._start_positions.pop(tp, None)
@@ -390,6 +413,7 @@ class DetectorService:
             self._end_hints.pop(tp, None)
             self._start_positions.pop(tp, None)
         self._assigned -= set(partitions)
+        self._paused -= set(partitions)
         self._merge.drop(partitions)
         log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
 
@@ -460,6 +484,38 @@ class DetectorService:
             if end > at and now - self._merge.last_seen(tp, now) < PENDING_HOLD_S:
                 pending.add(tp)
         return frozenset(pending)
+
+    def _flow_control(self) -> None:
+        """Pause the partitions that run ahead in event time; resume them when drained.
+
+        A partition whose readings the merge holds (they wait for the slower partitions'
+        data to reach their timestamps) beyond ``buffered_per_partition`` is paused, and
+        resumed when it holds half as many, as Kafka Streams pauses a partition whose
+        buffer exceeds ``buffered.records.per.partition``. Without it a backlog read
+        unevenly (librdkafka prefetches whole partitions) filled the merge to its
+        ``max_held`` (200,000 readings, seen in ``streamwatch bench kafka``), whose escape
+        lets readings go before the watermark, out of event-time order: a replay could
+        then train in another order than the first run. The partition that sets the
+        watermark is never paused (its held readings are all at or below it, so they
+        left with the last release), and a paused one counts as pending, so it is never
+        taken for idle."""
+        assert self._consumer is not None
+        cap, merge = self.options.buffered_per_partition, self._merge
+        resume = [tp for tp in self._paused if merge.held_of(tp) <= cap // 2]
+        pause = ([tp for tp in self._assigned - self._paused if merge.held_of(tp) > cap]
+                 if cap > 0 else [])  # fmt: skip
+        if resume:
+            self._consumer.resume(resume)
+            self._paused.difference_update(resume)
+        if pause:
+            self._consumer.pause(pause)
+            self._paused.update(pause)
+        if pause or resume:
+            self.metrics.paused_partitions.set(len(self._paused))
+            log.debug("flow control", extra={
+                "paused": sorted(f"{tp.topic}/{tp.partition}" for tp in pause),
+                "resumed": sorted(f"{tp.topic}/{tp.partition}" for tp in resume),
+                "held": merge.held})
 
     def _process(self, messages: Sequence[Message], caught_up: bool,
                  budget: int | None = None,

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Sample fields published by each child, in this order, then an "alive" flag.
 FIELDS = ("readings", "batches", "dead_letters", "checkpoints", "cpu_s", "thread_cpu_s",
-          "training_steps", "batch_seconds_sum", "batch_count", "members_assigned")  # fmt: skip
+          "training_steps", "batch_seconds_sum", "batch_count", "members_assigned", "held",
+          "paused")  # fmt: skip
 
 
 def _child(settings: Any, instance: str, restore: Any, shared: Any, stop: Any, errors: Any,
@@ -138,4 +139,5 @@ class GroupRun(Sampled):
             dead_letters=int(values["dead_letters"]), checkpoints=int(values["checkpoints"]),
             cpu_s=values["cpu_s"], thread_cpu_s=values["thread_cpu_s"], training_steps=steps,
             batch_seconds_sum=values["batch_seconds_sum"], batch_count=values["batch_count"],
-            members_assigned=int(values["members_assigned"]))  # fmt: skip
+            members_assigned=int(values["members_assigned"]), held=int(values["held"]),
+            paused=int(values["paused"]))  # fmt: skip

@@ -49,6 +49,8 @@ class Sample:
     batch_seconds_sum: float
     batch_count: float
     members_assigned: int = 0  # detector processes that hold partitions now
+    held: int = 0  # readings waiting in the event-time merge (all processes)
+    paused: int = 0  # partitions paused by flow control (all processes)
 
 
 class Sampled:
@@ -151,6 +153,7 @@ class ServiceRun(Sampled):
             batch_seconds_sum=registry.get_sample_value("streamwatch_batch_seconds_sum") or 0.0,
             batch_count=registry.get_sample_value("streamwatch_batch_seconds_count") or 0.0,
             members_assigned=1 if self.service.assigned_partitions else 0,
+            held=self.service.held_readings, paused=len(self.service.paused_partitions),
         )  # fmt: skip
 
 def window_figures(start: Sample, end: Sample) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class Relay:
     def assigned_partitions(self) -> frozenset[TopicPartition]:
         return frozenset(self._assigned)
 
+    held_readings = 0  # no event-time merge: each poll goes straight on
+    paused_partitions: frozenset[TopicPartition] = frozenset()
+
     def stop(self) -> None:
         self._stop.set()
 

@@ -259,6 +259,8 @@ class ClientBench:
         figures.update(
             warmup_s=round(start.t - first.t, 3), drained_early=drained(end),
             per_second=per_second(samples),
+            merge_held_max=max(s.held for s in samples),
+            paused_partitions_max=max(s.paused for s in samples),
             broker_cpu_s=None if broker0 is None or broker1 is None else round(broker1 - broker0, 3),
             load_average_start=load_start, load_average_end=load_average())  # fmt: skip
         if figures["drained_early"]:

@@ -116,6 +116,7 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
         checkpoint_every_s=svc.checkpoint_every_s, checkpoint_jitter=svc.checkpoint_jitter,
         health_every_s=svc.health_every_s,
         max_future_s=svc.max_future_s, payload_cap=svc.payload_cap, fresh_start=svc.fresh_start,
+        buffered_per_partition=svc.buffered_per_partition,
     )
     if instance is not None:
         options = ServiceOptions(**{**options.__dict__, "instance": instance})

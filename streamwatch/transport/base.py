@@ -79,6 +79,14 @@ class Consumer(Protocol):
 
     def position(self, partition: TopicPartition) -> int: ...
 
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop returning (and fetching) records of these assigned partitions until
+        ``resume``; their position stays at the next record not yet returned. A partition
+        that is revoked and assigned again starts unpaused."""
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Undo ``pause`` (a partition that is not paused is left as it is)."""
+
     def beginning_offsets(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:

@@ -249,6 +249,7 @@ class ConfluentConsumerTransport:
         self._positions: dict[TopicPartition, int] = {}
         self._assigning: dict[TopicPartition, int] | None = None
         self._manual: list[TopicPartition] = []
+        self._paused: set[TopicPartition] = set()
 
     def subscribe(
         self,
@@ -268,6 +269,12 @@ class ConfluentConsumerTransport:
             finally:
                 seeks, self._assigning = self._assigning, None
                 native.assign([_to_c(tp, seeks.get(tp, OFFSET_INVALID)) for tp in sorted(tps)])
+                # librdkafka keeps a partition's paused flag across a rebalance; the
+                # transport's contract is that an assigned partition starts unpaused
+                again = sorted(tps & self._paused)
+                if again:
+                    native.resume([_to_c(tp) for tp in again])
+                self._paused -= tps
                 self._positions.update(self._committed_many(tps - set(seeks)))
                 self._positions.update(seeks)
 
@@ -392,6 +399,31 @@ class ConfluentConsumerTransport:
                     raise TransportError(f"seek({partition}, {offset}) failed: {exc}") from exc
                 time.sleep(0.01)
         self._positions[partition] = offset
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """librdkafka drops what it prefetched for a paused partition and, on resume,
+        fetches again from the offset after the last message handed to the application."""
+        tps = sorted(set(partitions))
+        if not tps:
+            return
+        missing = [tp for tp in tps if tp not in self.assignment()]
+        if missing:
+            raise TransportError(f"pause({missing[0]}): the partition is not assigned")
+        try:
+            self.native.pause([_to_c(tp) for tp in tps])
+        except KafkaException as exc:
+            raise TransportError(f"pause failed: {exc}") from exc
+        self._paused.update(tps)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = sorted(set(partitions) & self.assignment())  # revoked: nothing to resume
+        if not tps:
+            return
+        try:
+            self.native.resume([_to_c(tp) for tp in tps])
+        except KafkaException as exc:
+            raise TransportError(f"resume failed: {exc}") from exc
+        self._paused.difference_update(tps)
 
     def position(self, partition: TopicPartition) -> int:
         if partition not in self.assignment():

@@ -212,6 +212,7 @@ class MemoryConsumer:
         self._member: Member | None = None
         self._manual = False
         self._positions: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
         self._next_start = 0
         self._closed = False
 
@@ -250,6 +251,7 @@ class MemoryConsumer:
             for tp in wanted:
                 self._bus.end_offset(tp)  # raises on unknown partitions
             self._positions = {tp: self._positions.get(tp, self._start_offset(tp)) for tp in wanted}
+            self._paused.clear()
 
     def _start_offset(self, tp: TopicPartition) -> int:
         if self.group_id is not None:
@@ -288,6 +290,7 @@ class MemoryConsumer:
             finally:
                 with self._bus.cond:
                     self._positions = {}
+                    self._paused.clear()
                     if evicted:
                         logger.warning(
                             "evicted from group=%s (no poll within the session timeout): rejoining",
@@ -310,6 +313,7 @@ class MemoryConsumer:
                 member.applied_generation = group.generation
                 assigned = set(member.assignment)
                 self._positions = {tp: self._start_offset(tp) for tp in sorted(assigned)}
+                self._paused.clear()
         if apply and member.on_assign is not None:
             member.on_assign(assigned)
 
@@ -337,6 +341,8 @@ class MemoryConsumer:
         start = self._next_start % len(parts)
         self._next_start += 1
         for tp in parts[start:] + parts[:start]:
+            if tp in self._paused:
+                continue
             log = self._bus.logs[tp.topic][tp.partition]
             pos = self._positions[tp]
             if pos > len(log):
@@ -388,6 +394,15 @@ class MemoryConsumer:
         self._check_assigned(partition)
         return self._positions[partition]
 
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        tps = set(partitions)
+        for tp in tps:
+            self._check_assigned(tp)
+        self._paused |= tps
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused -= set(partitions)
+
     def beginning_offsets(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int]:
@@ -415,6 +430,7 @@ class MemoryConsumer:
         finally:
             self._closed = True
             self._positions = {}
+            self._paused.clear()
             self._member = None
             if member is not None:
                 with self._bus.cond:

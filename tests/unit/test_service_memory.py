@@ -206,3 +206,56 @@ def test_checkpoint_times_are_drawn_apart_within_the_configured_interval(tmp_pat
     steady = build_service(service_settings(tmp_path, checkpoint_every_s=20.0,
                                             checkpoint_jitter=0.0), MemoryTransport())
     assert {steady._next_interval() for _ in range(20)} == {20.0}
+
+
+@pytest.mark.parametrize("buffered", [0, 40])
+def test_a_partition_running_ahead_is_paused_so_readings_keep_event_time_order(
+    tmp_path: Path, buffered: int
+) -> None:
+    """One stream on partition 0, eleven on partition 1: each poll of 100 records takes
+    100 s of partition 0 but 9 s of partition 1, so partition 0 runs ahead and its
+    readings wait in the merge. Above the merge's ``max_held`` (150 here) they would go
+    out before the watermark, out of event-time order (``buffered=0``: no flow control,
+    the case this test must catch); with flow control the partition is paused instead,
+    the detector sees every reading in time order, and nothing stays paused."""
+    from streamwatch.transport import partition_for_key
+
+    readings, _ = icu_readings(patients=40, minutes=5)
+    ids = sorted({r.stream_id for r in readings})
+    by_partition = {p: [s for s in ids if partition_for_key(s.encode(), 2) == p] for p in (0, 1)}
+    keep = set(by_partition[0][:1] + by_partition[1][:11])
+    assert len(keep) == 12
+    readings = [r for r in readings if r.stream_id in keep]
+    transport = MemoryTransport()
+    transport.create_topics({READINGS: 2})
+    producer = transport.producer()
+    for r in readings:
+        producer.send(READINGS, schema.encode(r), r.stream_id.encode())
+    producer.flush()
+    service = build_service(service_settings(tmp_path, max_poll_records=100,
+                                             buffered_per_partition=buffered), transport)  # fmt: skip
+    service._merge.max_held = 150
+    seen: list[float] = []
+    paused: list[bool] = []
+    factory = service.detector_factory
+
+    def recording() -> Any:
+        detector = factory()
+        process = detector.process_encoded
+
+        def process_encoded(batch: list[Reading]) -> Any:
+            seen.extend(r.ts for r in batch)
+            paused.append(bool(service._paused))
+            return process(batch)
+
+        detector.process_encoded = process_encoded
+        return detector
+
+    service.detector_factory = recording
+    stats = service.run(timeout=120, count=len(readings))
+    assert stats.readings == len(readings) == len(seen)
+    if buffered:
+        assert seen == sorted(seen)
+        assert any(paused) and not service._paused
+    else:
+        assert seen != sorted(seen), "the scenario must overflow the merge without pausing"
