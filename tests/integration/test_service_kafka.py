@@ -48,9 +48,10 @@ def topics() -> dict[str, str]:
     return {name: f"sw-{tag}.{name}" for name in names}
 
 
-def _settings(bootstrap: str, topics: dict[str, str], ckpt: Path, **service: Any) -> Any:
+def _settings(bootstrap: str, topics: dict[str, str], ckpt: Path, *,
+              client: str = "kafka-python", **service: Any) -> Any:  # fmt: skip
     return load_settings(overrides={
-        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000},
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "client": client},
         "topics": {**topics, "partitions": PARTITIONS},
         "service": {"group_id": f"g-{uuid.uuid4().hex[:10]}", "checkpoint_dir": ckpt,
                     "metrics_port": 0, "poll_timeout_s": 0.2, "checkpoint_every_s": 0.5,
@@ -414,3 +415,56 @@ def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     assert not worker.is_alive()
     assert result["stats"].readings == len(records)
     assert _scored(bootstrap, topics["scores"]) == {(r.stream_id, r.ts) for r in readings}
+
+
+# --------------------------------------------------------------------------- flow control
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_a_partition_running_ahead_is_paused_and_every_reading_comes_in_event_time_order(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, client: str
+) -> None:
+    """The service's flow control on the real clients: one stream on one partition, five
+    on another, so the first runs ahead in event time as the client hands it out. It is
+    paused (a real ``pause`` on the client) and resumed when drained: every reading is
+    scored, and the detector sees them in event-time order although the merge could hold
+    only 400 (beyond which readings would leave out of order). A resume that never
+    delivers again (kafka-python 3.0.12's parked records, ``transport.kafka.unpark_resumed``)
+    fails here as readings left unscored."""
+    from streamwatch.transport import partition_for_key
+
+    readings, _ = icu_readings(patients=30, minutes=25)
+    ids = sorted({r.stream_id for r in readings})
+    part = {s: partition_for_key(s.encode(), PARTITIONS) for s in ids}
+    ahead = next(s for s in ids if part[s] == 0)
+    behind = [s for s in ids if part[s] == 1][:5]
+    assert len(behind) == 5
+    keep = {ahead, *behind}
+    readings = [r for r in readings if r.stream_id in keep]
+    _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
+
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", client=client,
+                  max_poll_records=100, buffered_per_partition=40)
+    transport = open_transport(kafka_bootstrap, client, session_timeout_ms=2000)  # type: ignore[arg-type]
+    service = build_service(s, transport)
+    service._merge.max_held = 400
+    seen: list[float] = []
+    paused: list[bool] = []
+    factory = service.detector_factory
+
+    def recording() -> Any:
+        detector = factory()
+        process = detector.process_encoded
+
+        def process_encoded(batch: list[Reading]) -> Any:
+            seen.extend(r.ts for r in batch)
+            paused.append(bool(service.paused_partitions))
+            return process(batch)
+
+        detector.process_encoded = process_encoded
+        return detector
+
+    service.detector_factory = recording
+    stats = service.run(timeout=120, count=len(readings))
+    transport.close()
+    assert stats.readings == len(readings) == len(seen)
+    assert seen == sorted(seen)
+    assert any(paused), "the scenario must make the service pause a partition"
