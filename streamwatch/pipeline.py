@@ -375,6 +375,7 @@ class DetectorService:
                 self._polled_next[tp] = state.offset
         self._assigned |= set(partitions)
         self._paused -= set(partitions)  # the transport starts them unpaused
+        self.metrics.paused_partitions.set(len(self._paused))
         for tp in partitions:
             self._end_hints.pop(tp, None)
             self._start_positions.pop(tp, None)
@@ -414,6 +415,7 @@ class DetectorService:
             self._start_positions.pop(tp, None)
         self._assigned -= set(partitions)
         self._paused -= set(partitions)
+        self.metrics.paused_partitions.set(len(self._paused))
         self._merge.drop(partitions)
         log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
 
