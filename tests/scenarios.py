@@ -28,3 +28,27 @@ def service_settings(checkpoint_dir: Path | None = None, **service: Any) -> Sett
         "service": {"checkpoint_dir": directory, "metrics_port": 0, "poll_timeout_s": 0.2,
                     "checkpoint_every_s": 1.0, **service},
     })
+
+
+def record_feed_order(service: Any) -> tuple[list[float], list[bool]]:
+    """Wrap a (not yet run) service's detector factory. Returns two lists that fill as it
+    runs: the timestamps of the readings in the order the detector is fed them, and per
+    batch whether the service had a partition paused (flow control) at that moment."""
+    seen: list[float] = []
+    paused: list[bool] = []
+    factory = service.detector_factory
+
+    def recording() -> Any:
+        detector = factory()
+        process = detector.process_encoded
+
+        def process_encoded(batch: list[Reading]) -> Any:
+            seen.extend(r.ts for r in batch)
+            paused.append(bool(service.paused_partitions))
+            return process(batch)
+
+        detector.process_encoded = process_encoded
+        return detector
+
+    service.detector_factory = recording
+    return seen, paused

@@ -30,7 +30,7 @@ from streamwatch.kinds import ICU, get_kind
 from streamwatch.schema import Alert, Reading
 from streamwatch.transport import open_transport
 from streamwatch.transport.base import TopicPartition
-from tests.scenarios import icu_readings
+from tests.scenarios import icu_readings, record_feed_order
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
@@ -446,23 +446,7 @@ def test_a_partition_running_ahead_is_paused_and_every_reading_comes_in_event_ti
     transport = open_transport(kafka_bootstrap, client, session_timeout_ms=2000)  # type: ignore[arg-type]
     service = build_service(s, transport)
     service._merge.max_held = 400
-    seen: list[float] = []
-    paused: list[bool] = []
-    factory = service.detector_factory
-
-    def recording() -> Any:
-        detector = factory()
-        process = detector.process_encoded
-
-        def process_encoded(batch: list[Reading]) -> Any:
-            seen.extend(r.ts for r in batch)
-            paused.append(bool(service.paused_partitions))
-            return process(batch)
-
-        detector.process_encoded = process_encoded
-        return detector
-
-    service.detector_factory = recording
+    seen, paused = record_feed_order(service)
     stats = service.run(timeout=120, count=len(readings))
     transport.close()
     assert stats.readings == len(readings) == len(seen)

@@ -16,7 +16,7 @@ from streamwatch.commands.detect import build_detector, build_service
 from streamwatch.schema import Alert, Reading
 from streamwatch.transport import MemoryTransport
 from streamwatch.transport.base import ALERTS, DEADLETTER, READINGS, SCORES, TopicPartition
-from tests.scenarios import icu_readings, service_settings
+from tests.scenarios import icu_readings, record_feed_order, service_settings
 
 
 @pytest.fixture(autouse=True)
@@ -235,27 +235,11 @@ def test_a_partition_running_ahead_is_paused_so_readings_keep_event_time_order(
     service = build_service(service_settings(tmp_path, max_poll_records=100,
                                              buffered_per_partition=buffered), transport)  # fmt: skip
     service._merge.max_held = 150
-    seen: list[float] = []
-    paused: list[bool] = []
-    factory = service.detector_factory
-
-    def recording() -> Any:
-        detector = factory()
-        process = detector.process_encoded
-
-        def process_encoded(batch: list[Reading]) -> Any:
-            seen.extend(r.ts for r in batch)
-            paused.append(bool(service._paused))
-            return process(batch)
-
-        detector.process_encoded = process_encoded
-        return detector
-
-    service.detector_factory = recording
+    seen, paused = record_feed_order(service)
     stats = service.run(timeout=120, count=len(readings))
     assert stats.readings == len(readings) == len(seen)
     if buffered:
         assert seen == sorted(seen)
-        assert any(paused) and not service._paused
+        assert any(paused) and not service.paused_partitions
     else:
         assert seen != sorted(seen), "the scenario must overflow the merge without pausing"
