@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from streamwatch import schema
-from streamwatch.detect.detector import EncodedScores
+from streamwatch.detect.detector import EmitScores, EncodedScores
 from streamwatch.errors import SchemaError, StreamwatchError, TransportError
 from streamwatch.metrics import ServiceMetrics
 from streamwatch.schema import Alert, DeadLetter, Health, Reading
@@ -55,7 +55,7 @@ class ServiceOptions:
     group_id: str = "streamwatch-detector"
     max_poll_records: int = 1000
     poll_timeout_s: float = 0.5
-    emit_scores: str = "all"  # "all" | "alerts"
+    emit_scores: EmitScores = "all"
     checkpoint_every_batches: int = 1000
     checkpoint_every_s: float = 30.0
     # each interval is drawn from [(1 - jitter) * every_s, every_s], so that the processes
@@ -591,7 +591,7 @@ class DetectorService:
         if not readings:
             return EncodedScores([], [], []), [], []
         try:
-            scores, alerts = self.detector.process_encoded(readings)
+            scores, alerts = self.detector.process_encoded(readings, emit=self.options.emit_scores)
             return scores, alerts, []
         except SchemaError:
             raise
@@ -600,7 +600,7 @@ class DetectorService:
         scores, alerts, dead = EncodedScores([], [], []), [], []
         for reading in readings:
             try:
-                s, a = self.detector.process_encoded([reading])
+                s, a = self.detector.process_encoded([reading], emit=self.options.emit_scores)
             except Exception as exc:  # reported as a dead letter with its reason
                 log.exception("detector failed on one reading", extra={"stream": reading.stream_id})
                 tp = self._stream_partition[reading.stream_id]
@@ -629,9 +629,9 @@ class DetectorService:
         topic = opts.scores_topic
         keys = self._keys
         out: list[tuple[str, bytes, bytes | None]] = []
-        for sid, record, flagged in zip(scores.stream_ids, scores.records, scores.flagged,
-                                        strict=True):  # fmt: skip
-            if opts.emit_scores == "all" or flagged or self.detector.in_alert(sid):
+        # the detector built only the records to send (``emit_scores``): None elsewhere
+        for sid, record in zip(scores.stream_ids, scores.records, strict=True):
+            if record is not None:
                 key = keys.get(sid)
                 if key is None:
                     if len(keys) >= 200_000:

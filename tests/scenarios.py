@@ -42,10 +42,10 @@ def record_feed_order(service: Any) -> tuple[list[float], list[bool]]:
         detector = factory()
         process = detector.process_encoded
 
-        def process_encoded(batch: list[Reading]) -> Any:
+        def process_encoded(batch: list[Reading], **kwargs: Any) -> Any:
             seen.extend(r.ts for r in batch)
             paused.append(bool(service.paused_partitions))
-            return process(batch)
+            return process(batch, **kwargs)
 
         detector.process_encoded = process_encoded
         return detector

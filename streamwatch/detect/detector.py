@@ -62,7 +62,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -92,6 +92,8 @@ def _tick_breaks(readings: Sequence[Reading]) -> list[int]:
         return (np.flatnonzero(ticks[1:] > ticks[:-1]) + 1).tolist()
 
 ScorerSource = Mapping[str, Scorer] | Callable[[KindSpec], Scorer]
+#: Which Scores ``process_encoded`` builds: every reading's, or only those around alerts.
+EmitScores = Literal["all", "alerts"]
 
 
 class StreamDetector(DetectorState):
@@ -233,21 +235,34 @@ class StreamDetector(DetectorState):
 
     def _columns(self, ks: KindState, rs: Sequence[Reading], *, count_ignored: bool
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-        """Values (N, C), timestamps, and which readings ``validate`` may refuse."""
+        """Values (N, C), timestamps, and which readings ``validate`` may refuse.
+
+        The common batch (every reading carries every channel of its kind, some perhaps
+        null) takes one ``itemgetter`` call per reading; a reading with more keys than the
+        kind has channels then has unknown ones. A batch where some reading lacks a channel
+        takes the per-channel path."""
         chans, name, kind_of, cs = ks.spec.channels, ks.spec.name, self._kind_of, ks.channel_set
-        n = len(rs)
+        n, c = len(rs), len(chans)
         suspect = np.zeros(n, dtype=bool)
         reject = self.config.unknown_channels == "reject"
-        for j, r in enumerate(rs):
-            if kind_of.get(r.stream_id, name) != name:
-                suspect[j] = True
-            if not r.values.keys() <= cs:
-                if reject:
+        if len(self._kinds) > 1:  # with one kind, every known stream is of this kind
+            for j, r in enumerate(rs):
+                if kind_of.get(r.stream_id, name) != name:
                     suspect[j] = True
-                elif count_ignored:
-                    self._counters["ignored_channels"] += len(r.values.keys() - cs)
-        values = np.array([[r.values.get(c) for c in chans] for r in rs], dtype=np.float64)
-        values = values.reshape(n, len(chans))
+        try:
+            rows: list[Any] = [ks.row_of(r.values) for r in rs]
+        except KeyError:
+            rows = [[r.values.get(ch) for ch in chans] for r in rs]
+            extra = [j for j, r in enumerate(rs) if not r.values.keys() <= cs]
+        else:
+            extra = [j for j, r in enumerate(rs) if len(r.values) != c]
+        if extra:
+            if reject:
+                suspect[extra] = True
+            elif count_ignored:
+                self._counters["ignored_channels"] += sum(len(rs[j].values.keys() - cs)
+                                                          for j in extra)  # fmt: skip
+        values = np.array(rows, dtype=np.float64).reshape(n, c)
         ts = np.fromiter((r.ts for r in rs), dtype=np.float64, count=n)
         suspect |= ((values < ks.low) | (values > ks.high) | np.isinf(values)).any(axis=1)
         suspect |= ~(np.isfinite(ts) & (ts >= 0))
@@ -277,13 +292,21 @@ class StreamDetector(DetectorState):
             ks, idx, rs, out, scores))  # fmt: skip
         return scores, alerts
 
-    def process_encoded(self, readings: Sequence[Reading]) -> tuple[EncodedScores, list[Alert]]:
+    def process_encoded(self, readings: Sequence[Reading], *, emit: EmitScores = "all"
+                        ) -> tuple[EncodedScores, list[Alert]]:  # fmt: skip
         """``process``, with each Score handed back as its JSON (``schema.encode``'s bytes)
-        instead of a ``Score``: what a service sends on, built from the arrays directly."""
+        instead of a ``Score``: what a service sends on, built from the arrays directly.
+
+        ``emit="alerts"`` builds only the Scores "around alerts": of readings that are
+        anomalous, beyond a hard limit, or inside an open alert once processed (the
+        reading that closes an alert is outside it); the other records are None and cost
+        nothing to build."""
+        if emit not in ("all", "alerts"):
+            raise ConfigError(f"emit must be 'all' or 'alerts', got {emit!r}")
         n = len(readings)
-        encoded = EncodedScores([""] * n, [b""] * n, [False] * n)
+        encoded = EncodedScores([""] * n, [None] * n, [False] * n)
         alerts = self._run(readings, lambda ks, idx, rs, ts, out: self._emit_encoded(
-            ks, idx, rs, ts, out, encoded))  # fmt: skip
+            ks, idx, rs, ts, out, encoded, emit))  # fmt: skip
         return encoded, alerts
 
     def _run(self, readings: Sequence[Reading], emit: Callable[..., None]) -> list[Alert]:
@@ -435,6 +458,7 @@ class StreamDetector(DetectorState):
             cnt["regimes_accepted"] += len(accepted)
         out.fill(w, score, finite, np.where(has_thr, thr, np.nan), anomalous, ~has_thr, sb,
                  version, hl_level)  # fmt: skip
+        out.in_alert[w] = in_alert
         cnt["anomalous"] += int(anomalous.sum())
         cnt["warming_up"] += int((~has_thr).sum())
         cnt["hard_limit_readings"] += int((hl_level > 0).sum())
@@ -509,22 +533,45 @@ class StreamDetector(DetectorState):
             )  # fmt: skip
 
     def _emit_encoded(self, ks: KindState, idx: list[int], rs: list[Reading], ts: np.ndarray,
-                      out: _Outputs, encoded: EncodedScores) -> None:  # fmt: skip
-        """The Score JSON of each reading, from the arrays (``schema.ScoreEncoder``)."""
+                      out: _Outputs, encoded: EncodedScores, emit: EmitScores) -> None:  # fmt: skip
+        """The Score JSON of each reading (of the selected ones, with ``emit="alerts"``),
+        from the arrays (``schema.ScoreEncoder``)."""
+        flagged_a = out.anomalous | (out.hl > 0)
+        sel = None if emit == "all" else np.flatnonzero(flagged_a | out.in_alert)
         sids = [r.stream_id for r in rs]
-        records = ks.score_encoder.encode_rows(
-            sids, [r.values for r in rs], ts, out.mean, out.std, out.cs, out.score, out.thr,
-            out.anomalous, out.warming, out.version, out.hl, out.hl_channels)  # fmt: skip
-        missing = [j for j, rec in enumerate(records) if rec is None]
-        if missing:  # a forecast without some channel: the Score path, for those alone
-            built: list[Any] = [None] * len(rs)
-            self._emit(ks, list(range(len(rs))), rs, out, built, rows=missing)
-            for j in missing:
-                records[j] = encode(built[j])
-        flagged = (out.anomalous | (out.hl > 0)).tolist()
+        records: list[bytes | None]
+        if sel is None or sel.size:
+            rows = out if sel is None else out.take(sel)
+            rrs = rs if sel is None else [rs[j] for j in sel.tolist()]
+            records = ks.score_encoder.encode_rows(
+                [r.stream_id for r in rrs], [r.values for r in rrs],
+                ts if sel is None else ts[sel], rows.mean, rows.std, rows.cs, rows.score,
+                rows.thr, rows.anomalous, rows.warming, rows.version, rows.hl,
+                rows.hl_channels)  # fmt: skip
+            missing = [j for j, rec in enumerate(records) if rec is None]
+            if missing:  # a forecast without some channel: the Score path, for those alone
+                built: list[Any] = [None] * len(rrs)
+                self._emit(ks, list(range(len(rrs))), rrs, rows, built, rows=missing)
+                for j in missing:
+                    records[j] = encode(built[j])
+            if sel is not None:
+                full: list[bytes | None] = [None] * len(rs)
+                for k, j in enumerate(sel.tolist()):
+                    full[j] = records[k]
+                records = full
+        else:
+            records = [None] * len(rs)
+        flagged = flagged_a.tolist()
+        first = idx[0]
+        if idx[-1] - first + 1 == len(idx):  # contiguous (one kind in this part): slices
+            end = first + len(idx)
+            encoded.stream_ids[first:end] = sids
+            encoded.records[first:end] = records
+            encoded.flagged[first:end] = flagged
+            return
         for j, i in enumerate(idx):
             encoded.stream_ids[i] = sids[j]
-            encoded.records[i] = records[j]  # type: ignore[assignment]
+            encoded.records[i] = records[j]
             encoded.flagged[i] = flagged[j]
 
     # -- queries ---------------------------------------------------------------------
@@ -553,11 +600,12 @@ class StreamDetector(DetectorState):
 
 @dataclass
 class EncodedScores:
-    """``process_encoded``'s Scores, in input order: the stream, the record's JSON, and
-    whether the reading is anomalous or beyond a hard limit."""
+    """``process_encoded``'s Scores, in input order: the stream, the record's JSON (None
+    where ``emit="alerts"`` left it out), and whether the reading is anomalous or beyond a
+    hard limit."""
 
     stream_ids: list[str]
-    records: list[bytes]
+    records: list[bytes | None]
     flagged: list[bool]
 
     def __len__(self) -> int:
@@ -582,7 +630,19 @@ class _Outputs:
         self.cs = np.full((n, c), np.nan)
         self.version = np.zeros(n, dtype=np.int64)
         self.hl = np.zeros(n, dtype=np.int8)
+        self.in_alert = np.zeros(n, dtype=bool)
         self.hl_channels: dict[int, list[str]] = {}
+
+    def take(self, rows: np.ndarray) -> _Outputs:
+        """These rows only (renumbered from 0, hard-limit channels too)."""
+        sub = _Outputs(0, self.mean.shape[1])
+        for name in ("score", "thr", "anomalous", "warming", "mean", "std", "cs", "version",
+                     "hl", "in_alert"):
+            setattr(sub, name, getattr(self, name)[rows])
+        where = {j: k for k, j in enumerate(rows.tolist())} if self.hl_channels else {}
+        sub.hl_channels = {where[j]: names for j, names in self.hl_channels.items()
+                           if j in where}  # fmt: skip
+        return sub
 
     def fill(self, w: np.ndarray, score: np.ndarray, finite: np.ndarray, thr: np.ndarray,
              anomalous: np.ndarray, warming: np.ndarray, sb: Any, version: int,

@@ -12,7 +12,8 @@ loading it into a second detector.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,20 @@ COUNTERS = (
 )  # fmt: skip
 
 
+def _one_channel(channel: str) -> Callable[[Mapping[str, float | None]], tuple[float | None]]:
+    """``itemgetter`` of one key returns the value, not a 1-tuple: this returns the tuple."""
+    return lambda values: (values[channel],)
+
+
 class KindState:
     """Everything the detector keeps for one kind."""
 
     def __init__(self, spec: KindSpec, scorer: Scorer, config: DetectorConfig) -> None:
         self.spec, self.scorer = spec, scorer
         self.channel_set = frozenset(spec.channels)
+        # a values dict -> its channels in the kind's order (KeyError if one is absent)
+        self.row_of: Callable[[Mapping[str, float | None]], Any] = operator.itemgetter(
+            *spec.channels) if len(spec.channels) > 1 else _one_channel(spec.channels[0])
         self.thresholds = ThresholdBank(config.thresholds)
         self.hard = (HardLimitBank(config.hard_limits, spec)
                      if HardLimitBank.applies(config.hard_limits, spec) else None)  # fmt: skip

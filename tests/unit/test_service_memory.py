@@ -243,3 +243,47 @@ def test_a_partition_running_ahead_is_paused_so_readings_keep_event_time_order(
         assert any(paused) and not service.paused_partitions
     else:
         assert seen != sorted(seen), "the scenario must overflow the merge without pausing"
+
+
+def test_emit_scores_alerts_sends_exactly_the_scores_around_alerts(tmp_path: Path) -> None:
+    """``emit_scores = "alerts"``: the Scores of readings that are anomalous, beyond a hard
+    limit or inside an open alert (from its open up to, not including, its close), each
+    byte for byte as the full stream has it; the alerts are those of the full stream."""
+    readings, _ = icu_readings()
+    runs = {}
+    for mode in ("all", "alerts"):
+        transport = MemoryTransport()
+        total = _fill(transport, readings)
+        settings = service_settings(tmp_path / mode, max_poll_records=300, emit_scores=mode)
+        stats = build_service(settings, transport).run(timeout=120, count=total)
+        assert stats.readings == len(readings)
+        consumer = transport.consumer(None)
+        consumer.assign([TopicPartition(SCORES, p) for p in range(transport.partitions_for(SCORES))])
+        raw = []
+        while batch := consumer.poll(0.05, 100_000):
+            raw.extend(m.value for m in batch)
+        consumer.close()
+        runs[mode] = ({(s.stream_id, s.ts): v for v in raw
+                       for s in [schema.decode("score", v)]}, _drain(transport, ALERTS, "alert"))
+    (every, all_alerts), (around, alert_events) = runs["all"], runs["alerts"]
+    assert [(a.alert_id, a.event, a.seq) for a in alert_events] == \
+        [(a.alert_id, a.event, a.seq) for a in all_alerts]
+    spans: dict[str, list[tuple[float, float]]] = {}
+    opened: dict[str, float] = {}
+    for a in sorted(all_alerts, key=lambda a: (a.ts, a.seq)):
+        if a.event == "open":
+            opened[a.alert_id] = a.ts
+        elif a.event == "close":
+            spans.setdefault(a.stream_id, []).append((opened.pop(a.alert_id), a.ts))
+    for a in all_alerts:
+        if a.alert_id in opened:
+            spans.setdefault(a.stream_id, []).append((opened[a.alert_id], float("inf")))
+    want = set()
+    for (sid, ts), value in every.items():
+        s = schema.decode("score", value)
+        if s.anomalous or s.hard_limit is not None or any(
+                lo <= ts < hi for lo, hi in spans.get(sid, [])):
+            want.add((sid, ts))
+    assert spans and 0 < len(want) < len(every) / 2
+    assert set(around) == want
+    assert all(around[k] == every[k] for k in around)
