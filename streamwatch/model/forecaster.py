@@ -183,10 +183,23 @@ class Forecaster(nn.Module):
                 ) / keep
                 for _ in range(self.layers - 1)
             ]
+        # ``step`` per time step, without stacking the state into one tensor at every
+        # step: the same operations on the cells, ~4 fewer autograd nodes per step
+        lstm = self.state_size == 2
+        hs = list(state[0].unbind(0))
+        cs = list(state[1].unbind(0)) if lstm else []
         tops = []
         for t in range(steps):
-            state, top = self.step(x[t], state, masks)
-            tops.append(top)
+            inp = x[t]
+            for i, cell in enumerate(self.cells):
+                if i > 0 and masks is not None:
+                    inp = inp * masks[i - 1]
+                if lstm:
+                    hs[i], cs[i] = cell(inp, (hs[i], cs[i]))
+                else:
+                    hs[i] = cell(inp, hs[i])
+                inp = hs[i]
+            tops.append(inp)
         return self.head_out(torch.stack(tops), x)
 
 

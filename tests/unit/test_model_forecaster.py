@@ -36,6 +36,32 @@ def test_forward_over_a_window_equals_stepping_one_step_at_a_time(cell: str) -> 
         torch.testing.assert_close(lv, logvar[t])
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_forward_from_a_given_state_gives_the_stepped_outputs_and_gradients(cell: str) -> None:
+    """Training runs ``forward``: from a non-zero state too, its outputs are those of
+    ``step`` at each time step then the head over the stacked tops, and every parameter
+    gets the same gradient, up to float rounding (BLAS kernels may round differently for
+    tensors laid out differently in memory)."""
+    torch.manual_seed(1)
+    net = Forecaster(2, cell=cell, layers=2, hidden_size=6).train()
+    x = torch.randn(5, 3, net.input_size)
+    state0 = torch.randn(net.state_size, 2, 3, 6)
+    mean, logvar = net(x, state0)
+    (mean.sum() + logvar.sum()).backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    state, tops = state0, []
+    for t in range(5):
+        state, top = net.step(x[t], state)
+        tops.append(top)
+    stepped_mean, stepped_logvar = net.head_out(torch.stack(tops), x)
+    (stepped_mean.sum() + stepped_logvar.sum()).backward()
+    torch.testing.assert_close(mean, stepped_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(logvar, stepped_logvar, rtol=1e-6, atol=1e-7)
+    for p, g in zip(net.parameters(), grads, strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-7)
+
+
 def test_forecast_variance_never_falls_below_the_floor() -> None:
     net = Forecaster(2, hidden_size=4, min_variance=1e-2)
     with torch.no_grad():
