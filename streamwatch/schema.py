@@ -22,7 +22,8 @@ import json
 import math
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -380,21 +381,68 @@ class ReadingDecoder:
         return reading
 
 
-_BOOL_JSON = {False: b"false", True: b"true"}
+class _ForecastRow(msgspec.Struct, gc=False):
+    """``ChannelForecast``'s JSON shape, untracked by the garbage collector (cheaper to make)."""
+
+    mean: float
+    std: float
+
+
+class _ScoreRow(msgspec.Struct, gc=False):
+    """``Score``'s fields in ``Score``'s order (a test holds them equal), without types:
+    msgspec encodes by value, so the JSON is ``Score``'s; untracked by the collector."""
+
+    stream_id: Any
+    kind: Any
+    ts: Any
+    values: Any
+    forecast: Any
+    channel_scores: Any
+    score: Any
+    threshold: Any
+    anomalous: Any
+    warming_up: Any
+    model: Any
+    model_version: Any
+    hard_limit: Any
+    hard_limit_channels: Any
+    v: Any = SCHEMA_VERSION
+
+
+_NOT_A_FIELD_NAME = re.compile(r'["\\\x00-\x1f]')
+"""Characters msgspec refuses in a renamed field (it writes field names unescaped)."""
+
+
+def _channel_object(channels: tuple[str, ...]) -> Callable[..., Any]:
+    """A factory of one JSON object keyed by ``channels`` in order, from positional values:
+    a Struct whose fields are renamed to the channels (made and encoded in C), or, for
+    names a field cannot carry (a quote, a backslash, a control character, a repeat), a
+    dict built as ``dict(zip(channels, values))``, which is what a ``Score`` holds."""
+    if len(set(channels)) == len(channels) \
+            and not any(_NOT_A_FIELD_NAME.search(c) for c in channels):
+        fields = [(f"c{i}", Any) for i in range(len(channels))]
+        rename = {f"c{i}": c for i, c in enumerate(channels)}
+        return msgspec.defstruct("_ChannelRow", fields, rename=rename, gc=False)
+
+    def as_dict(*values: Any) -> dict[str, Any]:
+        return dict(zip(channels, values, strict=True))
+
+    return as_dict
 
 
 class ScoreEncoder:
     """Score JSON for a batch of one kind, straight from the detector's arrays.
 
-    Byte for byte what ``encode(Score(...))`` gives (a test holds it to that), without
-    building a ``Score`` and its dicts of ``ChannelForecast`` per reading. The whole batch
-    goes through a handful of C calls: msgspec encodes all its floats, its ``values`` dicts
-    and its versions in one call each, the pieces are split out and laid into an object
-    array in template order, and one ``%`` fills the per-kind template repeated once per
-    reading (records joined by a newline, which compact JSON never contains), split again
-    into records. A reading whose forecast lacks a channel (non-finite mean or std, which
-    the record leaves out) is not in the template's shape: it gets None, and the caller
-    builds its ``Score``.
+    Byte for byte what ``encode(Score(...))`` gives (tests hold it to that), without
+    building a ``Score`` and its dicts of ``ChannelForecast`` per reading: the arrays'
+    columns become lists of floats (``tolist``), C-level ``map`` calls lay them into
+    small untracked Structs shaped like the record (a ``forecast`` and a
+    ``channel_scores`` object whose fields are renamed to the kind's channels, one
+    ``{"mean","std"}`` per channel, and a row with ``Score``'s fields in ``Score``'s
+    order), and msgspec encodes each row. msgspec writes NaN and infinity as ``null``, as
+    it does for a ``Score``'s ``None`` threshold or channel score. A reading whose
+    forecast lacks a channel (non-finite mean or std, which the record leaves out) is not
+    in this shape: it gets None, and the caller builds its ``Score``.
 
     >>> import numpy as np
     >>> enc = ScoreEncoder("univariate", ("value",), "gru")
@@ -406,35 +454,14 @@ class ScoreEncoder:
     True
     """
 
-    #: JSON of ``Score.hard_limit`` by hard-limit level (0 none, 1 warning, 2 critical)
-    HARD_LIMIT = (b"null", b'"warning"', b'"critical"')
+    #: ``Score.hard_limit`` by hard-limit level (0 none, 1 warning, 2 critical)
+    HARD_LIMIT: tuple[Severity | None, ...] = (None, "warning", "critical")
 
     def __init__(self, kind: str, channels: tuple[str, ...], model: str) -> None:
-        enc = _encoder.encode
+        self.kind = kind
         self.channels = channels
-        self._enc = enc
-
-        def lit(x: object) -> bytes:  # a fixed part of the template
-            return enc(x).replace(b"%", b"%%")
-
-        forecast = b",".join(lit(c) + b':{"mean":%b,"std":%b}' for c in channels)
-        channel_scores = b",".join(lit(c) + b":%b" for c in channels)
-        self._template = (
-            b'{"stream_id":%b,"kind":' + lit(kind) + b',"ts":%b,"values":{%b},"forecast":{'
-            + forecast + b'},"channel_scores":{' + channel_scores
-            + b'},"score":%b,"threshold":%b,"anomalous":%b,"warming_up":%b,"model":'
-            + lit(model) + b',"model_version":%b,"hard_limit":%b,"hard_limit_channels":%b,'
-            b'"v":' + lit(SCHEMA_VERSION) + b"}"
-        )
-        self._ids: dict[str, bytes] = {}
-
-    def _id(self, stream_id: str) -> bytes:
-        out = self._ids.get(stream_id)
-        if out is None:
-            if len(self._ids) >= 200_000:
-                self._ids.clear()
-            out = self._ids[stream_id] = self._enc(stream_id)
-        return out
+        self.model = model
+        self._per_channel = _channel_object(channels)
 
     def encode_rows(
         self, stream_ids: Sequence[str], values: Sequence[dict[str, float | None]],
@@ -445,57 +472,59 @@ class ScoreEncoder:
     ) -> list[bytes | None]:  # fmt: skip
         """One record per reading (rows of the arrays; NaN = null, channel columns in the
         kind's order; ``hard_limit`` = level 0/1/2); None where a mean or std is not finite."""
-        n, c = len(stream_ids), len(self.channels)
+        n = len(stream_ids)
         if n == 0:
             return []
-        enc = self._enc
+        f64 = np.float64
+        mean, std = np.asarray(mean, f64), np.asarray(std, f64)
+        channel_scores = np.asarray(channel_scores, f64)
+        self._check_shapes(n, values, ts, mean, std, channel_scores, score, threshold,
+                           anomalous, warming_up, model_version, hard_limit)  # fmt: skip
         whole = (np.isfinite(mean) & np.isfinite(std)).all(axis=1)
-        rows = np.flatnonzero(whole)
-        k = len(rows)
+        k = int(np.count_nonzero(whole))
         if k == 0:
             return [None] * n
-        if k < n:
-            sel = rows.tolist()
-            stream_ids, values = [stream_ids[j] for j in sel], [values[j] for j in sel]
-            ts, mean, std, channel_scores = ts[rows], mean[rows], std[rows], channel_scores[rows]
-            score, threshold, anomalous = score[rows], threshold[rows], anomalous[rows]
-            warming_up, model_version = warming_up[rows], model_version[rows]
-            hard_limit = hard_limit[rows]
-        numbers = np.empty((k, 3 + 3 * c))
-        numbers[:, 0] = ts
-        numbers[:, 1:1 + 2 * c:2], numbers[:, 2:2 + 2 * c:2] = mean, std
-        numbers[:, 1 + 2 * c:1 + 3 * c] = channel_scores
-        numbers[:, -2], numbers[:, -1] = score, threshold
-        # the template's fields, reading after reading, filled column by column with
-        # extended-slice assignments (C loops): p fields per record, width floats per row
-        p, width = 10 + 3 * c, 3 + 3 * c
-        args: list[bytes] = [b""] * (k * p)
-        ids, new_id, bools = self._ids, self._id, _BOOL_JSON
-        args[0::p] = [ids.get(s) or new_id(s) for s in stream_ids]
-        floats = enc(numbers.tolist())[2:-2].replace(b"],[", b",").split(b",")
-        args[1::p] = floats[0::width]  # ts
-        args[2::p] = enc(values)[2:-2].split(b"},{")
-        for f in range(1, width):  # forecast, channel scores, score, threshold
-            args[2 + f::p] = floats[f::width]
-        args[5 + 3 * c::p] = [bools[x] for x in anomalous.tolist()]
-        args[6 + 3 * c::p] = [bools[x] for x in warming_up.tolist()]
-        args[7 + 3 * c::p] = enc(model_version.tolist())[1:-1].split(b",")
-        args[8 + 3 * c::p] = [self.HARD_LIMIT[x] for x in hard_limit.tolist()]
-        hl_names = [b"[]"] * k
-        if hard_limit_channels:
-            position = {j: i for i, j in enumerate(rows.tolist())} if k < n else None
-            for j, names in hard_limit_channels.items():
-                i = j if position is None else position.get(j)
-                if i is not None:
-                    hl_names[i] = enc(names)
-        args[9 + 3 * c::p] = hl_names
-        records = (b"\n".join([self._template] * k) % tuple(args)).split(b"\n")  # fmt: skip
+        empty: tuple[str, ...] = ()  # encodes as [], like Score's default
+        names: list[Sequence[str]] = [empty] * n
+        for j, chans in (hard_limit_channels or {}).items():
+            if 0 <= j < n:
+                names[j] = chans
+        # every map below loops in C; each nested map is consumed row by row by the next
+        per_channel = self._per_channel
+        forecast = map(per_channel, *[map(_ForecastRow, mu, sd) for mu, sd
+                                      in zip(mean.T.tolist(), std.T.tolist(), strict=True)])
+        scores = map(per_channel, *channel_scores.T.tolist())
+        rows = list(map(
+            _ScoreRow, stream_ids, repeat(self.kind), np.asarray(ts, f64).tolist(), values,
+            forecast, scores, np.asarray(score, f64).tolist(),
+            np.asarray(threshold, f64).tolist(), np.asarray(anomalous, bool).tolist(),
+            np.asarray(warming_up, bool).tolist(), repeat(self.model), model_version.tolist(),
+            map(self.HARD_LIMIT.__getitem__, hard_limit.tolist()), names,
+        ))  # fmt: skip
+        enc = _encoder.encode
         if k == n:
-            return list(records)
+            return list(map(enc, rows))
         out: list[bytes | None] = [None] * n
-        for i, j in enumerate(rows.tolist()):
-            out[j] = records[i]
+        for j in np.flatnonzero(whole).tolist():
+            out[j] = enc(rows[j])
         return out
+
+    def _check_shapes(self, n: int, values: Sequence[object], *arrays: np.ndarray) -> None:
+        """``ValueError`` unless there is one row per reading (``map`` would stop silently
+        at the shortest input) and, in the per-channel arrays, one column per channel."""
+        c = len(self.channels)
+        names = ("ts", "mean", "std", "channel_scores", "score", "threshold", "anomalous",
+                 "warming_up", "model_version", "hard_limit")
+        per_channel = {"mean", "std", "channel_scores"}
+        if len(values) != n:
+            raise ValueError(f"values has {len(values)} readings, expected {n} (one per stream id)")
+        for name, array in zip(names, arrays, strict=True):
+            want = (n, c) if name in per_channel else (n,)
+            if np.shape(array) != want:
+                raise ValueError(
+                    f"{name} has shape {np.shape(array)}, expected {want} (one row per reading"
+                    + (f", one column per channel of {self.kind!r})" if name in per_channel
+                       else ")"))
 
 
 def dead_letter(
