@@ -368,12 +368,17 @@ class StreamDetector(DetectorState):
         """Per kind: the positions, readings, value matrix and timestamps of a part
         (raises on a bad reading)."""
         groups: dict[str, list[int]] = {}
-        for i in range(start, end):
-            groups.setdefault(readings[i].kind, []).append(i)
+        kinds = {r.kind for r in readings[start:end]}
+        if len(kinds) == 1:  # the usual part: one kind, no per-reading grouping
+            groups[kinds.pop()] = list(range(start, end))
+        else:
+            for i in range(start, end):
+                groups.setdefault(readings[i].kind, []).append(i)
         prepared = []
         for name, idx in groups.items():
             ks = self._kind(name)
-            rs = [readings[i] for i in idx]
+            rs = (list(readings[start:end]) if len(idx) == end - start
+                  else [readings[i] for i in idx])  # fmt: skip
             values, ts = self._matrix(ks, rs)
             prepared.append((ks, idx, rs, values, ts))
         return prepared
