@@ -48,11 +48,7 @@ RULES: dict[tuple[str, str | None], str] = {
     ("detector.py", "StreamDetector.validate"): "validate",
     ("detector.py", "StreamDetector.validate_many"): "validate",
     (_P, "DetectorService._check"): "validate",
-    # (py-spy names a comprehension's frame "<method>.<locals>.<listcomp>")
-    **{(_P, f"EventTimeMerge.{m}{inner}"): "merge (event-time heap)"
-       for m in ("add", "add_many", "_merge_tail", "_add_blocks", "release", "_cut",
-                 "safe_offsets", "drop", "assign")
-       for inner in ("", ".<locals>.<listcomp>", ".<locals>.<genexpr>")},
+    ("merge.py", None): "merge (event-time heap)",  # the label of earlier runs, kept
     (_D, "StreamDetector._matrix"): "detector: input matrix",
     (_D, "StreamDetector._columns"): "validate + input matrix (arrays)",
     (_D, "StreamDetector._emit"): "Score building",

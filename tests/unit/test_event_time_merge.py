@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamwatch.pipeline import EventTimeMerge
+from streamwatch.merge import EventTimeMerge
 from streamwatch.schema import Reading
 from streamwatch.transport.base import TopicPartition
 
