@@ -312,11 +312,6 @@ class DetectorService:
         log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
 
     # -- the batch ---------------------------------------------------------------------
-    def _decode(self, msg: Message) -> Reading:
-        if msg.value is None:
-            raise SchemaError("record has no value (tombstone)", code="empty")
-        return self._decoder.decode(msg.value)
-
     def _check(self, msg: Message, reading: Reading, now: float) -> None:
         """The service's own rules, after the detector's (``validate_many``)."""
         if reading.ts > now + self.options.max_future_s:
@@ -421,15 +416,18 @@ class DetectorService:
         # record becomes a dead letter, in the order of the poll
         refused: dict[int, SchemaError] = {}
         decoded: list[tuple[int, TopicPartition, Reading]] = []
-        polled = self._polled_next
+        polled, tps, decode = self._polled_next, self._tps, self._decoder.decode
         for i, msg in enumerate(messages):
-            tp = self._tp(msg.topic, msg.partition)
+            tp = tps.get((msg.topic, msg.partition)) or self._tp(msg.topic, msg.partition)
             polled[tp] = msg.offset + 1
             try:
-                decoded.append((i, tp, self._decode(msg)))
+                if msg.value is None:
+                    raise SchemaError("record has no value (tombstone)", code="empty")
+                decoded.append((i, tp, decode(msg.value)))
             except SchemaError as exc:
                 refused[i] = exc
         verdicts = self.detector.validate_many([r for _i, _tp, r in decoded])
+        latest = now + self.options.max_future_s
         # the accepted readings go to the merge per partition (a poll brings each
         # partition's records one after another, so the group changes rarely)
         where = self._stream_partition
@@ -439,13 +437,15 @@ class DetectorService:
         readings: list[Reading] = []
         for (i, tp, reading), error in zip(decoded, verdicts, strict=True):
             msg = messages[i]
-            try:
-                if error is not None:
-                    raise error
-                self._check(msg, reading, now)
-            except SchemaError as exc:
-                refused[i] = exc
-                continue
+            if error is not None or reading.ts > latest or (
+                    msg.key is not None and msg.key != reading.stream_id.encode()):
+                try:  # (the checks above, for the exact error)
+                    if error is not None:
+                        raise error
+                    self._check(msg, reading, now)
+                except SchemaError as exc:
+                    refused[i] = exc
+                    continue
             if tp is not group_tp:
                 group = groups.get(tp)
                 if group is None:

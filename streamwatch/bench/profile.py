@@ -44,7 +44,6 @@ RULES: dict[tuple[str, str | None], str] = {
     ("schema.py", "decode_reading"): "decode (msgspec)",
     ("schema.py", "encode"): "encode Scores (msgspec)",
     ("schema.py", "ReadingDecoder.decode"): "decode (msgspec)",
-    (_P, "DetectorService._decode"): "decode (msgspec)",
     ("detector.py", "StreamDetector.validate"): "validate",
     ("detector.py", "StreamDetector.validate_many"): "validate",
     (_P, "DetectorService._check"): "validate",

@@ -114,6 +114,10 @@ class ForecastScorer:
         self._alpha = ew_alpha(cfg.norm_halflife)
         self.late_readings = 0
         self._wave: tuple[KindBatch, np.ndarray] | None = None  # rows of the last advance
+        # the stream ids of the last score_many and their rows, when all were known: the
+        # advance of the same wave (same list object) skips the lookups; reset wherever
+        # rows can move (forget, import, load)
+        self._scored: tuple[Sequence[str], np.ndarray] | None = None
         self.defer_training = False
         """When True (set by the detector), ``learn_many`` only stages windows and counts;
         ``train_pending`` adds them to the replay buffer in canonical (ts, stream) order
@@ -174,11 +178,13 @@ class ForecastScorer:
         return flags
 
     def score_many(self, batch: KindBatch) -> ScoreBatch:
-        """Score each reading against its stream's stored forecast. No side effects."""
+        """Score each reading against its stream's stored forecast. No side effects (it
+        remembers the rows it looked up, for ``advance_many`` of the same wave)."""
         self._check(batch, None, "")
         n, c = len(batch), self.channels
         rows = self.state.lookup(batch.stream_ids)
         known = rows >= 0
+        self._scored = (batch.stream_ids, rows) if known.all() else None
         safe = np.where(known, rows, 0)
         nan = np.full((n, c), np.nan)
         mean = np.where(known[:, None], self.state["fc_mean"][safe], nan)
@@ -204,7 +210,11 @@ class ForecastScorer:
         if len(batch) == 0:
             return
         st, cfg = self.state, self.config
-        rows = st.ensure(batch.stream_ids)
+        scored, self._scored = self._scored, None
+        if scored is not None and scored[0] is batch.stream_ids and len(scored[1]) == len(batch):
+            rows = scored[1]  # the wave just scored, every stream known: same rows
+        else:
+            rows = st.ensure(batch.stream_ids)
         ts = batch.ts.astype(np.float64)
         last = st["last_ts"][rows]
         gap = ts - last
@@ -444,7 +454,7 @@ class ForecastScorer:
         log.debug("streams adapted to their recent window", extra={"streams": int(rows.size)})
 
     def forget_streams(self, stream_ids: Sequence[str]) -> None:
-        self._wave = None
+        self._wave = self._scored = None
         dropped = self.state.forget(stream_ids)
         log.debug("streams forgotten", extra={"streams": dropped})
 
@@ -454,7 +464,7 @@ class ForecastScorer:
 
     def import_streams(self, state: dict[str, Any]) -> None:
         """Overwrite or create the streams of an ``export_streams`` result."""
-        self._wave = None
+        self._wave = self._scored = None
         self.state.import_(state)
 
     # ---------------------------------------------------------------- checkpoint
@@ -528,7 +538,7 @@ class ForecastScorer:
         self.late_readings = fresh.late_readings
         self._staged, self._staged_learned = fresh._staged, fresh._staged_learned
         self._staged_n, self._staged_dropped = fresh._staged_n, fresh._staged_dropped
-        self._wave = None
+        self._wave = self._scored = None
 
     def _staged_state(self) -> dict[str, Any]:
         if not self._staged:
