@@ -464,6 +464,11 @@ class StreamDetector(DetectorState):
         out.fill(w, score, finite, np.where(has_thr, thr, np.nan), anomalous, ~has_thr, sb,
                  version, hl_level)  # fmt: skip
         out.in_alert[w] = in_alert
+        if late.any():  # a late reading steps no machine; it is inside a still-open alert
+            machines = ks.alerts.machines
+            for r in np.flatnonzero(late).tolist():
+                machine = machines.get(sids[r])
+                out.in_alert[w[r]] = machine is not None and machine.is_open
         cnt["anomalous"] += int(anomalous.sum())
         cnt["warming_up"] += int((~has_thr).sum())
         cnt["hard_limit_readings"] += int((hl_level > 0).sum())

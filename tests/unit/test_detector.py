@@ -594,3 +594,29 @@ def test_process_encoded_gives_the_bytes_of_every_score_process_gives(make: Any)
     assert seen["hard"] > 0 and seen["anomalous"] > 0  # the test covered what it claims
     if make is detector:
         assert seen["no_forecast"] > 0
+
+
+def test_emit_alerts_builds_the_scores_inside_an_open_alert_and_of_flagged_readings_only() -> None:
+    """``process_encoded(emit="alerts")``: records (byte for byte those of ``emit="all"``)
+    for readings beyond a hard limit or inside an open alert, a late one included; None
+    for the others."""
+    normal = icu("icu/bed-5", 30, seed=21)
+    crisis = icu("icu/bed-5", 40, seed=22, start=1030.0, spo2=80.0)
+    late_calm = icu("icu/bed-5", 1, seed=23, start=1040.5)  # late, normal values, alert open
+    other = icu("icu/bed-6", 71, seed=24)
+    batches = [normal + other[:30], crisis + other[30:70], late_calm + other[70:]]
+    full, selected = detector(), detector()
+    for batch in batches:
+        every, _ = full.process_encoded(batch)
+        around, _ = selected.process_encoded(batch, emit="alerts")
+        assert [r for r in around.records if r is not None] == \
+            [e for e, a in zip(every.records, around.records, strict=True) if a is not None]
+        kept = {(r.stream_id, r.ts) for r, rec in zip(batch, around.records, strict=True)
+                if rec is not None}
+        if batch is batches[0]:
+            assert kept == set()
+        elif batch is batches[1]:
+            assert kept == {("icu/bed-5", r.ts) for r in crisis}  # beyond a limit, all of it
+        else:
+            assert kept == {("icu/bed-5", 1040.5)}  # late, not flagged: inside the alert
+    assert selected.in_alert("icu/bed-5") and not selected.in_alert("icu/bed-6")
