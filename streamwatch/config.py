@@ -80,6 +80,10 @@ class ServiceSection(BaseModel):
         "every partition another holds at a newer offset is removed (its process is gone)")
     checkpoint_dir: Path = Path("runs/detector")
     checkpoint_every_batches: int = Field(default=1000, ge=1)
+    flush_every_batches: int = Field(
+        default=1, ge=1, le=1000, description="wait for the broker to acknowledge the "
+        "outputs every this many batches (always before a checkpoint, a rebalance or "
+        "shutdown); 1 = after every batch")
     checkpoint_every_s: float = Field(default=30.0, gt=0)
     checkpoint_jitter: float = Field(
         default=0.25, ge=0, lt=1, description="each interval by time is drawn from "

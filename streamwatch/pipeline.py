@@ -56,6 +56,9 @@ class ServiceOptions:
     poll_timeout_s: float = 0.5
     emit_scores: EmitScores = "all"
     checkpoint_every_batches: int = 1000
+    # wait for the broker's acknowledgement of the outputs every this many batches (and
+    # always before a checkpoint, a rebalance and shutdown); 1: after every batch
+    flush_every_batches: int = 1
     checkpoint_every_s: float = 30.0
     # each interval is drawn from [(1 - jitter) * every_s, every_s], so that the processes
     # of a group, started together, do not all checkpoint at the same moment
@@ -134,6 +137,9 @@ class DetectorService:
         self._keys: dict[str, bytes] = {}  # stream_id -> Kafka key
         self._stream_partition: dict[str, TopicPartition] = {}
         self._batches_since_ckpt = 0
+        # outputs sent since the last acknowledged flush (sent again if a flush fails)
+        self._unflushed: list[tuple[str, bytes, bytes | None]] = []
+        self._unflushed_batches = 0
         self._last_ckpt = 0.0
         self._ckpt_rng = random.Random()  # from OS entropy: differs across processes
         self._ckpt_interval = self._next_interval()
@@ -232,6 +238,7 @@ class DetectorService:
             self._gc_frozen = False
         try:
             self._producer.flush()
+            self._flushed()
             self._checkpoint_and_commit()
         except StreamwatchError as exc:
             log.error("could not checkpoint on shutdown; the next start replays from the "
@@ -295,6 +302,7 @@ class DetectorService:
     def _on_revoke(self, partitions: set[TopicPartition]) -> None:
         assert self._producer is not None
         self._producer.flush()
+        self._flushed()
         self._checkpoint_and_commit()
         gone = [sid for sid, tp in self._stream_partition.items() if tp in partitions]
         self.detector.forget_streams(gone)
@@ -553,24 +561,54 @@ class DetectorService:
         return out
 
     def _deliver(self, records: list[tuple[str, bytes, bytes | None]]) -> None:
-        """Send and flush until the broker has them all. The batch's state change has
-        already happened, so its outputs must not be lost: on a failed flush the whole
-        batch is sent again (consumers see at-least-once duplicates, same alert ids)."""
+        """Send a batch's outputs; every ``flush_every_batches`` batches wait until the
+        broker has all sent since the last flush (``_flush_outputs``). A checkpoint, a
+        rebalance and shutdown flush first, so no checkpoint or committed offset ever
+        covers an output the broker has not acknowledged."""
+        assert self._producer is not None
+        self._unflushed += records
+        self._unflushed_batches += 1
+        try:
+            send = self._producer.send
+            for topic, value, key in records:
+                send(topic, value, key)
+        except TransportError as exc:
+            self.metrics.transport_errors.inc()
+            log.warning("could not send a batch's outputs; resending", extra={
+                "error": str(exc), "records": len(self._unflushed)})
+            self._flush_outputs(resend=True)
+            return
+        if self._unflushed_batches >= self.options.flush_every_batches:
+            self._flush_outputs()
+
+    def _flush_outputs(self, *, resend: bool = False) -> None:
+        """Flush until the broker has every output sent since the last flush. Those
+        batches' state changes have already happened, so their outputs must not be lost:
+        on a failed flush all of them are sent again (consumers see at-least-once
+        duplicates, same alert ids)."""
         backoff = self.options.retry_backoff_s[0]
         while True:
             assert self._producer is not None
             try:
-                for topic, value, key in records:
-                    self._producer.send(topic, value, key)
+                if resend:
+                    for topic, value, key in self._unflushed:
+                        self._producer.send(topic, value, key)
                 self._producer.flush()
+                self._flushed()
                 return
             except TransportError as exc:
                 self.metrics.transport_errors.inc()
-                log.warning("could not deliver a batch's outputs; resending", extra={
-                    "error": str(exc), "records": len(records), "retry_in_s": backoff})
-                if self._stop.wait(backoff) and not records:
+                log.warning("could not deliver the outputs; resending", extra={
+                    "error": str(exc), "records": len(self._unflushed), "retry_in_s": backoff})
+                if self._stop.wait(backoff) and not self._unflushed:
                     return
                 backoff = min(backoff * 2, self.options.retry_backoff_s[1])
+                resend = True
+
+    def _flushed(self) -> None:
+        """The broker has acknowledged every output sent so far."""
+        self._unflushed.clear()
+        self._unflushed_batches = 0
 
     # -- checkpoint + commit -----------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
@@ -620,6 +658,7 @@ class DetectorService:
         background (serialising and sending ~17 MB: 60-700 ms, ~2 s when the topic store
         paces it; it would stall the loop), and commit the offsets it covers once it is
         durable (``_finish_pending``, on this thread: the consumer is not thread-safe)."""
+        self._flush_outputs()  # the checkpoint covers these batches: their outputs first
         snap = self._snapshot()
         if snap is None:
             return

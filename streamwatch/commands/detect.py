@@ -113,6 +113,7 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
         deadletter_topic=topics.deadletter, health_topic=topics.health, group_id=svc.group_id,
         max_poll_records=svc.max_poll_records, poll_timeout_s=svc.poll_timeout_s,
         emit_scores=svc.emit_scores, checkpoint_every_batches=svc.checkpoint_every_batches,
+        flush_every_batches=svc.flush_every_batches,
         checkpoint_every_s=svc.checkpoint_every_s, checkpoint_jitter=svc.checkpoint_jitter,
         health_every_s=svc.health_every_s,
         max_future_s=svc.max_future_s, payload_cap=svc.payload_cap, fresh_start=svc.fresh_start,

@@ -311,16 +311,19 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
 
 # the default store in CI; the directory store (same selection rules, tested on the
 # memory bus in tests/unit) also here with `make unit` (-m slow included)
-@pytest.mark.parametrize("store", ["kafka", pytest.param("directory", marks=pytest.mark.slow)])
+# flush_every_batches 8: outputs acknowledged every 8 batches and before each checkpoint;
+# a kill -9 between loses the unflushed ones, which the restart must produce again
+@pytest.mark.parametrize(("store", "flush_every"), [
+    ("kafka", 1), ("kafka", 8), pytest.param("directory", 1, marks=pytest.mark.slow)])
 def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
-    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str, flush_every: int
 ) -> None:
     readings, _ = icu_readings()
     _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
     want = _direct_alerts(readings, tmp_path / "direct")
     assert len(want) >= 3
     s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=500,
-                  state_store=store)
+                  state_store=store, flush_every_batches=flush_every)
     log = tmp_path / "detector.log"
     rng = random.Random(4)
     for kill in range(3):  # kill -9 three times at random points, restart each time
@@ -343,7 +346,10 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
         proc.wait(30)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
-    if store == "kafka":  # the state went through the changelog, not the directory
+    # (with flush_every 8 a process reaches its kill point sooner, at times before its
+    # first checkpoint is written: 2 of 8 runs had one state head; the assertions above,
+    # nothing lost and the same alert ids, held in all)
+    if store == "kafka" and flush_every == 1:  # the state went through the changelog
         assert not (tmp_path / "ckpt").exists()
         # the last process and each killed one that lived to its first checkpoint
         assert len(_state_heads(kafka_bootstrap, topics["state"])) >= 2

@@ -287,3 +287,46 @@ def test_emit_scores_alerts_sends_exactly_the_scores_around_alerts(tmp_path: Pat
     assert spans and 0 < len(want) < len(every) / 2
     assert set(around) == want
     assert all(around[k] == every[k] for k in around)
+
+
+def test_flush_every_batches_acknowledges_outputs_before_every_checkpoint(tmp_path: Path) -> None:
+    """``flush_every_batches = 4``: a flush every 4 batches, never a checkpoint over an
+    unacknowledged output; every reading scored and the alerts of the per-batch flush."""
+    readings, _ = icu_readings()
+    reference = MemoryTransport()
+    total = _fill(reference, readings)
+    build_service(service_settings(tmp_path / "ref", max_poll_records=100), reference).run(
+        timeout=120, count=total)
+    want = _opened(_drain(reference, ALERTS, "alert"))
+
+    transport = MemoryTransport()
+    _fill(transport, readings)
+    service = build_service(service_settings(tmp_path / "new", max_poll_records=100,
+                                             flush_every_batches=4), transport)  # fmt: skip
+    flushes, unflushed_at_snapshot = [0], []
+    make_producer, snapshot = transport.producer, service._snapshot
+
+    def producer() -> Any:
+        p = make_producer()
+        flush = p.flush
+
+        def counted(timeout: float | None = None) -> None:
+            flushes[0] += 1
+            flush(timeout)
+
+        p.flush = counted  # type: ignore[method-assign]
+        return p
+
+    def checked() -> Any:
+        unflushed_at_snapshot.append(len(service._unflushed))
+        return snapshot()
+
+    transport.producer = producer  # type: ignore[method-assign]
+    service._snapshot = checked  # type: ignore[method-assign]
+    stats = service.run(timeout=120, count=total)
+    assert stats.readings == len(readings) and stats.checkpoints >= 2
+    assert unflushed_at_snapshot and not any(unflushed_at_snapshot)
+    assert stats.batches // 4 <= flushes[0] < stats.batches // 2
+    scores = _drain(transport, SCORES, "score")
+    assert {(s.stream_id, s.ts) for s in scores} == {(r.stream_id, r.ts) for r in readings}
+    assert _opened(_drain(transport, ALERTS, "alert")) == want
