@@ -347,8 +347,8 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
     # (with flush_every 8 a process reaches its kill point sooner, at times before its
-    # first checkpoint is written: 2 of 8 runs had one state head; the assertions above,
-    # nothing lost and the same alert ids, held in all)
+    # first checkpoint is written: 2 of 6 runs had one state head; the assertions above,
+    # nothing lost and the same alert ids, held in all 8 runs)
     if store == "kafka" and flush_every == 1:  # the state went through the changelog
         assert not (tmp_path / "ckpt").exists()
         # the last process and each killed one that lived to its first checkpoint
