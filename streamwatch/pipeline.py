@@ -565,36 +565,27 @@ class DetectorService:
         broker has all sent since the last flush (``_flush_outputs``). A checkpoint, a
         rebalance and shutdown flush first, so no checkpoint or committed offset ever
         covers an output the broker has not acknowledged."""
-        assert self._producer is not None
         self._unflushed += records
         self._unflushed_batches += 1
-        try:
-            send = self._producer.send
-            for topic, value, key in records:
-                send(topic, value, key)
-        except TransportError as exc:
-            self.metrics.transport_errors.inc()
-            log.warning("could not send a batch's outputs; resending", extra={
-                "error": str(exc), "records": len(self._unflushed)})
-            self._flush_outputs(resend=True)
-            return
-        if self._unflushed_batches >= self.options.flush_every_batches:
-            self._flush_outputs()
+        due = self._unflushed_batches >= self.options.flush_every_batches
+        self._flush_outputs(records, wait=due)
 
-    def _flush_outputs(self, *, resend: bool = False) -> None:
-        """Flush until the broker has every output sent since the last flush. Those
-        batches' state changes have already happened, so their outputs must not be lost:
-        on a failed flush all of them are sent again (consumers see at-least-once
-        duplicates, same alert ids)."""
+    def _flush_outputs(self, records: Sequence[tuple[str, bytes, bytes | None]] = (), *,
+                       wait: bool = True) -> None:  # fmt: skip
+        """Send ``records``, then (``wait``) flush until the broker has every output sent
+        since the last flush. Those batches' state changes have already happened, so their
+        outputs must not be lost: on a failed send or flush all of them are sent again
+        (consumers see at-least-once duplicates, same alert ids)."""
         backoff = self.options.retry_backoff_s[0]
         while True:
             assert self._producer is not None
             try:
-                if resend:
-                    for topic, value, key in self._unflushed:
-                        self._producer.send(topic, value, key)
-                self._producer.flush()
-                self._flushed()
+                send = self._producer.send
+                for topic, value, key in records:
+                    send(topic, value, key)
+                if wait:
+                    self._producer.flush()
+                    self._flushed()
                 return
             except TransportError as exc:
                 self.metrics.transport_errors.inc()
@@ -603,7 +594,7 @@ class DetectorService:
                 if self._stop.wait(backoff) and not self._unflushed:
                     return
                 backoff = min(backoff * 2, self.options.retry_backoff_s[1])
-                resend = True
+                records, wait = list(self._unflushed), True
 
     def _flushed(self) -> None:
         """The broker has acknowledged every output sent so far."""

@@ -554,7 +554,8 @@ class StreamDetector(DetectorState):
             rows = out if sel is None else out.take(sel)
             rrs = rs if sel is None else [rs[j] for j in sel.tolist()]
             records = ks.score_encoder.encode_rows(
-                [r.stream_id for r in rrs], [r.values for r in rrs],
+                sids if sel is None else [sids[j] for j in sel.tolist()],
+                [r.values for r in rrs],
                 ts if sel is None else ts[sel], rows.mean, rows.std, rows.cs, rows.score,
                 rows.thr, rows.anomalous, rows.warming, rows.version, rows.hl,
                 rows.hl_channels)  # fmt: skip
