@@ -19,8 +19,9 @@ detector's threshold warm-up plus a minute (simulated), and ICU patients have
 a few simulated minutes after that (seconds of wall time at ``--speedup 10``). Clinical
 hard limits (NEWS2) alert even while the model is still learning.
 
-Stdout carries what a user needs: the broker address, the dashboard URL, and one line per
-alert that opens or closes (``alert open icu/bed-03 critical ...``).
+Stdout carries what a user needs: the broker address, the dashboard URL, the detector's
+Prometheus endpoint (a free port unless ``--metrics-port`` says otherwise), and one line
+per alert that opens or closes (``alert open icu/bed-03 critical ...``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ def register(subparsers: Any) -> None:
     p._option_string_actions["--bootstrap-servers"].help = (
         "use this Kafka cluster instead of starting a broker (default: "
         "$STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS, else a Tansu broker on a free port)")
+    p._option_string_actions["--metrics-port"].help = (
+        "the detector's Prometheus endpoint port (default: a free one, printed as "
+        "'metrics: URL'; 0 = off)")
     p.add_argument("--config", type=Path, help="detector settings file (TOML or JSON)")
     p.set_defaults(func=run)
 
@@ -110,7 +114,10 @@ def _settings(args: argparse.Namespace, workdir: Path) -> Any:
         # changelog there would grow by a whole checkpoint (~17 MB with 1,000 streams) every 30 s
         args.state_store = "directory"
     if args.metrics_port is None and "STREAMWATCH_SERVICE__METRICS_PORT" not in env:
-        args.metrics_port = 0  # no fixed port that a second demo would collide with
+        # a port free now, not the fixed 9308 that a second demo (or a detector) would
+        # collide with; announced with the dashboard's URL
+        host = args.metrics_host or env.get("STREAMWATCH_SERVICE__METRICS_HOST") or "127.0.0.1"
+        args.metrics_port = _free_port(host, "the metrics endpoint", "--metrics-port")
     overrides = {
         "kafka": {"bootstrap_servers": args.bootstrap_servers, "client": args.kafka_client,
                   "session_timeout_ms": args.session_timeout_ms},
@@ -132,15 +139,20 @@ def _settings(args: argparse.Namespace, workdir: Path) -> Any:
     return load_settings(args.config, pruned)
 
 
-def _dashboard_port(host: str, port: int) -> int:
+def _free_port(host: str, what: str, flag: str, port: int = 0) -> int:
     """``port`` if it can be bound on ``host`` now (0: a free one); a clear error if not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise ConfigError(f"cannot serve the dashboard on {host}:{port} ({exc.strerror}): "
-                              "pass --port N for another port (0 = any free one)") from None
+            raise ConfigError(f"cannot serve {what} on {host}:{port} ({exc.strerror}): "
+                              f"pass {flag} N for another port (0 = any free one)") from None
         return int(sock.getsockname()[1])
+
+
+def _dashboard_port(host: str, port: int) -> int:
+    """``port`` if it can be bound on ``host`` now (0: a free one); a clear error if not."""
+    return _free_port(host, "the dashboard", "--port", port)
 
 
 def _all_topics(settings: Any) -> dict[str, int]:

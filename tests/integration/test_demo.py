@@ -145,6 +145,22 @@ def dashboard_shows(url: str, needle: str, demo: Demo, timeout: float = 30.0) ->
                          f"\n{demo.stderr()}")
 
 
+def metrics_count_readings(url: str, demo: Demo, timeout: float = 30.0) -> float:
+    """Poll the detector's Prometheus endpoint until it has counted a reading; the count."""
+    deadline, text = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as reply:
+                text = reply.read().decode()
+        except (urllib.error.URLError, ConnectionError):
+            assert demo.proc.poll() is None, demo.stderr()
+        found = re.search(r"^streamwatch_readings_total (\S+)$", text, re.MULTILINE)
+        if found and float(found.group(1)) > 0:
+            return float(found.group(1))
+        time.sleep(0.5)
+    raise AssertionError(f"{url} never counted a reading: {text[:2000]}\n{demo.stderr()}")
+
+
 def first_alert(bootstrap: str, demo: Demo, timeout: float) -> Alert:
     """The first ``open`` alert on streamwatch.alerts, read with assign() (no group)."""
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
@@ -179,7 +195,9 @@ def test_demo_over_kafka_shows_an_alert_to_any_consumer_and_ctrl_c_leaves_nothin
     bootstrap = demo.wait_line(r"^kafka: (\S+:\d+) ", timeout=30).group(1)
     url = demo.wait_line(r"^dashboard: (http://\S+)$", timeout=60).group(1)
     assert url == f"http://127.0.0.1:{demo.port}"
+    metrics = demo.wait_line(r"^metrics: (http://127\.0\.0\.1:\d+/metrics)$", timeout=5).group(1)
     wait_dashboard(url, demo)
+    metrics_count_readings(metrics, demo)
     alert = first_alert(bootstrap, demo, timeout=75)
     assert alert.stream_id.startswith(("icu/bed-", "plant/machine-"))
     dashboard_shows(url, alert.alert_id, demo)
@@ -204,7 +222,9 @@ def test_demo_in_memory_needs_no_broker_shows_an_alert_and_ctrl_c_leaves_nothing
     demo, processes = demo_factory("--transport", "memory")
     demo.wait_line(r"^kafka: none ", timeout=30)
     url = demo.wait_line(r"^dashboard: (http://\S+)$", timeout=60).group(1)
+    metrics = demo.wait_line(r"^metrics: (http://127\.0\.0\.1:(\d+)/metrics)$", timeout=5)
     wait_dashboard(url, demo)
+    metrics_count_readings(metrics.group(1), demo)
     match = demo.wait_line(r"^alert open (\S+) (warning|critical): ", timeout=75)
     dashboard_shows(url, match.group(1), demo)
 
@@ -212,7 +232,8 @@ def test_demo_in_memory_needs_no_broker_shows_an_alert_and_ctrl_c_leaves_nothing
     assert processes == [], [p.cmdline() for p in processes]  # no broker, no children
     listening = [c.laddr for c in psutil.Process(demo.proc.pid).net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN]
-    assert [(a.ip, a.port) for a in listening] == [("127.0.0.1", demo.port)]
+    assert sorted((a.ip, a.port) for a in listening) == sorted(
+        [("127.0.0.1", demo.port), ("127.0.0.1", int(metrics.group(2)))])  # nothing else
     elapsed = time.monotonic() - demo.started
 
     code = demo.interrupt()
