@@ -384,3 +384,33 @@ def test_flush_raises_when_records_are_not_delivered(client: str, unique_topic: 
         producer.flush(timeout=15)
         producer.close()
         bus.close()
+
+
+def test_confluent_drains_a_backlog_past_its_prefetch_queue_without_1_s_stalls(
+    kafka_bootstrap: str, unique_topic: str
+) -> None:
+    """librdkafka postpones a partition's next fetch by ``fetch.queue.backoff.ms`` once its
+    prefetch queue has passed ``queued.min.messages`` (1,000 ms by default). With a queue
+    of 100 messages and fetches of at most 50 kB, 20,000 records take ~33 fetches, each
+    after such a wait (33 s measured with 1,000 ms); with the transport's default backoff
+    the backlog drains in under a second."""
+    small_fetches = {"queued.min.messages": 100, "fetch.max.bytes": 60_000,
+                     "max.partition.fetch.bytes": 50_000, "message.max.bytes": 50_000}
+    bus = open_transport(kafka_bootstrap, "confluent", session_timeout_ms=SESSION_MS,
+                         client_config=small_fetches)
+    try:
+        bus.create_topics({unique_topic: 1})
+        producer = bus.producer()
+        for batch in range(100):
+            for i in range(200):  # ~100-byte records
+                producer.send(unique_topic, b"%05d" % (batch * 200 + i) + b"." * 95)
+            producer.flush(timeout=30)
+        consumer = bus.consumer(None)
+        consumer.assign([TopicPartition(unique_topic, 0)])
+        got: dict[int, list[Message]] = {}
+        drain([consumer], lambda: len(got.get(0, [])) >= 20_000, sink=got, timeout=20.0)
+        assert [m.offset for m in got[0]] == list(range(20_000))
+        assert [m.value[:5] for m in got[0][:2]] == [b"00000", b"00001"]
+        consumer.close()
+    finally:
+        bus.close()
