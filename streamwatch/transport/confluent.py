@@ -102,8 +102,9 @@ class ConfluentTransport:
             # librdkafka stops fetching a partition whose prefetch queue has passed
             # queued.min.messages (100,000) or queued.max.messages.kbytes (64 MB) and
             # fetches it again only after this backoff, 1,000 ms by default: the service
-            # drains a queue far sooner and then blocked in poll (a detector at 0.73 of a
-            # core; 23,594 -> 30,658 readings/s with 10 ms, docs/bench.md)
+            # drains a queue far sooner and then blocked in poll (a detector at 0.73-0.79
+            # of a core; +4 % to +30 % readings/s with 5-10 ms in five back-to-back pairs,
+            # docs/bench.md)
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
             **to_librdkafka(config, "consumer"),
         }
