@@ -237,8 +237,6 @@ class DetectorService:
             gc.unfreeze()
             self._gc_frozen = False
         try:
-            self._producer.flush()
-            self._flushed()
             self._checkpoint_and_commit()
         except StreamwatchError as exc:
             log.error("could not checkpoint on shutdown; the next start replays from the "
@@ -300,9 +298,6 @@ class DetectorService:
                 backoff = min(backoff * 2, self.options.retry_backoff_s[1])
 
     def _on_revoke(self, partitions: set[TopicPartition]) -> None:
-        assert self._producer is not None
-        self._producer.flush()
-        self._flushed()
         self._checkpoint_and_commit()
         gone = [sid for sid, tp in self._stream_partition.items() if tp in partitions]
         self.detector.forget_streams(gone)
@@ -321,7 +316,9 @@ class DetectorService:
 
     # -- the batch ---------------------------------------------------------------------
     def _check(self, msg: Message, reading: Reading, now: float) -> None:
-        """The service's own rules, after the detector's (``validate_many``)."""
+        """The service's own rules, after the detector's (``validate_many``). ``_process``
+        calls this only for readings its inline test flags (a timestamp past
+        ``max_future_s``, a key other than the stream id): a new rule goes into both."""
         if reading.ts > now + self.options.max_future_s:
             raise SchemaError(
                 f"timestamp {reading.ts:.3f} is more than {self.options.max_future_s:g} s "
@@ -694,8 +691,12 @@ class DetectorService:
                                               "synchronous": synchronous})
 
     def _checkpoint_and_commit(self) -> None:
-        """Checkpoint and commit now, waiting for both (rebalance, shutdown)."""
-        assert self._consumer is not None
+        """Flush the outputs, then checkpoint and commit now, waiting for all three
+        (rebalance, shutdown). One flush attempt: a failure raises, unlike the loop's
+        resending ``_flush_outputs``, so a shutdown with the broker gone still ends."""
+        assert self._consumer is not None and self._producer is not None
+        self._producer.flush()
+        self._flushed()
         self._finish_pending(block=True)
         snap = self._snapshot()
         if snap is None:
