@@ -13,6 +13,11 @@ For each client (kafka-python, confluent-kafka), on fresh topics (uuid suffix):
    ``bench.relay.Relay`` (consume, decode, produce a record per reading: the transport
    alone) is measured on the same pre-fill in as many processes: the ceiling of this
    broker, client and machine, side by side with the detector's rate.
+   Once, before the clients, unless ``detector_alone`` is off,
+   :func:`~streamwatch.bench.alone.detector_alone` times the detector with no Kafka on
+   the same readings (one process's share of the streams): the relay's CPU per reading
+   (its processes and the broker) plus the detector's gives ``ceiling_readings_per_s`` in
+   the verdict, what the machine's cores carry at best.
 2. **Latency.** A fresh service, restored from phase 1's final checkpoint (warm model,
    thresholds and per-stream state, as a restarted detector), consumes a live load paced
    at ``latency_rate_fraction`` x the measured rate. Each Reading is joined to its Score
@@ -82,6 +87,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     workdir = new_workdir()
     runs: dict[str, dict[str, Any]] = {}
     config: dict[str, Any] = {}
+    alone: dict[str, Any] | None = None
     try:
         for client in opts.clients:
             bench = ClientBench(opts, client, bootstrap, workdir,
@@ -90,6 +96,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             torch.set_num_threads(settings.service.torch_threads)
             config = config or _effective_config(opts, settings, producer_client,
                                                  opts.bootstrap_servers)  # fmt: skip
+            if opts.detector_alone and alone is None:
+                alone = _detector_alone(opts, settings, bench.start_ts)
             try:
                 throughput, phase1 = bench.throughput()
                 runs[client] = {"throughput": throughput}
@@ -103,5 +111,16 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     machine["load_average_end"] = load_average()
     machine["torch_threads"] = torch.get_num_threads()
-    return {"machine": machine, "config": config, "runs": runs, "targets": dict(TARGETS),
-            "verdict": verdict(runs)}  # fmt: skip
+    result = {"machine": machine, "config": config, "runs": runs, "targets": dict(TARGETS),
+              "verdict": verdict(runs, alone, machine["cores"])}  # fmt: skip
+    if alone is not None:
+        result["detector_alone"] = alone
+    return result
+
+
+def _detector_alone(opts: BenchOptions, settings: Any, start_ts: float) -> dict[str, Any]:
+    from streamwatch.bench.alone import detector_alone, streams_per_process
+
+    return detector_alone(settings, streams=streams_per_process(opts.streams, opts.detectors),
+                          seed=opts.seed, start_ts=start_ts, emit=opts.throughput_emit_scores,
+                          progress=opts.progress)  # fmt: skip

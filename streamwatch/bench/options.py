@@ -88,6 +88,11 @@ class BenchOptions:
         transport alone: consume, decode, produce one record per reading) on the same
         pre-fill, in ``detectors`` processes: what this broker, client and machine carry
         with no detector, side by side with the detector's rate.
+    detector_alone
+        Before the clients, measure the detector alone with no Kafka
+        (:func:`~streamwatch.bench.alone.detector_alone`: validate and process poll-sized
+        batches of the same simulated readings, with one process's share of the streams):
+        with the relay, the verdict's ``ceiling_readings_per_s``.
     detectors
         Detector processes in the consumer group, 1-16 (``bench.group``): 1 runs the service
         in a thread of the bench process (profiled with ``profile``), more run one process
@@ -118,6 +123,7 @@ class BenchOptions:
     detectors: int = 1
     state_store: str | None = None
     relay: bool = True
+    detector_alone: bool = True
 
     def __post_init__(self) -> None:
         if not self.clients or any(c not in CLIENTS for c in self.clients):

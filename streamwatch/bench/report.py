@@ -11,11 +11,34 @@ A phase that took no optimiser step was not measured with training on: not met.
 ...     "latency": {"p99_ms": 120.0, "missing": 0, "measured": 10, "training_steps": 0}}})
 >>> v["kafka-python"]["trained"], v["kafka-python"]["met"]
 (False, False)
+
+With the relay and the detector alone measured, the ceiling: the machine's cores over what
+a reading costs them in the relay (its processes and the broker) plus the detector alone,
+or, if lower, the processes' threads, each of at most one core, over the relay thread's
+and the detector's cost. Two processes: 2 cores / (5 + 3 + 15 us) = 86,956.5 readings/s
+(the threads would carry 2 / (4.5 + 15 us) = 102,564), below a 100,000 target.
+
+>>> relay = {"readings_per_s": 250000.0, "readings": 1_000_000, "cpu_us_per_reading": 5.0,
+...          "detector_thread_cpu_us_per_reading": 4.5, "broker_cpu_s": 3.0, "processes": 2}
+>>> run = {"throughput": {"readings_per_s": 50000.0, "training_steps": 9, "relay": relay}}
+>>> v = verdict({"confluent": run}, {"cpu_us_per_reading": 15.0}, cores=2)["confluent"]
+>>> v["ceiling_readings_per_s"], v["ceiling_bound"], v["ceiling_counts_broker"]
+(86956.5, 'cores', True)
+>>> v["target_above_ceiling"]
+True
+
+One process: its thread carries at most 1 / (4.5 + 15 us).
+
+>>> relay["processes"] = 1
+>>> v = verdict({"confluent": run}, {"cpu_us_per_reading": 15.0}, cores=2)["confluent"]
+>>> v["ceiling_readings_per_s"], v["ceiling_bound"]
+(51282.1, 'threads')
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import platform
 from importlib import metadata
@@ -75,11 +98,37 @@ def machine_info() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def ceiling(relay: dict[str, Any] | None, alone: dict[str, Any] | None,
+            cores: int | None) -> tuple[float | None, str | None, bool | None]:
+    """The most readings/s the machine could carry if the service added nothing of its
+    own (merge, bookkeeping, checkpoints, the Score's produce beyond the relay's record):
+    ``cores`` over the CPU a reading costs in the relay (its processes, plus the broker
+    when the bench started it) and in the detector alone, or, if lower, the processes'
+    threads (one core each at most) over the relay thread's and the detector's cost.
+    Returns it, which bound set it (``cores`` or ``threads``), and whether the broker's
+    CPU is in it."""
+    relay = relay or {}
+    relay_us, alone_us = relay.get("cpu_us_per_reading"), (alone or {}).get("cpu_us_per_reading")
+    if relay_us is None or alone_us is None or not cores:
+        return None, None, None
+    broker_s, readings = relay.get("broker_cpu_s"), relay.get("readings")
+    broker_us = broker_s / readings * 1e6 if broker_s is not None and readings else None
+    by_cores = cores * 1e6 / (relay_us + alone_us + (broker_us or 0.0))
+    thread_us = relay.get("detector_thread_cpu_us_per_reading")
+    by_threads = (relay.get("processes", 1) * 1e6 / (thread_us + alone_us)
+                  if thread_us is not None else math.inf)  # fmt: skip
+    bound = "threads" if by_threads < by_cores else "cores"
+    return round(min(by_cores, by_threads), 1), bound, broker_us is not None
+
+
+def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None,
+            cores: int | None = None) -> dict[str, dict[str, Any]]:
     """Per client: throughput target met, latency target met (p99 and nothing missing),
     training on in both phases (each took optimiser steps; the targets are for a
     detector that learns), and, when the relay ran, its rate and whether the target lies
-    above it (then no detector reaches it on this machine: the transport alone does not)."""
+    above it (then no detector reaches it on this machine: the transport alone does not);
+    with the detector alone measured too, the machine's ceiling (:func:`ceiling`) and
+    whether the target lies above that."""
     out: dict[str, dict[str, Any]] = {}
     for client, run in runs.items():
         rate = (run.get("throughput") or {}).get("readings_per_s")
@@ -99,12 +148,18 @@ def verdict(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
             "relay_readings_per_s": relay,
             "target_above_relay": None if relay is None or target is None else target > relay,
         }  # fmt: skip
+        cap, bound, with_broker = ceiling((run.get("throughput") or {}).get("relay"), alone,
+                                          cores)  # fmt: skip
+        out[client].update(
+            detector_alone_cpu_us_per_reading=(alone or {}).get("cpu_us_per_reading"),
+            ceiling_readings_per_s=cap, ceiling_bound=bound, ceiling_counts_broker=with_broker,
+            target_above_ceiling=None if cap is None or target is None else target > cap)  # fmt: skip
     return out
 
 
 def table(result: dict[str, Any]) -> str:
     """A short side-by-side table of the runs."""
-    head = (f"{'client':<13} {'readings/s':>11} {'relay rd/s':>10} {'target':>8} "
+    head = (f"{'client':<13} {'readings/s':>11} {'relay rd/s':>10} {'ceiling':>8} {'target':>8} "
             f"{'thr cpu us/rd':>13} {'train':>6} "
             f"{'lat rate':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} "
             f"{'joined':>14} {'verdict':>8}")  # fmt: skip
@@ -119,13 +174,20 @@ def table(result: dict[str, Any]) -> str:
         joined = f"{lat.get('joined', '-')}/{lat.get('readings', '-')}" if lat else "-"
         lines.append(
             f"{client:<13} {f(tp.get('readings_per_s')):>11} "
-            f"{f(v.get('relay_readings_per_s')):>10} {f(v['target_readings_per_s']):>8} "
+            f"{f(v.get('relay_readings_per_s')):>10} {f(v.get('ceiling_readings_per_s')):>8} "
+            f"{f(v['target_readings_per_s']):>8} "
             f"{f(tp.get('detector_thread_cpu_us_per_reading'), '.1f'):>13} "
             f"{f(tp.get('training_steps'), 'd'):>6} "
             f"{f(lat.get('rate'))!s:>9} {f(lat.get('p50_ms'), '.1f'):>7} "
             f"{f(lat.get('p95_ms'), '.1f'):>7} {f(lat.get('p99_ms'), '.1f'):>7} "
             f"{f(lat.get('max_ms'), '.1f'):>7} {joined:>14} "
             f"{'met' if v['met'] else 'NOT met':>8}")  # fmt: skip
+    alone = result.get("detector_alone")
+    if alone:
+        lines.append(f"detector alone (no Kafka, {alone['streams']} streams, emit "
+                     f"{alone['emit_scores']}): {f(alone['cpu_us_per_reading'], '.1f')} us CPU "
+                     f"per reading; ceiling = cores / (relay + broker + detector alone), or "
+                     f"the processes' threads if lower")  # fmt: skip
     m = result["machine"]
     lines.append(f"load average start {m['load_average_start']} end {m.get('load_average_end')}"
                  f"; {m['cores']} cores, {m['cpu_model']}")  # fmt: skip

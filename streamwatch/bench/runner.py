@@ -198,6 +198,7 @@ class ClientBench:
         warmup_included = drained(start)
         if warmup_included:
             start = first
+        broker0 = None if warmup_included else self._broker_cpu()  # not for a past window
         with self._bar(o.seconds, "relay (transport alone)", "s") as bar:
             end = run.wait_until(
                 lambda s: s.t >= start.t + o.seconds or drained(s), o.seconds + 120,
@@ -206,7 +207,8 @@ class ClientBench:
         figures = window_figures(start, end)
         for key in ("training_steps", "checkpoints"):
             figures.pop(key)
-        figures.update(drained_early=drained(end), warmup_included=warmup_included)
+        figures.update(drained_early=drained(end), warmup_included=warmup_included,
+                       broker_cpu_s=_cpu_between(broker0, self._broker_cpu()))  # fmt: skip
         if figures["drained_early"]:
             log.warning("%s: the relay emptied the pre-fill after %.1f s: its rate is a lower "
                         "bound; raise --prefill-rate for a full window", self.client,
@@ -261,7 +263,7 @@ class ClientBench:
             per_second=per_second(samples),
             merge_held_max=max(s.held for s in samples),
             paused_partitions_max=max(s.paused for s in samples),
-            broker_cpu_s=None if broker0 is None or broker1 is None else round(broker1 - broker0, 3),
+            broker_cpu_s=_cpu_between(broker0, broker1),
             load_average_start=load_start, load_average_end=load_average())  # fmt: skip
         if figures["drained_early"]:
             log.warning("%s: the pre-fill ran out after %.1f s of measurement; raise "
@@ -412,6 +414,10 @@ def _windowed(run: Any, window: Callable[[Any, int], dict[str, Any]], prefilled:
         raise
     run.stop()
     return figures
+
+
+def _cpu_between(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else round(after - before, 3)
 
 
 def _without_none(tree: dict[str, Any]) -> dict[str, Any]:

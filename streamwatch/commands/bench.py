@@ -86,6 +86,10 @@ def register(subparsers: Any) -> None:
                    help="before the detectors, measure the transport alone on the same pre-fill "
                    "(consume, decode, produce a record per reading, as many processes): the "
                    "ceiling of this broker, client and machine (default on)")
+    p.add_argument("--detector-alone", action=argparse.BooleanOptionalAction, default=True,
+                   help="before the clients, measure the detector alone with no Kafka (validate "
+                   "and process the same readings, one process's share of the streams): with the "
+                   "relay, the ceiling of this machine (default on)")
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
                    "(pip install -e .[bench]); raw stacks kept next to --json")
@@ -187,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
         detectors=args.detectors, state_store=args.state_store,
-        load_linger_ms=args.load_linger_ms, relay=args.relay,
+        load_linger_ms=args.load_linger_ms, relay=args.relay, detector_alone=args.detector_alone,
     )  # fmt: skip
     result = run_bench(opts)
     _write_json(result, args.json)

@@ -58,8 +58,17 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
     printed = capsys.readouterr().out
     assert code == 0, printed
     result = json.loads(out.read_text())
-    assert set(result) == {"machine", "config", "runs", "targets", "verdict"}
+    assert set(result) == {"machine", "config", "runs", "targets", "verdict", "detector_alone"}
     assert result["targets"] == TARGETS
+    # The detector alone (no Kafka), once for both clients: every reading of its window
+    # processed, a Score record each, training on.
+    alone = result["detector_alone"]
+    assert alone["streams"] == 40 and alone["emit_scores"] == "all" and alone["refused"] == 0
+    assert alone["readings"] == alone["records"] == 40 * alone["measured_steps"] > 0
+    assert alone["training_steps"] > 0 and alone["cpu_s"] > 0
+    assert alone["cpu_us_per_reading"] == pytest.approx(
+        alone["cpu_s"] / alone["readings"] * 1e6, rel=1e-2)
+    assert "detector alone" in printed
     assert list(result["runs"]) == ["kafka-python", "confluent"]
     assert result["config"]["model"]["train_every"] == 32 and result["config"]["streams"] == 40
     for key in ("cpu_model", "cores", "python", "torch", "kafka-python", "confluent-kafka",
@@ -111,6 +120,18 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         assert v["met"] == (v["throughput_met"] and v["latency_met"])
         assert v["relay_readings_per_s"] == relay["readings_per_s"] > 0
         assert v["target_above_relay"] == (TARGETS[client] > relay["readings_per_s"])
+        # The ceiling: the cores over the relay's and the detector's CPU per reading, or
+        # the one relay thread's and the detector's if lower (the broker is the session's,
+        # not started by the bench: its CPU is not counted).
+        assert relay["broker_cpu_s"] is None and v["ceiling_counts_broker"] is False
+        assert v["detector_alone_cpu_us_per_reading"] == alone["cpu_us_per_reading"]
+        by_cores = result["machine"]["cores"] * 1e6 / (
+            relay["cpu_us_per_reading"] + alone["cpu_us_per_reading"])
+        by_thread = 1e6 / (relay["detector_thread_cpu_us_per_reading"]
+                           + alone["cpu_us_per_reading"])
+        assert v["ceiling_readings_per_s"] == pytest.approx(min(by_cores, by_thread), rel=1e-4)
+        assert v["ceiling_bound"] == ("threads" if by_thread < by_cores else "cores")
+        assert v["target_above_ceiling"] == (TARGETS[client] > v["ceiling_readings_per_s"])
 
 
 @pytest.mark.timeout(280)
@@ -124,11 +145,13 @@ def test_bench_measures_a_group_of_detector_processes_as_one(
                  "--detectors", "2", "--streams", "40", "--seconds", "2", "--warmup-s", "3",
                  "--prefill-rate", "4000", "--train-every", "32", "--partitions", "3",
                  "--session-timeout-ms", "2000", "--bootstrap-servers", kafka_bootstrap,
-                 "--json", str(out), "--no-progress"])
+                 "--no-detector-alone", "--json", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     result = json.loads(out.read_text())
     assert result["config"]["detectors"] == 2
+    assert "detector_alone" not in result  # turned off: no ceiling either
+    assert result["verdict"]["confluent"]["ceiling_readings_per_s"] is None
     tp, lat = result["runs"]["confluent"]["throughput"], result["runs"]["confluent"]["latency"]
     split = tp["per_detector_scored"]
     assert len(split) == 2 and all(n > 0 for n in split) and sum(split) == tp["scored_total"]
