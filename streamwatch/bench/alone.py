@@ -19,7 +19,6 @@ reading costs the machine before the service's own work (event-time merge, bookk
 the Score's produce beyond the relay's smaller record): ``report.verdict`` turns the two
 into ``ceiling_readings_per_s``, the rate the machine's cores would carry at best.
 
->>> import math
 >>> from streamwatch.config import load_settings
 >>> s = load_settings(None, {"model": {"train_every": 64},
 ...                          "detector": {"warmup_readings": 2, "thresholds": {"warmup": 50}}})
