@@ -3,6 +3,7 @@ broker outage. Every test uses its own topics and group (uuid) on the session br
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -48,10 +49,21 @@ def topics() -> dict[str, str]:
     return {name: f"sw-{tag}.{name}" for name in names}
 
 
+#: Tansu answers a fetch only when its wait expires (500 ms by default), not when data
+#: arrives: a short wait keeps the tests from idling (docs/bench.md, latency pitfalls).
+CLIENT_CONFIG = {"fetch_max_wait_ms": 50}
+
+
+def _transport(bootstrap: str, client: str = "kafka-python") -> Any:
+    return open_transport(bootstrap, client, session_timeout_ms=2000,  # type: ignore[arg-type]
+                          client_config=CLIENT_CONFIG)
+
+
 def _settings(bootstrap: str, topics: dict[str, str], ckpt: Path, *,
               client: str = "kafka-python", **service: Any) -> Any:  # fmt: skip
     return load_settings(overrides={
-        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "client": client},
+        "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "client": client,
+                  "client_config": CLIENT_CONFIG},
         "topics": {**topics, "partitions": PARTITIONS},
         "service": {"group_id": f"g-{uuid.uuid4().hex[:10]}", "checkpoint_dir": ckpt,
                     "metrics_port": 0, "poll_timeout_s": 0.2, "checkpoint_every_s": 0.5,
@@ -73,6 +85,7 @@ def _env(s: Any) -> dict[str, str]:
         "STREAMWATCH_SERVICE__CHECKPOINT_EVERY_S": str(s.service.checkpoint_every_s),
         "STREAMWATCH_SERVICE__MAX_POLL_RECORDS": str(s.service.max_poll_records),
         "STREAMWATCH_TOPICS__PARTITIONS": str(PARTITIONS),
+        "STREAMWATCH_KAFKA__CLIENT_CONFIG": json.dumps(s.kafka.client_config),
     })
     for name in ("readings", "scores", "alerts", "deadletter", "health", "state"):
         env[f"STREAMWATCH_TOPICS__{name.upper()}"] = getattr(s.topics, name)
@@ -80,7 +93,7 @@ def _env(s: Any) -> dict[str, str]:
 
 
 def _produce(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes | None]]) -> None:
-    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    transport = _transport(bootstrap)
     transport.create_topics({topic: PARTITIONS})
     producer = transport.producer()
     for key, value in records:
@@ -96,7 +109,7 @@ def _readings_records(readings: list[Reading]) -> list[tuple[bytes | None, bytes
 def _read_all(bootstrap: str, topic: str, name: str, *, expect: int | None = None,
               timeout: float = 60.0) -> list[Any]:
     """Everything on ``topic`` (decoded), read with assign(); waits for ``expect`` records."""
-    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    transport = _transport(bootstrap)
     consumer = transport.consumer(None)
     consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
     out: list[Any] = []
@@ -115,7 +128,7 @@ def _read_all(bootstrap: str, topic: str, name: str, *, expect: int | None = Non
 
 def _state_heads(bootstrap: str, topic: str) -> set[bytes]:
     """Keys of the checkpoint heads on the state topic (one per detector process)."""
-    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    transport = _transport(bootstrap)
     consumer = transport.consumer(None)
     consumer.assign([TopicPartition(topic, 0)])
     heads: set[bytes] = set()
@@ -158,7 +171,7 @@ def test_simulated_patients_through_kafka_raise_the_same_alerts_as_the_memory_pa
     assert len(want) >= 3, "the scenario must raise alerts"
 
     s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt")
-    transport = open_transport(kafka_bootstrap, session_timeout_ms=2000)
+    transport = _transport(kafka_bootstrap)
     stats = build_service(s, transport).run(timeout=240, count=len(readings))
     transport.close()
     assert stats.readings == len(readings)
@@ -252,7 +265,7 @@ def test_mixed_valid_and_broken_records_are_all_scored_or_dead_lettered(
         topics = {name: f"sw-{tag}.{name}" for name in ("readings", "scores", "alerts", "deadletter", "health")}
         _produce(kafka_bootstrap, topics["readings"], [(k, v) for k, v, _ in records])
         s = _settings(kafka_bootstrap, topics, tmp_path_factory.mktemp("bad"))
-        transport = open_transport(kafka_bootstrap, session_timeout_ms=2000)
+        transport = _transport(kafka_bootstrap)
         stats = build_service(s, transport).run(timeout=120, count=len(records))
         transport.close()
         n_valid = sum(ok for *_, ok in records)
@@ -283,7 +296,7 @@ def _spawn_detector(s: Any, log: Path) -> subprocess.Popen[bytes]:
 
 def _count(bootstrap: str, topic: str) -> int:
     """Records on ``topic``; 0 while the detector child has not created it yet."""
-    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    transport = _transport(bootstrap)
     try:
         partitions = transport.partitions_for(topic)
     except TransportError:
@@ -404,7 +417,7 @@ def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     bootstrap = private_broker.bootstrap
     _produce(bootstrap, topics["readings"], records[:half])
     s = _settings(bootstrap, topics, tmp_path / "ckpt")
-    transport = open_transport(bootstrap, session_timeout_ms=2000)
+    transport = _transport(bootstrap)
     service = build_service(s, transport)
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(stats=service.run(timeout=240, count=len(records))))
@@ -451,7 +464,7 @@ def test_a_partition_running_ahead_is_paused_and_every_reading_comes_in_event_ti
 
     s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", client=client,
                   max_poll_records=100, buffered_per_partition=40)
-    transport = open_transport(kafka_bootstrap, client, session_timeout_ms=2000)  # type: ignore[arg-type]
+    transport = _transport(kafka_bootstrap, client)
     service = build_service(s, transport)
     service._merge.max_held = 400
     seen, paused = record_feed_order(service)
