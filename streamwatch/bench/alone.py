@@ -50,8 +50,7 @@ WARMUP_MARGIN_STEPS = 40
 def detector_alone(settings: Any, *, streams: int, seed: int, start_ts: float, emit: str,
                    measure_steps: int = MEASURE_STEPS, progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Thread CPU per reading of ``validate_many`` + ``process_encoded`` (module doc)."""
-    from simulators.icu import IcuSimulator
-    from streamwatch.bench.load import StepEncoder
+    from streamwatch.bench.load import simulated_steps
     from streamwatch.commands.detect import build_detector
     from streamwatch.schema import ReadingDecoder
 
@@ -59,10 +58,7 @@ def detector_alone(settings: Any, *, streams: int, seed: int, start_ts: float, e
     warm = (settings.detector.warmup_readings + settings.detector.thresholds.warmup
             + WARMUP_MARGIN_STEPS)  # fmt: skip
     steps = warm + measure_steps
-    sim = IcuSimulator(patients=streams, seed=seed, start_ts=start_ts)
-    ts, values, _present = sim.arrays(float(steps))
-    ts = ts.tolist()
-    enc = StepEncoder(sim.stream_ids, sim.channels, sim.kind)
+    ts, values, enc = simulated_steps(streams, seed, start_ts, steps)
     decode = ReadingDecoder().decode
     batch_size = settings.service.max_poll_records
     cpu_s, readings, records, dead, steps_before = 0.0, 0, 0, 0, 0

@@ -116,12 +116,19 @@ class StepEncoder:
         ]  # fmt: skip
 
 
-def _generate(spec: LoadSpec) -> tuple[Any, Any, StepEncoder]:
+def simulated_steps(streams: int, seed: int, start_ts: float, steps: int
+                    ) -> tuple[list[float], Any, StepEncoder]:  # fmt: skip
+    """The bench's ICU readings: each step's timestamp, the (steps, streams, channels)
+    values and the encoder of one step's records (same arguments, same readings)."""
     from simulators.icu import IcuSimulator
 
-    sim = IcuSimulator(patients=spec.streams, seed=spec.seed, start_ts=spec.start_ts)
-    ts, values, _present = sim.arrays(float(spec.steps))
+    sim = IcuSimulator(patients=streams, seed=seed, start_ts=start_ts)
+    ts, values, _present = sim.arrays(float(steps))
     return ts.tolist(), values, StepEncoder(sim.stream_ids, sim.channels, sim.kind)
+
+
+def _generate(spec: LoadSpec) -> tuple[list[float], Any, StepEncoder]:
+    return simulated_steps(spec.streams, spec.seed, spec.start_ts, spec.steps)
 
 
 def _send_fast(spec: LoadSpec, producer: Any, queue: Any) -> dict[str, float]:

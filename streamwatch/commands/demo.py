@@ -150,11 +150,6 @@ def _free_port(host: str, what: str, flag: str, port: int = 0) -> int:
         return int(sock.getsockname()[1])
 
 
-def _dashboard_port(host: str, port: int) -> int:
-    """``port`` if it can be bound on ``host`` now (0: a free one); a clear error if not."""
-    return _free_port(host, "the dashboard", "--port", port)
-
-
 def _all_topics(settings: Any) -> dict[str, int]:
     t = settings.topics
     return {t.readings: t.partitions, t.scores: t.partitions, t.alerts: t.partitions,
@@ -182,7 +177,7 @@ def _warmups(args: argparse.Namespace, settings: Any) -> dict[str, float]:
 # -- the command ------------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    args.port = _dashboard_port(args.host, args.port)
+    args.port = _free_port(args.host, "the dashboard", "--port", args.port)
     workdir = Path(tempfile.mkdtemp(prefix="streamwatch-demo-"))
     stop = StopFlag()
     stop.install()
