@@ -24,7 +24,9 @@ For each client (kafka-python, confluent-kafka), on fresh topics (uuid suffix):
    by ``(stream_id, ts)``; latency = Score's Kafka CreateTime (set when the service queues
    it, after scoring, before the batch's flush) - Reading's CreateTime (set when the load
    process sends it). Readings produced after ``warmup_s`` give p50/p95/p99/max; every
-   reading must have a Score (``missing`` says otherwise).
+   reading must have a Score (``missing`` says otherwise). With ``latency_emit_scores``
+   ``alerts`` only the readings around alerts have one: the percentiles are theirs, and
+   ``missing`` counts the readings the detectors did not process.
 
 The result is one JSON document (machine, config, runs, targets, verdict). Figures
 depend on the machine and its load: the load average is recorded at start and end.
@@ -59,7 +61,8 @@ def _effective_config(opts: BenchOptions, settings: Any, producer_client: str,
         "client_config": {k: v for k, v in settings.kafka.client_config.items()
                           if not any(s in k.lower() for s in ("password", "secret", "token"))},
         "service": {"max_poll_records": svc.max_poll_records, "poll_timeout_s": svc.poll_timeout_s,
-                    "emit_scores": {"throughput": opts.throughput_emit_scores, "latency": "all"},
+                    "emit_scores": {"throughput": opts.throughput_emit_scores,
+                                    "latency": opts.latency_emit_scores},
                     "checkpoint_every_batches": svc.checkpoint_every_batches,
                     "flush_every_batches": svc.flush_every_batches,
                     "checkpoint_every_s": svc.checkpoint_every_s,

@@ -209,6 +209,8 @@ def latency_stats(
     readings: Iterable[tuple[str, float, int]],
     scores: Iterable[tuple[str, float, int]],
     measure_from_ms: int,
+    *,
+    every_reading: bool = True,
 ) -> dict[str, Any]:
     """Join ``(stream_id, ts, create_ms)`` readings to scores; latency per reading.
 
@@ -216,6 +218,16 @@ def latency_stats(
     cover the readings produced at or after ``measure_from_ms`` (after the warm-up), and
     ``per_second`` gives them per second of produce time (to see when a tail happens). A
     reading scored twice (at-least-once replay) counts its first Score.
+
+    With ``every_reading=False`` (a service that emits Scores only around alerts) a
+    reading without a Score is expected: the percentiles cover the readings that have
+    one, ``missing`` is None (the caller knows from the detectors' counts whether each
+    reading was processed) and ``unmatched_scores`` counts Scores of no sent reading.
+
+    >>> s = latency_stats([("a", 1.0, 1000), ("a", 2.0, 2000), ("b", 1.0, 1000)],
+    ...                   [("a", 2.0, 2030), ("c", 1.0, 1500)], 0, every_reading=False)
+    >>> s["readings"], s["joined"], s["missing"], s["unmatched_scores"], s["p50_ms"]
+    (3, 1, None, 1, 30.0)
     """
     first: dict[tuple[str, float], int] = {}
     duplicates = 0
@@ -235,7 +247,7 @@ def latency_stats(
         total += 1
         got = first.get((sid, ts))
         if got is None:
-            if len(missing_examples) < 5:
+            if every_reading and len(missing_examples) < 5:
                 missing_examples.append(f"{sid}@{ts}")
             continue
         joined += 1
@@ -255,8 +267,10 @@ def latency_stats(
         return round(float(np.percentile(arr, q)), 1) if arr.size else None
 
     return {
-        "readings": total, "joined": joined, "missing": total - joined,
+        "readings": total, "joined": joined,
+        "missing": total - joined if every_reading else None,
         "missing_examples": missing_examples, "duplicate_scores": duplicates,
+        "unmatched_scores": len(first) - joined,
         "measured": int(arr.size), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
         "max_ms": round(float(arr.max()), 1) if arr.size else None,
         "mean_ms": round(float(arr.mean()), 1) if arr.size else None,

@@ -63,7 +63,12 @@ class BenchOptions:
         tqdm progress bars.
     throughput_emit_scores
         ``all`` (a Score per reading, default) or ``alerts`` (Scores only around alerts) in
-        the throughput phase; the latency phase always emits every Score (it joins them).
+        the throughput phase.
+    latency_emit_scores
+        The same for the latency phase (default ``all``: every reading is joined to its
+        Score). With ``alerts`` the percentiles cover the readings that got a Score (those
+        around alerts), and ``missing`` counts the sent readings the detectors did not
+        process.
     drain_timeout_s
         After the paced load, wait at most this long for every reading's Score, > 0.
     session_timeout_ms
@@ -115,6 +120,7 @@ class BenchOptions:
     profile_dir: Path | None = None
     progress: bool = True
     throughput_emit_scores: str = "all"
+    latency_emit_scores: str = "all"
     drain_timeout_s: float = 60.0
     session_timeout_ms: int | None = None
     fetch_max_wait_ms: int | None = None
@@ -150,9 +156,10 @@ class BenchOptions:
         if self.producer_client not in (None, *CLIENTS):
             raise ConfigError(f"producer_client must be one of {CLIENTS}, got "
                               f"{self.producer_client!r}")  # fmt: skip
-        if self.throughput_emit_scores not in ("all", "alerts"):
-            raise ConfigError(f"throughput_emit_scores must be 'all' or 'alerts', got "
-                              f"{self.throughput_emit_scores!r}")  # fmt: skip
+        for name in ("throughput_emit_scores", "latency_emit_scores"):
+            if getattr(self, name) not in ("all", "alerts"):
+                raise ConfigError(f"{name} must be 'all' or 'alerts', got "
+                                  f"{getattr(self, name)!r}")  # fmt: skip
         if not self.drain_timeout_s > 0:
             raise ConfigError(f"drain_timeout_s must be > 0, got {self.drain_timeout_s}")
         if self.fetch_max_wait_ms is not None and not 0 <= self.fetch_max_wait_ms <= 60_000:

@@ -282,7 +282,7 @@ class ClientBench:
         if rate <= 0:
             raise StreamwatchError(f"{self.client}: no latency rate (measured 0 readings/s)")
         suffix = f"{self.client}-lat-{uuid.uuid4().hex[:8]}"
-        settings = self.settings(suffix)
+        settings = self.settings(suffix, o.latency_emit_scores)
         transport = self.transport(settings)
         try:
             topic, parts = settings.topics.readings, settings.topics.partitions
@@ -325,14 +325,19 @@ class ClientBench:
         finally:
             transport.close()
         measure_from = int((sent["paced_start_epoch"] + o.warmup_s) * 1000)
-        stats = latency_stats(readings, scores, measure_from)
+        every = o.latency_emit_scores == "all"
+        stats = latency_stats(readings, scores, measure_from, every_reading=every)
+        final = run.sample()
+        if not every:  # a reading without a Score is expected: was each one processed?
+            stats["missing"] = max(0, stats["readings"] - final.readings - final.dead_letters)
+        stats["emit_scores"] = o.latency_emit_scores
         broker_cpu = sent.pop("broker_cpu_s", None)  # over the paced load
         stats["broker_cpu_share_of_one_core"] = (
             None if broker_cpu is None or not sent["elapsed_s"]
             else round(broker_cpu / sent["elapsed_s"], 3))
         stats.update(rate=round(rate, 1), measure_from_ms=measure_from, topic=topic, scores_topic=settings.topics.scores,
                      producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
-                     drained_within_s=drained, dead_letters=run.sample().dead_letters,
+                     drained_within_s=drained, dead_letters=final.dead_letters,
                      training_steps=trained)  # fmt: skip
         if isinstance(run, GroupRun):
             stats["per_detector_scored"] = run.per_member()

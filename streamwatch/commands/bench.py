@@ -74,8 +74,10 @@ def register(subparsers: Any) -> None:
                    "product's); counts in the latency. On Tansu fewer, larger batches cost "
                    "the broker less (docs/bench.md)")
     p.add_argument("--emit-scores", choices=["all", "alerts"], default="all",
-                   help="throughput phase: a Score per reading (default) or only around alerts; "
-                   "the latency phase always emits all")
+                   help="throughput phase: a Score per reading (default) or only around alerts")
+    p.add_argument("--latency-emit-scores", choices=["all", "alerts"], default="all",
+                   help="latency phase: a Score per reading, each joined to its reading "
+                   "(default), or only around alerts (latency of those Scores)")
     p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
     p.add_argument("--detectors", type=int, default=1,
                    help="detector processes in the consumer group (default 1); with more, each "
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
         profile_dir=(args.json.parent if args.json else Path.cwd()) if args.profile else None,
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
+        latency_emit_scores=args.latency_emit_scores,
         detectors=args.detectors, state_store=args.state_store,
         load_linger_ms=args.load_linger_ms, relay=args.relay, detector_alone=args.detector_alone,
     )  # fmt: skip

@@ -95,7 +95,8 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         # Latency: every reading joined; figures recomputed from the topics themselves.
         readings = _records(kafka_bootstrap, lat["topic"], 3)
         assert lat["readings"] == len(readings) == lat["producer"]["sent"] == lat["joined"]
-        assert lat["missing"] == 0 and lat["measured"] > 0
+        assert lat["missing"] == 0 and lat["measured"] > 0 and lat["emit_scores"] == "all"
+        assert lat["unmatched_scores"] == 0
         first: dict[tuple[str, float], int] = {}
         for sid, ts, ms in _records(kafka_bootstrap, lat["scores_topic"], 3):
             first[sid, ts] = min(ms, first.get((sid, ts), ms))
@@ -116,7 +117,8 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         v = result["verdict"][client]
         assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
         assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
-        assert v["trained"] is True
+        assert v["trained"] is True and v["latency_emit_scores"] == "all"
+        assert v["all_scores_joined"] is True and v["all_readings_processed"] is True
         assert v["met"] == (v["throughput_met"] and v["latency_met"])
         assert v["relay_readings_per_s"] == relay["readings_per_s"] > 0
         assert v["target_above_relay"] == (TARGETS[client] > relay["readings_per_s"])
@@ -139,12 +141,14 @@ def test_bench_measures_a_group_of_detector_processes_as_one(
     kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--detectors 2``: two processes in one group split the partitions; the figures are
-    the group's, and every Score on the topics is counted."""
+    the group's, and every Score on the topics is counted. The latency phase runs with
+    Scores only around alerts (``--latency-emit-scores alerts``)."""
     out = tmp_path / "bench.json"
     code = main(["--log-level", "warning", "bench", "kafka", "--clients", "confluent",
                  "--detectors", "2", "--streams", "40", "--seconds", "2", "--warmup-s", "3",
                  "--prefill-rate", "4000", "--train-every", "32", "--partitions", "3",
                  "--session-timeout-ms", "2000", "--bootstrap-servers", kafka_bootstrap,
+                 "--latency-emit-scores", "alerts",
                  "--no-detector-alone", "--json", str(out), "--no-progress"])
     printed = capsys.readouterr().out
     assert code == 0, printed
@@ -160,7 +164,18 @@ def test_bench_measures_a_group_of_detector_processes_as_one(
     relay = tp["relay"]
     assert relay["processes"] == 2 and sum(relay["per_process_relayed"]) == relay["relayed_total"]
     assert len(_records(kafka_bootstrap, relay["out_topic"], 3)) >= relay["relayed_total"] > 0
-    assert lat["missing"] == 0 and lat["joined"] == lat["readings"] > 0
+    # Scores only around alerts: the mode reached both detectors (fewer Scores than
+    # readings, each one of a sent reading), and every sent reading was processed.
+    assert result["config"]["service"]["emit_scores"] == {"throughput": "all", "latency": "alerts"}
+    assert lat["emit_scores"] == "alerts" and lat["missing"] == 0
+    sent = {(sid, ts) for sid, ts, _ms in _records(kafka_bootstrap, lat["topic"], 3)}
+    scored = {(sid, ts) for sid, ts, _ms in _records(kafka_bootstrap, lat["scores_topic"], 3)}
+    assert lat["readings"] == len(sent) == lat["producer"]["sent"] > 0
+    assert scored <= sent and len(scored) == lat["joined"] < lat["readings"]
+    assert lat["unmatched_scores"] == 0 and sum(lat["per_detector_scored"]) >= lat["readings"]
+    v = result["verdict"]["confluent"]
+    assert v["latency_emit_scores"] == "alerts" and v["all_scores_joined"] is None
+    assert v["all_readings_processed"] is True
     # both held partitions before the paced load began, so both scored some of it
     assert len(lat["per_detector_scored"]) == 2 and all(n > 0 for n in lat["per_detector_scored"])
     assert lat["training_steps"] > 0
