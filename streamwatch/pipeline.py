@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import operator
 import os
 import random
 import signal
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from typing import Any
 
 import torch
@@ -77,6 +79,21 @@ class ServiceOptions:
 #: The longest a partition known to have unread data holds the others back while it sends
 #: nothing (``DetectorService._pending_partitions``), seconds of wall time.
 PENDING_HOLD_S = 60.0
+
+
+_TS, _SID = operator.attrgetter("ts"), operator.attrgetter("stream_id")
+_OFFSET, _KEY = operator.attrgetter("offset"), operator.attrgetter("key")
+
+
+def _keys_match(messages: Sequence[Message],
+                groups: dict[TopicPartition, tuple[list[int], list[Reading]]]) -> bool:
+    """Whether every decoded record's Kafka key is its stream id (UTF-8); False when one
+    differs or is None (``_accept_each`` then tells them apart)."""
+    for at, rds in groups.values():
+        if list(map(_KEY, map(messages.__getitem__, at))) != list(
+                map(str.encode, map(_SID, rds))):
+            return False
+    return True
 
 
 def _copied(tree: Any) -> Any:
@@ -317,8 +334,9 @@ class DetectorService:
     # -- the batch ---------------------------------------------------------------------
     def _check(self, msg: Message, reading: Reading, now: float) -> None:
         """The service's own rules, after the detector's (``validate_many``). ``_process``
-        calls this only for readings its inline test flags (a timestamp past
-        ``max_future_s``, a key other than the stream id): a new rule goes into both."""
+        tests them for the whole poll at once, and ``_accept_each`` calls this only for
+        readings its inline test flags (a timestamp past ``max_future_s``, a key other
+        than the stream id): a new rule goes into all three."""
         if reading.ts > now + self.options.max_future_s:
             raise SchemaError(
                 f"timestamp {reading.ts:.3f} is more than {self.options.max_future_s:g} s "
@@ -418,50 +436,48 @@ class DetectorService:
         assert self._producer is not None
         now, wall = self.clock(), time.monotonic()
         # decode each record, then validate the decoded ones as a batch; every refused
-        # record becomes a dead letter, in the order of the poll
+        # record becomes a dead letter, in the order of the poll. Per partition: the poll
+        # positions of its decoded records and the readings (a poll brings each
+        # partition's records one after another, in offset order: the partition is looked
+        # up, and how far it was polled noted, once per run)
         refused: dict[int, SchemaError] = {}
-        decoded: list[tuple[int, TopicPartition, Reading]] = []
-        polled, tps, decode = self._polled_next, self._tps, self._decoder.decode
+        groups: dict[TopicPartition, tuple[list[int], list[Reading]]] = {}
+        polled, decode = self._polled_next, self._decoder.decode
+        tp: TopicPartition | None = None
+        last = -1
+        at: list[int] = []
+        rds: list[Reading] = []
         for i, msg in enumerate(messages):
-            tp = tps.get((msg.topic, msg.partition)) or self._tp(msg.topic, msg.partition)
-            polled[tp] = msg.offset + 1
+            if tp is None or msg.partition != tp.partition or msg.topic != tp.topic:
+                if tp is not None:
+                    polled[tp] = last + 1
+                tp = self._tp(msg.topic, msg.partition)
+                at, rds = groups.setdefault(tp, ([], []))
+            last = msg.offset
             try:
                 if msg.value is None:
                     raise SchemaError("record has no value (tombstone)", code="empty")
-                decoded.append((i, tp, decode(msg.value)))
+                rds.append(decode(msg.value))
             except SchemaError as exc:
                 refused[i] = exc
-        verdicts = self.detector.validate_many([r for _i, _tp, r in decoded])
+                continue
+            at.append(i)
+        if tp is not None:
+            polled[tp] = last + 1
+        decoded = list(chain.from_iterable(rds for _at, rds in groups.values()))
+        verdicts = self.detector.validate_many(decoded)
         latest = now + self.options.max_future_s
-        # the accepted readings go to the merge per partition (a poll brings each
-        # partition's records one after another, so the group changes rarely)
         where = self._stream_partition
-        groups: dict[TopicPartition, tuple[list[int], list[Reading]]] = {}
-        group_tp: TopicPartition | None = None
-        offsets: list[int] = []
-        readings: list[Reading] = []
-        for (i, tp, reading), error in zip(decoded, verdicts, strict=True):
-            msg = messages[i]
-            if error is not None or reading.ts > latest or (
-                    msg.key is not None and msg.key != reading.stream_id.encode()):
-                try:  # (the checks above, for the exact error)
-                    if error is not None:
-                        raise error
-                    self._check(msg, reading, now)
-                except SchemaError as exc:
-                    refused[i] = exc
-                    continue
-            if tp is not group_tp:
-                group = groups.get(tp)
-                if group is None:
-                    group = groups[tp] = ([], [])
-                offsets, readings = group
-                group_tp = tp
-            offsets.append(msg.offset)
-            readings.append(reading)
-            where[reading.stream_id] = tp
-        for tp, (offsets, readings) in groups.items():
-            self._merge.add_many(tp, offsets, readings, wall)
+        if (decoded and verdicts.count(None) == len(verdicts)
+                and max(map(_TS, decoded)) <= latest and _keys_match(messages, groups)):
+            # the usual poll: every decoded record passes (checked in C, as a whole)
+            for tp, (at, rds) in groups.items():
+                if rds:
+                    self._merge.add_many(tp, list(map(_OFFSET, map(messages.__getitem__, at))),
+                                         rds, wall)  # fmt: skip
+                    where.update(zip(map(_SID, rds), repeat(tp)))
+        else:
+            self._accept_each(messages, groups, verdicts, latest, now, wall, refused)
         dead = [self._dead_letter(messages[i], exc.code, str(exc), exc.field, now)
                 for i, exc in sorted(refused.items())]
         if budget is not None:
@@ -473,6 +489,35 @@ class DetectorService:
         for start in range(0, max(len(accepted), 1 if dead else 0), size):
             self._score_and_emit(accepted[start:start + size], dead, now, started)
             dead, started = [], time.perf_counter()
+
+    def _accept_each(self, messages: Sequence[Message],
+                     groups: dict[TopicPartition, tuple[list[int], list[Reading]]],
+                     verdicts: Sequence[SchemaError | None], latest: float, now: float,
+                     wall: float, refused: dict[int, SchemaError]) -> None:
+        """``_process`` for a poll with a refused or suspect record: each decoded reading
+        is checked on its own; the accepted ones go to the merge, the others to
+        ``refused``."""
+        where, k = self._stream_partition, 0
+        for tp, (at, rds) in groups.items():
+            offsets: list[int] = []
+            readings: list[Reading] = []
+            for i, reading in zip(at, rds, strict=True):
+                error, msg = verdicts[k], messages[i]
+                k += 1
+                if error is not None or reading.ts > latest or (
+                        msg.key is not None and msg.key != reading.stream_id.encode()):
+                    try:  # (the checks above, for the exact error)
+                        if error is not None:
+                            raise error
+                        self._check(msg, reading, now)
+                    except SchemaError as exc:
+                        refused[i] = exc
+                        continue
+                offsets.append(msg.offset)
+                readings.append(reading)
+                where[reading.stream_id] = tp
+            if readings:
+                self._merge.add_many(tp, offsets, readings, wall)
 
     def _score_and_emit(self, accepted: list[Reading], dead: list[DeadLetter], now: float,
                         started: float) -> None:

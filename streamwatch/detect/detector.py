@@ -60,8 +60,10 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, Literal
 
 import numpy as np
@@ -77,8 +79,29 @@ from streamwatch.schema import Alert, ChannelForecast, Reading, Score, encode
 
 log = logging.getLogger(__name__)
 
+_VALUES, _TS = operator.attrgetter("values"), operator.attrgetter("ts")
+
 #: Event-time length of a training tick (``KindState.tick``), seconds.
 TRAIN_TICK_S = 1.0
+
+
+def _occurrence(keys: Sequence[str]) -> np.ndarray:
+    """Per position, how many times its key came before it (0 for a first occurrence).
+
+    >>> _occurrence(["a", "b", "a", "c", "a", "b"]).tolist()
+    [0, 0, 1, 0, 2, 1]
+    """
+    n = len(keys)
+    index = {k: i for i, k in enumerate(keys)}  # any one int per key
+    codes = np.fromiter(map(index.__getitem__, keys), np.intp, count=n)
+    order = np.argsort(codes, kind="stable")  # each key's positions, in order
+    ranks = np.arange(n)
+    sorted_codes = codes[order]
+    first = np.ones(n, dtype=bool)
+    first[1:] = sorted_codes[1:] != sorted_codes[:-1]
+    out = np.empty(n, dtype=np.intp)
+    out[order] = ranks - np.maximum.accumulate(np.where(first, ranks, 0))
+    return out
 
 
 def _tick_breaks(readings: Sequence[Reading]) -> list[int]:
@@ -249,21 +272,23 @@ class StreamDetector(DetectorState):
             for j, r in enumerate(rs):
                 if kind_of.get(r.stream_id, name) != name:
                     suspect[j] = True
+        vals = list(map(_VALUES, rs))  # (the maps below loop in C)
         try:
-            rows: list[Any] = [ks.row_of(r.values) for r in rs]
+            rows: list[Any] = list(map(ks.row_of, vals))
         except KeyError:
-            rows = [[r.values.get(ch) for ch in chans] for r in rs]
-            extra = [j for j, r in enumerate(rs) if not r.values.keys() <= cs]
+            rows = [[v.get(ch) for ch in chans] for v in vals]
+            extra = [j for j, v in enumerate(vals) if not v.keys() <= cs]
         else:
-            extra = [j for j, r in enumerate(rs) if len(r.values) != c]
+            extra = np.flatnonzero(np.fromiter(map(len, vals), np.intp, count=n) != c).tolist()
         if extra:
             if reject:
                 suspect[extra] = True
             elif count_ignored:
-                self._counters["ignored_channels"] += sum(len(rs[j].values.keys() - cs)
+                self._counters["ignored_channels"] += sum(len(vals[j].keys() - cs)
                                                           for j in extra)  # fmt: skip
-        values = np.array(rows, dtype=np.float64).reshape(n, c)
-        ts = np.fromiter((r.ts for r in rs), dtype=np.float64, count=n)
+        # (None -> NaN, as np.array(rows) would, in half its time)
+        values = np.fromiter(chain.from_iterable(rows), np.float64, count=n * c).reshape(n, c)
+        ts = np.fromiter(map(_TS, rs), dtype=np.float64, count=n)
         suspect |= ((values < ks.low) | (values > ks.high) | np.isinf(values)).any(axis=1)
         suspect |= ~(np.isfinite(ts) & (ts >= 0))
         return values, ts, suspect
@@ -392,10 +417,7 @@ class StreamDetector(DetectorState):
         if len(set(sids)) == n:
             waves = [np.arange(n)]
         else:
-            seen: dict[str, int] = {}
-            rank = np.empty(n, dtype=np.int64)
-            for j, sid in enumerate(sids):
-                rank[j] = seen[sid] = seen.get(sid, -1) + 1
+            rank = _occurrence(sids)
             waves = [np.flatnonzero(rank == k) for k in range(int(rank.max()) + 1)]
         for w in waves:
             wsids = sids if len(w) == n else [sids[j] for j in w.tolist()]
