@@ -80,6 +80,23 @@ def test_every_record_ends_as_one_score_or_one_dead_letter_with_its_reason(tmp_p
     assert json.loads(by_code["key_mismatch"].payload)["stream_id"] == "icu/bed-01"
 
 
+def test_readings_without_a_kafka_key_are_scored_beside_keyed_ones(tmp_path: Path) -> None:
+    """A key is optional (a producer that sets none still has its readings scored); a key
+    is checked against the stream id only when there is one. Keyed and unkeyed records
+    in one poll: the poll-wide check fails, the per-record one accepts each."""
+    readings, _ = icu_readings(patients=2, minutes=2)
+    unkeyed = [r for i, r in enumerate(readings) if i % 3 == 0]
+    transport = MemoryTransport()
+    keyed = [r for i, r in enumerate(readings) if i % 3 != 0]
+    total = _fill(transport, keyed, [(None, schema.encode(r)) for r in unkeyed])
+    stats = build_service(service_settings(tmp_path), transport, instance="a").run(
+        timeout=60, count=total)
+    scores = _drain(transport, SCORES, "score")
+    assert stats.dead_letters == 0 and stats.readings == len(readings)
+    assert sorted((s.stream_id, s.ts) for s in scores) == sorted(
+        (r.stream_id, r.ts) for r in readings)
+
+
 def test_service_alerts_match_the_direct_detector_path(tmp_path: Path) -> None:
     """Partitioned, polled, checkpointed processing opens the same alerts (same ids)
     as feeding the detector one simulated second at a time."""
