@@ -225,8 +225,8 @@ class KafkaStateStore:
     """Changelog-topic state store (see module docstring).
 
     A checkpoint is cut into chunks of at most ``chunk_bytes`` (Kafka's default record
-    limit is 1 MB; a detector with 1,000 ICU streams checkpoints ~17 MB, mostly the replay
-    buffer). Per save, with keys naming the process (``instance``):
+    limit is 1 MB; a detector with 1,000 ICU streams checkpoints ~17-20 MB, mostly the replay
+    buffer, ~5 MB compressed). Per save, with keys naming the process (``instance``):
 
     1. the chunks, under keys ``ckpt/<instance>/<set>/<i>`` (``set``: a fresh random id),
        then a flush;
@@ -260,8 +260,8 @@ class KafkaStateStore:
     process checkpoints every ``checkpoint_every_s``, so its head is never that old.
 
     A background save sends its chunks at ``write_bytes_per_s`` at most (0: no limit), as
-    RocksDB rate-limits its background writes: a checkpoint is ~17 MB with 1,000 streams,
-    and sent at once it held the broker and both cores long enough to put 350-500 ms on
+    RocksDB rate-limits its background writes: a checkpoint was ~17 MB with 1,000 streams
+    before compression, and sent at once it held the broker and both cores long enough to put 350-500 ms on
     the p99 latency of the seconds around it (docs/bench.md). Saves on a rebalance or at
     shutdown are not paced: the group waits for them.
     """
