@@ -233,11 +233,10 @@ class KafkaStateStore:
     2. the head, key ``ckpt/<instance>/head``: JSON with the set, the chunk count, the
        chunks' encoding, the CRC-32C of the whole, the time, and the next offset of each
        partition it holds; then a flush. Only now is the checkpoint current;
-
-    The chunks carry the checkpoint compressed with zlib (level 1: ~4x smaller for 1,000
-    ICU streams, mostly the replay buffer's masks and gaps); heads of the older format 1
-    (uncompressed chunks) are still read.
     3. tombstones for the previous set's chunks (flushed with the next save or at close).
+
+    The chunks carry the checkpoint compressed with zlib (level 1: 19.7 -> 4.7 MB for
+    1,000 ICU streams); heads of the older format 1 (uncompressed chunks) are still read.
 
     A crash before 2 leaves the previous head and its chunks intact; a crash after 2 at
     worst leaves the previous set's chunks untombstoned (garbage no head names). So a

@@ -305,9 +305,9 @@ def test_a_head_written_with_the_older_sha256_is_still_read_and_checked() -> Non
 
 
 def test_the_chunks_carry_the_checkpoint_compressed_and_the_head_says_so() -> None:
-    """Most of a real checkpoint (replay windows' masks and gaps, per-stream rings) is
-    compressible: the chunks carry it zlib-compressed, the head names the encoding and
-    both sizes, and the checksum is of the bytes on the topic."""
+    """The chunks carry the checkpoint zlib-compressed (a real one of 1,000 ICU streams:
+    19.7 -> 4.7 MB), the head names the encoding and both sizes, and the checksum is of
+    the bytes on the topic."""
     import json
     import zlib
 
