@@ -333,10 +333,10 @@ class DetectorService:
 
     # -- the batch ---------------------------------------------------------------------
     def _check(self, msg: Message, reading: Reading, now: float) -> None:
-        """The service's own rules, after the detector's (``validate_many``). ``_process``
-        tests them for the whole poll at once, and ``_accept_each`` calls this only for
-        readings its inline test flags (a timestamp past ``max_future_s``, a key other
-        than the stream id): a new rule goes into all three."""
+        """The service's own rules, after the detector's (``validate_many``): a timestamp
+        past ``max_future_s``, a key other than the stream id. ``_process`` tests them for
+        the whole poll at once and calls ``_accept_each`` (this, per reading) only when the
+        poll fails: a new rule goes into both."""
         if reading.ts > now + self.options.max_future_s:
             raise SchemaError(
                 f"timestamp {reading.ts:.3f} is more than {self.options.max_future_s:g} s "
@@ -477,7 +477,7 @@ class DetectorService:
                                          rds, wall)  # fmt: skip
                     where.update(zip(map(_SID, rds), repeat(tp)))
         else:
-            self._accept_each(messages, groups, verdicts, latest, now, wall, refused)
+            self._accept_each(messages, groups, verdicts, now, wall, refused)
         dead = [self._dead_letter(messages[i], exc.code, str(exc), exc.field, now)
                 for i, exc in sorted(refused.items())]
         if budget is not None:
@@ -492,11 +492,11 @@ class DetectorService:
 
     def _accept_each(self, messages: Sequence[Message],
                      groups: dict[TopicPartition, tuple[list[int], list[Reading]]],
-                     verdicts: Sequence[SchemaError | None], latest: float, now: float,
-                     wall: float, refused: dict[int, SchemaError]) -> None:
+                     verdicts: Sequence[SchemaError | None], now: float, wall: float,
+                     refused: dict[int, SchemaError]) -> None:
         """``_process`` for a poll with a refused or suspect record: each decoded reading
-        is checked on its own; the accepted ones go to the merge, the others to
-        ``refused``."""
+        is checked on its own (the detector's verdict, then ``_check``); the accepted ones
+        go to the merge, the others to ``refused``."""
         where, k = self._stream_partition, 0
         for tp, (at, rds) in groups.items():
             offsets: list[int] = []
@@ -504,15 +504,13 @@ class DetectorService:
             for i, reading in zip(at, rds, strict=True):
                 error, msg = verdicts[k], messages[i]
                 k += 1
-                if error is not None or reading.ts > latest or (
-                        msg.key is not None and msg.key != reading.stream_id.encode()):
-                    try:  # (the checks above, for the exact error)
-                        if error is not None:
-                            raise error
-                        self._check(msg, reading, now)
-                    except SchemaError as exc:
-                        refused[i] = exc
-                        continue
+                try:
+                    if error is not None:
+                        raise error
+                    self._check(msg, reading, now)
+                except SchemaError as exc:
+                    refused[i] = exc
+                    continue
                 offsets.append(msg.offset)
                 readings.append(reading)
                 where[reading.stream_id] = tp
@@ -689,8 +687,9 @@ class DetectorService:
     def _start_checkpoint(self) -> None:
         """Snapshot now (8-15 ms with 1,000 streams on an idle machine), write in the
         background (serialising and sending ~17-20 MB, ~5 MB compressed for the topic
-        store: up to ~1 s when that store paces it; it would stall the loop), and commit the offsets it covers once it is
-        durable (``_finish_pending``, on this thread: the consumer is not thread-safe)."""
+        store: up to ~1 s when that store paces it; it would stall the loop), and commit
+        the offsets it covers once it is durable (``_finish_pending``, on this thread: the
+        consumer is not thread-safe)."""
         self._flush_outputs()  # the checkpoint covers these batches: their outputs first
         snap = self._snapshot()
         if snap is None:

@@ -134,6 +134,7 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
         rate = (run.get("throughput") or {}).get("readings_per_s")
         relay = ((run.get("throughput") or {}).get("relay") or {}).get("readings_per_s")
         lat = run.get("latency") or {}
+        emit = lat.get("emit_scores", "all") if lat else None
         target = TARGETS.get(client)
         t_met = None if rate is None or target is None else rate >= target
         p99 = lat.get("p99_ms")
@@ -143,11 +144,10 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
         out[client] = {
             "readings_per_s": rate, "target_readings_per_s": target, "throughput_met": t_met,
             "p99_ms": p99, "target_p99_ms": TARGETS["p99_ms"],
-            "latency_emit_scores": lat.get("emit_scores", "all") if lat else None,
+            "latency_emit_scores": emit,
             # a Score per reading: each one joined; Scores around alerts only: each
             # reading processed (``missing`` counts the others either way)
-            "all_scores_joined": None if not lat or lat.get("emit_scores", "all") != "all"
-            else lat.get("missing") == 0,
+            "all_scores_joined": None if emit != "all" else lat.get("missing") == 0,
             "all_readings_processed": None if not lat else lat.get("missing") == 0,
             "latency_met": l_met,
             "trained": trained, "met": bool(t_met) and bool(l_met) and trained,
