@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain, repeat
+from itertools import chain, groupby, repeat
 from typing import Any
 
 import torch
@@ -83,6 +83,7 @@ PENDING_HOLD_S = 60.0
 
 _TS, _SID = operator.attrgetter("ts"), operator.attrgetter("stream_id")
 _OFFSET, _KEY = operator.attrgetter("offset"), operator.attrgetter("key")
+_VALUE, _TOPIC_PARTITION = operator.attrgetter("value"), operator.attrgetter("topic", "partition")
 
 
 def _keys_match(messages: Sequence[Message],
@@ -437,33 +438,25 @@ class DetectorService:
         now, wall = self.clock(), time.monotonic()
         # decode each record, then validate the decoded ones as a batch; every refused
         # record becomes a dead letter, in the order of the poll. Per partition: the poll
-        # positions of its decoded records and the readings (a poll brings each
-        # partition's records one after another, in offset order: the partition is looked
-        # up, and how far it was polled noted, once per run)
+        # positions of its decoded records and the readings. A poll brings each
+        # partition's records one after another, in offset order: each such run is
+        # decoded at once when it can be (``decode_many``), else record by record
         refused: dict[int, SchemaError] = {}
         groups: dict[TopicPartition, tuple[list[int], list[Reading]]] = {}
-        polled, decode = self._polled_next, self._decoder.decode
-        tp: TopicPartition | None = None
-        last = -1
-        at: list[int] = []
-        rds: list[Reading] = []
-        for i, msg in enumerate(messages):
-            if tp is None or msg.partition != tp.partition or msg.topic != tp.topic:
-                if tp is not None:
-                    polled[tp] = last + 1
-                tp = self._tp(msg.topic, msg.partition)
-                at, rds = groups.setdefault(tp, ([], []))
-            last = msg.offset
-            try:
-                if msg.value is None:
-                    raise SchemaError("record has no value (tombstone)", code="empty")
-                rds.append(decode(msg.value))
-            except SchemaError as exc:
-                refused[i] = exc
-                continue
-            at.append(i)
-        if tp is not None:
-            polled[tp] = last + 1
+        polled = self._polled_next
+        start = 0
+        for (topic, partition), run in groupby(map(_TOPIC_PARTITION, messages)):
+            end = start + len(list(run))
+            tp = self._tp(topic, partition)
+            at, rds = groups.setdefault(tp, ([], []))
+            polled[tp] = messages[end - 1].offset + 1
+            fast = self._decoder.decode_many(list(map(_VALUE, messages[start:end])))
+            if fast is not None:
+                at.extend(range(start, end))
+                rds.extend(fast)
+            else:
+                self._decode_each(messages, start, end, at, rds, refused)
+            start = end
         decoded = list(chain.from_iterable(rds for _at, rds in groups.values()))
         verdicts = self.detector.validate_many(decoded)
         latest = now + self.options.max_future_s
@@ -489,6 +482,22 @@ class DetectorService:
         for start in range(0, max(len(accepted), 1 if dead else 0), size):
             self._score_and_emit(accepted[start:start + size], dead, now, started)
             dead, started = [], time.perf_counter()
+
+    def _decode_each(self, messages: Sequence[Message], start: int, end: int, at: list[int],
+                     rds: list[Reading], refused: dict[int, SchemaError]) -> None:
+        """Decode ``messages[start:end]`` one by one: each reading and its poll position go
+        to ``rds`` and ``at``, each refused record's error to ``refused``."""
+        decode = self._decoder.decode
+        for i in range(start, end):
+            value = messages[i].value
+            try:
+                if value is None:
+                    raise SchemaError("record has no value (tombstone)", code="empty")
+                rds.append(decode(value))
+            except SchemaError as exc:
+                refused[i] = exc
+                continue
+            at.append(i)
 
     def _accept_each(self, messages: Sequence[Message],
                      groups: dict[TopicPartition, tuple[list[int], list[Reading]]],

@@ -23,9 +23,10 @@ import math
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import chain, repeat
+from operator import attrgetter
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import msgspec
 import numpy as np
@@ -331,6 +332,9 @@ class _UncheckedReading(Reading, frozen=True, forbid_unknown_fields=False):
     values: Annotated[dict[str, float | None], msgspec.Meta(max_length=MAX_CHANNELS)]
 
 
+_SID, _KIND, _TS, _VALUES, _V = map(attrgetter, ("stream_id", "kind", "ts", "values", "v"))
+
+
 class ReadingDecoder:
     """``decode_reading`` for a stream of records, ~5x faster on the hot path.
 
@@ -379,6 +383,40 @@ class ReadingDecoder:
         self._kinds.add(reading.kind)
         self._channels.update(reading.values)
         return reading
+
+    def decode_many(self, records: Sequence[bytes | None]) -> list[Reading] | None:
+        """``[self.decode(r) for r in records]`` when every record takes the fast path of
+        ``decode`` (parsed without the patterns, every stream id, kind and channel name
+        seen before), done with C-level maps: no Python per record. ``None`` when one
+        does not (a value missing, too big or refused, a name not seen yet): the caller
+        then decodes record by record, which accepts or refuses each one exactly.
+
+        >>> dec = ReadingDecoder()
+        >>> raw = b'{"stream_id":"icu/bed-01","kind":"icu_vitals","ts":5,"values":{"hr":80}}'
+        >>> dec.decode_many([raw]) is None  # nothing seen yet
+        True
+        >>> _ = dec.decode(raw)  # now seen
+        >>> dec.decode_many([raw, raw]) == [decode_reading(raw)] * 2
+        True
+        >>> dec.decode_many([raw, b"{"]) is None
+        True
+        """
+        if not records:
+            return []
+        if None in records:
+            return None
+        data = cast("Sequence[bytes]", records)
+        if max(map(len, data)) > MAX_RECORD_BYTES:
+            return None
+        try:
+            rs = list(map(self._unchecked.decode, data))
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if not (self._ids.issuperset(map(_SID, rs)) and self._kinds.issuperset(map(_KIND, rs))
+                and self._channels.issuperset(chain.from_iterable(map(_VALUES, rs)))):
+            return None
+        return list(map(Reading, map(_SID, rs), map(_KIND, rs), map(_TS, rs), map(_VALUES, rs),
+                        map(_V, rs)))  # fmt: skip
 
 
 class _ForecastRow(msgspec.Struct, gc=False):

@@ -156,6 +156,55 @@ def test_reading_decoder_accepts_and_refuses_exactly_as_decode_reading(raws: lis
         assert _outcome(decoder.decode, raw) == _outcome(schema.decode_reading, raw)
 
 
+_valid_records = st.builds(
+    lambda sid, kind, ts, values: json.dumps(
+        {"v": 1, "stream_id": sid, "kind": kind, "ts": ts, "values": values}).encode(),
+    st.sampled_from(["icu/bed-01", "icu/bed-02", "m/1"]), st.sampled_from(["icu_vitals", "machine"]),
+    st.sampled_from([5.0, 1.7e9]),
+    st.dictionaries(st.sampled_from(["hr", "spo2", "temp", "ok.name-2"]), st.none() | finite,
+                    max_size=4),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_raw_records(), max_size=20), st.lists(_valid_records, min_size=1, max_size=20),
+       st.none() | st.tuples(st.integers(0, 20), _raw_records()))
+def test_decode_many_is_decode_of_each_or_declines(
+    seen: list[bytes], valid: list[bytes], insert: tuple[int, bytes] | None
+) -> None:
+    """``decode_many`` gives what ``decode`` gives record by record, or declines (None)
+    when one record would not take the fast path: it never accepts a record that
+    ``decode`` refuses. Once every name was seen, valid records are never declined."""
+    decoder = schema.ReadingDecoder()
+    for raw in seen:
+        _outcome(decoder.decode, raw)
+    raws = list(valid)
+    if insert is not None:  # maybe broken, maybe not
+        raws.insert(insert[0], insert[1])
+    many = decoder.decode_many(raws)
+    one_by_one = [_outcome(decoder.decode, raw) for raw in raws]
+    if many is not None:
+        assert many == one_by_one
+        assert all(type(r) is schema.Reading for r in many)
+    if not any(isinstance(o, tuple) for o in one_by_one):  # all valid, all names now seen
+        assert decoder.decode_many(raws) == one_by_one
+    else:
+        assert many is None
+        assert decoder.decode_many(raws) is None
+    assert decoder.decode_many(raws + [None]) is None  # a tombstone: record by record
+
+
+def test_decode_many_declines_an_oversize_record() -> None:
+    decoder = schema.ReadingDecoder()
+    ok = _reading()
+    decoder.decode(ok)
+    assert decoder.decode_many([ok, ok]) == [decoder.decode(ok)] * 2
+    padded = ok[:-1] + b" " * schema.MAX_RECORD_BYTES + b"}"
+    assert decoder.decode_many([ok, padded]) is None
+    with pytest.raises(SchemaError, match="more than"):
+        decoder.decode(padded)
+
+
 @pytest.mark.parametrize("change", [
     {"stream_id": "bad id!"}, {"stream_id": "a" * 129}, {"kind": "Bad"},
     {"values": {"hr": 80.0, "h r": 1.0}}, {"values": {"x" * 33: 1.0}}, {"values": {"9lives": 1.0}},

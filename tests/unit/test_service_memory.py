@@ -80,6 +80,45 @@ def test_every_record_ends_as_one_score_or_one_dead_letter_with_its_reason(tmp_p
     assert json.loads(by_code["key_mismatch"].payload)["stream_id"] == "icu/bed-01"
 
 
+def test_bad_records_amid_good_ones_in_small_polls_each_become_one_dead_letter(
+    tmp_path: Path,
+) -> None:
+    """Once the stream names are known, a partition's run of records in a poll is decoded
+    at once (``ReadingDecoder.decode_many``); a run with a bad record in it is decoded
+    record by record. Bad records spread through the stream, small polls: both paths
+    are taken, and every record still ends as one Score or one dead letter."""
+    readings, _ = icu_readings(patients=3, minutes=4)
+    transport = MemoryTransport()
+    transport.create_topics({READINGS: 3})
+    producer = transport.producer()
+    step = len(readings) // (len(BAD_RECORDS) + 1)
+    for i, r in enumerate(readings):
+        producer.send(READINGS, schema.encode(r), r.stream_id.encode())
+        if i % step == step - 1 and i // step < len(BAD_RECORDS):
+            key, value, _code = BAD_RECORDS[i // step]
+            producer.send(READINGS, value, key)
+    producer.flush()
+    service = build_service(service_settings(tmp_path, max_poll_records=40), transport,
+                            instance="a")  # fmt: skip
+    runs = {"at_once": 0, "declined": 0}
+    decode_many = service._decoder.decode_many
+
+    def counting(records: Any) -> Any:
+        out = decode_many(records)
+        runs["at_once" if out is not None else "declined"] += 1
+        return out
+
+    service._decoder.decode_many = counting  # type: ignore[method-assign]
+    stats = service.run(timeout=60, count=len(readings) + len(BAD_RECORDS))
+    scores = _drain(transport, SCORES, "score")
+    letters = _drain(transport, DEADLETTER, "deadletter")
+    assert runs["at_once"] > 10 and runs["declined"] > 0
+    assert stats.readings == len(readings) and stats.dead_letters == len(BAD_RECORDS)
+    assert sorted((s.stream_id, s.ts) for s in scores) == sorted(
+        (r.stream_id, r.ts) for r in readings)
+    assert sorted(d.code for d in letters) == sorted(code for *_, code in BAD_RECORDS)
+
+
 def test_readings_without_a_kafka_key_are_scored_beside_keyed_ones(tmp_path: Path) -> None:
     """A key is optional (a producer that sets none still has its readings scored); a key
     is checked against the stream id only when there is one. Keyed and unkeyed records
