@@ -44,6 +44,7 @@ RULES: dict[tuple[str, str | None], str] = {
     ("schema.py", "decode_reading"): "decode (msgspec)",
     ("schema.py", "encode"): "encode Scores (msgspec)",
     ("schema.py", "ReadingDecoder.decode"): "decode (msgspec)",
+    ("schema.py", "ReadingDecoder.decode_many"): "decode (msgspec)",
     ("detector.py", "StreamDetector.validate"): "validate",
     ("detector.py", "StreamDetector.validate_many"): "validate",
     (_P, "DetectorService._check"): "validate",
@@ -79,6 +80,7 @@ RULES: dict[tuple[str, str | None], str] = {
     (_P, "DetectorService._maybe_health"): "health record + lag",
     (_P, "DetectorService._lag"): "health record + lag",
     (_P, "DetectorService._process"): "service: per-message bookkeeping",
+    (_P, "DetectorService._decode_each"): "service: per-message bookkeeping",
     (_P, "DetectorService._score_and_emit"): "service bookkeeping + metrics",
     (_P, None): "service loop (other)",
 }  # fmt: skip
