@@ -65,7 +65,7 @@ Version = Literal[1]
 SEVERITY_RANK: dict[str, int] = {"warning": 1, "critical": 2}
 
 
-class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class _CheckedReading(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     """One observation of one stream (topic ``streamwatch.readings``, key = stream_id).
 
     A channel may be missing or ``null`` (sensor dropout).
@@ -75,6 +75,30 @@ class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     kind: Kind
     ts: EpochSeconds
     values: Annotated[dict[Channel, float | None], msgspec.Meta(max_length=MAX_CHANNELS)]
+    v: Version = 1
+
+
+# the shipped JSON Schema (and its $defs key) names the record type Reading
+_CheckedReading.__name__ = _CheckedReading.__qualname__ = "Reading"
+
+
+class Reading(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One observation of one stream (topic ``streamwatch.readings``, key = stream_id).
+
+    A channel may be missing or ``null`` (sensor dropout).
+
+    The patterns and lengths of ``stream_id``, ``kind`` and the channel names (the JSON
+    Schema's, ``StreamId``, ``Kind``, ``Channel``) are checked when a record is decoded
+    (``decode_reading``, ``decode("reading", ...)``, ``ReadingDecoder``), not carried by
+    this type: the service's decoder then decodes straight into it, with no second
+    object per record, once those names have passed the check (``ReadingDecoder``).
+    Like any Struct, a Reading built in Python is not validated.
+    """
+
+    stream_id: str
+    kind: str
+    ts: EpochSeconds
+    values: Annotated[dict[str, float | None], msgspec.Meta(max_length=MAX_CHANNELS)]
     v: Version = 1
 
 
@@ -220,7 +244,7 @@ class Health(msgspec.Struct, frozen=True):
 
 
 RECORD_TYPES: dict[str, type[msgspec.Struct]] = {
-    "reading": Reading,
+    "reading": _CheckedReading,  # decoded as such, then held as a Reading (``decode``)
     "score": Score,
     "alert": Alert,
     "deadletter": DeadLetter,
@@ -278,9 +302,15 @@ def _schema_error(exc: msgspec.DecodeError | msgspec.ValidationError) -> SchemaE
 def decode(name: str, data: bytes | str) -> Any:
     """Decode one record of type ``name`` (see ``RECORD_TYPES``); raises ``SchemaError``."""
     try:
-        return _decoders[name].decode(data)
+        record = _decoders[name].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _schema_error(exc) from None
+    return _held(record) if name == "reading" else record
+
+
+def _held(checked: _CheckedReading) -> Reading:
+    """The ``Reading`` of a record that passed the checked shape."""
+    return Reading(checked.stream_id, checked.kind, checked.ts, checked.values, checked.v)
 
 
 def _bad_value_key(data: bytes | str) -> str:
@@ -308,7 +338,7 @@ def decode_reading(data: bytes | str) -> Reading:
             f"record is {len(data)} bytes, more than the {MAX_RECORD_BYTES} allowed", code="oversize"
         )
     try:
-        reading: Reading = _decoders["reading"].decode(data)
+        reading = _held(_decoders["reading"].decode(data))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         error = _schema_error(exc)
         if error.field == "values.<key>":
@@ -324,15 +354,7 @@ def decode_reading(data: bytes | str) -> Reading:
     return reading
 
 
-class _UncheckedReading(Reading, frozen=True, forbid_unknown_fields=False):
-    """A Reading's shape with the string patterns left out (see ``ReadingDecoder``)."""
-
-    stream_id: str
-    kind: str
-    values: Annotated[dict[str, float | None], msgspec.Meta(max_length=MAX_CHANNELS)]
-
-
-_SID, _KIND, _TS, _VALUES, _V = map(attrgetter, ("stream_id", "kind", "ts", "values", "v"))
+_SID, _KIND, _VALUES = map(attrgetter, ("stream_id", "kind", "values"))
 
 
 class ReadingDecoder:
@@ -358,7 +380,7 @@ class ReadingDecoder:
 
     def __init__(self, max_known: int = 200_000) -> None:
         self.max_known = max_known
-        self._unchecked = msgspec.json.Decoder(_UncheckedReading)
+        self._unchecked = msgspec.json.Decoder(Reading)  # (no name patterns in the type)
         self._ids: set[str] = set()
         self._kinds: set[str] = set()
         self._channels: set[str] = set()
@@ -374,7 +396,7 @@ class ReadingDecoder:
         # so the finiteness checks of decode_reading cannot fail here
         if r.stream_id in self._ids and r.kind in self._kinds \
                 and self._channels.issuperset(r.values):
-            return Reading(r.stream_id, r.kind, r.ts, r.values, r.v)
+            return r
         reading = decode_reading(data)
         for known in (self._ids, self._kinds, self._channels):
             if len(known) >= self.max_known:
@@ -415,8 +437,7 @@ class ReadingDecoder:
         if not (self._ids.issuperset(map(_SID, rs)) and self._kinds.issuperset(map(_KIND, rs))
                 and self._channels.issuperset(chain.from_iterable(map(_VALUES, rs)))):
             return None
-        return list(map(Reading, map(_SID, rs), map(_KIND, rs), map(_TS, rs), map(_VALUES, rs),
-                        map(_V, rs)))  # fmt: skip
+        return rs
 
 
 class _ForecastRow(msgspec.Struct, gc=False):
