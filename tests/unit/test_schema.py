@@ -191,7 +191,7 @@ def test_decode_many_is_decode_of_each_or_declines(
     else:
         assert many is None
         assert decoder.decode_many(raws) is None
-    assert decoder.decode_many(raws + [None]) is None  # a tombstone: record by record
+    assert decoder.decode_many([*raws, None]) is None  # a tombstone: record by record
 
 
 def test_decode_many_declines_an_oversize_record() -> None:
