@@ -489,11 +489,8 @@ class DetectorService:
         to ``rds`` and ``at``, each refused record's error to ``refused``."""
         decode = self._decoder.decode
         for i in range(start, end):
-            value = messages[i].value
             try:
-                if value is None:
-                    raise SchemaError("record has no value (tombstone)", code="empty")
-                rds.append(decode(value))
+                rds.append(decode(messages[i].value))
             except SchemaError as exc:
                 refused[i] = exc
                 continue

@@ -385,7 +385,11 @@ class ReadingDecoder:
         self._kinds: set[str] = set()
         self._channels: set[str] = set()
 
-    def decode(self, data: bytes | str) -> Reading:
+    def decode(self, data: bytes | str | None) -> Reading:
+        """One record's Reading, or ``SchemaError``; a record with no value (a tombstone)
+        is refused too."""
+        if data is None:
+            raise SchemaError("record has no value (tombstone)", code="empty")
         if len(data) > MAX_RECORD_BYTES:
             return decode_reading(data)  # raises the oversize error
         try:

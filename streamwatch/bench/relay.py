@@ -111,8 +111,6 @@ class Relay:
         send, dead, nxt, tps = producer.send, 0, self._next, self._tps
         for m in messages:
             try:
-                if m.value is None:
-                    raise SchemaError("record has no value (tombstone)", code="empty")
                 send(out_topic, encode(decoder.decode(m.value)), m.key)
             except SchemaError:
                 dead += 1
