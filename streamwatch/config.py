@@ -61,7 +61,7 @@ class ServiceSection(BaseModel):
     model_config = _FROZEN
 
     group_id: str = "streamwatch-detector"
-    max_poll_records: int = Field(default=1000, ge=1, le=100_000)
+    max_poll_records: int = Field(default=2000, ge=1, le=100_000)
     poll_timeout_s: float = Field(default=0.5, gt=0, le=60)
     emit_scores: Literal["all", "alerts"] = "all"
     state_store: Literal["kafka", "directory"] = Field(

@@ -54,7 +54,7 @@ class ServiceOptions:
     deadletter_topic: str = "streamwatch.deadletter"
     health_topic: str = "streamwatch.health"
     group_id: str = "streamwatch-detector"
-    max_poll_records: int = 1000
+    max_poll_records: int = 2000
     poll_timeout_s: float = 0.5
     emit_scores: EmitScores = "all"
     checkpoint_every_batches: int = 1000

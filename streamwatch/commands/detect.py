@@ -41,7 +41,7 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
                    help="state directory for --state-store directory (default runs/detector)")
     s.add_argument("--checkpoint-every-batches", type=int)
     s.add_argument("--checkpoint-every-s", type=float)
-    s.add_argument("--max-poll-records", type=int, help="micro-batch size (default 1000)")
+    s.add_argument("--max-poll-records", type=int, help="micro-batch size (default 2000)")
     s.add_argument("--emit-scores", choices=["all", "alerts"],
                    help="produce a Score for every reading (default) or only around alerts")
     s.add_argument("--fresh-start", action="store_true", default=None,
