@@ -20,7 +20,9 @@ For each client (kafka-python, confluent-kafka), on fresh topics (uuid suffix):
    the verdict, what the machine's cores carry at best.
 2. **Latency.** A fresh service, restored from phase 1's final checkpoint (warm model,
    thresholds and per-stream state, as a restarted detector), consumes a live load paced
-   at ``latency_rate_fraction`` x the measured rate. Each Reading is joined to its Score
+   at ``latency_rate_fraction`` x the measured rate, or x the client's throughput target
+   when that is lower (``latency_rate_cap``; the latency target is stated at half the
+   target rate, and the verdict wants at least that). Each Reading is joined to its Score
    by ``(stream_id, ts)``; latency = Score's Kafka CreateTime (set when the service queues
    it, after scoring, before the batch's flush) - Reading's CreateTime (set when the load
    process sends it). Readings produced after ``warmup_s`` give p50/p95/p99/max; every

@@ -37,9 +37,13 @@ class BenchOptions:
         the paced load), >= 0.
     rate
         Latency phase at this many readings/s; ``None`` = ``latency_rate_fraction`` times
-        the sustained rate measured for the client.
+        the sustained rate measured for the client, or times its throughput target if that
+        is lower and ``latency_rate_cap`` (the latency target is stated at half the
+        target rate: ``report.latency_rate_needed``).
     latency_rate_fraction
         In (0, 1].
+    latency_rate_cap
+        See ``rate``; False (``--max``): the fraction of the measured rate however high.
     train_every
         Overrides ``model.train_every`` (learned readings per optimiser step), >= 1.
     bootstrap_servers
@@ -110,6 +114,7 @@ class BenchOptions:
     warmup_s: float = 5.0
     rate: float | None = None
     latency_rate_fraction: float = 0.5
+    latency_rate_cap: bool = True
     train_every: int | None = None
     bootstrap_servers: str | None = None
     partitions: int | None = None

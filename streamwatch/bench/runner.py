@@ -28,6 +28,7 @@ from streamwatch.bench.measure import (
     window_figures,
 )
 from streamwatch.bench.options import BenchOptions
+from streamwatch.bench.report import TARGETS
 from streamwatch.errors import StreamwatchError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,24 @@ class _Key(msgspec.Struct):
 
 _key_decoder = msgspec.json.Decoder(_Key)
 
+
+def latency_phase_rate(opts: BenchOptions, client: str, sustained: float) -> float:
+    """The latency phase's pace: ``opts.rate``, else ``latency_rate_fraction`` x the sustained
+    rate, or x the client's throughput target when lower (``latency_rate_cap``).
+
+    >>> latency_phase_rate(BenchOptions(), "confluent", 114_000.0)
+    50000.0
+    >>> latency_phase_rate(BenchOptions(latency_rate_cap=False), "confluent", 114_000.0)
+    57000.0
+    >>> latency_phase_rate(BenchOptions(), "confluent", 44_000.0)
+    22000.0
+    >>> latency_phase_rate(BenchOptions(rate=30_000.0), "confluent", 114_000.0)
+    30000.0
+    """
+    if opts.rate is not None:
+        return opts.rate
+    cap = TARGETS.get(client, math.inf) if opts.latency_rate_cap else math.inf
+    return opts.latency_rate_fraction * min(sustained, cap)
 
 @dataclass(frozen=True)
 class Phase1:
@@ -278,7 +297,7 @@ class ClientBench:
         from streamwatch.commands.detect import build_service
 
         o = self.opts
-        rate = o.rate if o.rate is not None else o.latency_rate_fraction * phase1.readings_per_s
+        rate = latency_phase_rate(o, self.client, phase1.readings_per_s)
         if rate <= 0:
             raise StreamwatchError(f"{self.client}: no latency rate (measured 0 readings/s)")
         suffix = f"{self.client}-lat-{uuid.uuid4().hex[:8]}"

@@ -50,7 +50,8 @@ def register(subparsers: Any) -> None:
                       help="latency phase at this many readings/s for every client")
     rate.add_argument("--max", action="store_true",
                       help="latency phase at --latency-rate-fraction x the measured sustained "
-                      "rate (default)")
+                      "rate however high (default: x the measured rate or the client's "
+                      "throughput target, whichever is lower)")
     p.add_argument("--latency-rate-fraction", type=float, default=0.5,
                    help="fraction of the measured rate for the latency phase (default 0.5)")
     p.add_argument("--train-every", type=int,
@@ -185,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     opts = BenchOptions(
         clients=args.clients, streams=args.streams, seconds=args.seconds,
         warmup_s=args.warmup_s, rate=args.rate,
-        latency_rate_fraction=args.latency_rate_fraction, train_every=args.train_every,
+        latency_rate_fraction=args.latency_rate_fraction, latency_rate_cap=not args.max,
+        train_every=args.train_every,
         bootstrap_servers=args.bootstrap_servers, partitions=args.partitions,
         prefill_rate=args.prefill_rate, seed=args.seed, producer_client=args.producer_client,
         profile=args.profile, progress=not args.no_progress,

@@ -117,6 +117,10 @@ def test_bench_reports_both_clients_side_by_side_from_what_crossed_the_broker(
         v = result["verdict"][client]
         assert v["throughput_met"] == (tp["readings_per_s"] >= TARGETS[client])
         assert v["latency_met"] == (lat["p99_ms"] < TARGETS["p99_ms"])
+        # far below the targets here: the latency phase ran at half the sustained rate
+        assert v["latency_rate"] == lat["rate"]
+        assert v["latency_rate_needed"] == pytest.approx(
+            0.5 * min(tp["readings_per_s"], TARGETS[client]))
         assert v["trained"] is True and v["latency_emit_scores"] == "all"
         assert v["all_scores_joined"] is True and v["all_readings_processed"] is True
         assert v["met"] == (v["throughput_met"] and v["latency_met"])

@@ -1,0 +1,52 @@
+"""The bench verdict judges the latency target at the rate it is stated at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from streamwatch.bench.options import BenchOptions
+from streamwatch.bench.report import TARGETS, latency_rate_needed, verdict
+
+
+def _run(rate: float, latency_rate: float, p99: float, missing: int = 0) -> dict[str, Any]:
+    return {"throughput": {"readings_per_s": rate, "training_steps": 5},
+            "latency": {"rate": latency_rate, "p99_ms": p99, "missing": missing,
+                        "emit_scores": "all", "training_steps": 3}}  # fmt: skip
+
+
+@pytest.mark.parametrize(("client", "sustained", "latency_rate", "p99", "met"), [
+    # past the throughput target, half the target is the rate to hold the p99 at
+    ("confluent", 114_000.0, 50_000.0, 120.0, True),
+    ("confluent", 114_000.0, 57_000.0, 120.0, True),
+    ("confluent", 114_000.0, 40_000.0, 120.0, False),  # a gentler load shows nothing
+    ("confluent", 114_000.0, 50_000.0, 260.0, False),
+    # below it, half the sustained rate
+    ("confluent", 44_000.0, 22_000.0, 120.0, True),
+    ("confluent", 44_000.0, 10_000.0, 120.0, False),
+    ("kafka-python", 25_000.0, 10_000.0, 151.0, True),
+    ("kafka-python", 25_000.0, 9_000.0, 151.0, False),
+])
+def test_latency_is_met_only_at_half_the_sustained_rate_or_half_the_target(
+        client: str, sustained: float, latency_rate: float, p99: float, met: bool) -> None:
+    v = verdict({client: _run(sustained, latency_rate, p99)})[client]
+    assert v["latency_met"] is met
+    assert v["latency_rate"] == latency_rate
+    assert v["latency_rate_needed"] == 0.5 * min(sustained, TARGETS[client])
+    assert v["met"] is (met and sustained >= TARGETS[client])
+
+
+def test_a_missing_reading_fails_the_latency_target_at_any_rate() -> None:
+    v = verdict({"confluent": _run(114_000.0, 57_000.0, 100.0, missing=1)})["confluent"]
+    assert v["latency_met"] is False and v["met"] is False
+
+
+def test_the_needed_rate_is_none_without_a_target_or_a_rate() -> None:
+    assert latency_rate_needed("some-other-client", 1000.0) is None
+    assert latency_rate_needed("confluent", None) is None
+
+
+def test_the_latency_rate_is_capped_at_the_target_by_default_and_not_with_max() -> None:
+    assert BenchOptions().latency_rate_cap is True
+    assert BenchOptions(latency_rate_cap=False).as_json()["latency_rate_cap"] is False
