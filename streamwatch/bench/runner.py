@@ -63,6 +63,7 @@ def latency_phase_rate(opts: BenchOptions, client: str, sustained: float) -> flo
     cap = TARGETS.get(client, math.inf) if opts.latency_rate_cap else math.inf
     return opts.latency_rate_fraction * min(sustained, cap)
 
+
 @dataclass(frozen=True)
 class Phase1:
     """What the latency phase needs from the throughput phase."""
