@@ -261,8 +261,8 @@ class KafkaStateStore:
     A background save sends its chunks at ``write_bytes_per_s`` at most (0: no limit), as
     RocksDB rate-limits its background writes: a checkpoint was ~17 MB with 1,000 streams
     before compression, and sent at once it held the broker and both cores long enough to
-    put 350-500 ms on the p99 latency of the seconds around it (docs/bench.md). Saves on a rebalance or at
-    shutdown are not paced: the group waits for them.
+    put 350-500 ms on the p99 latency of the seconds around it (docs/bench.md). Saves on a
+    rebalance or at shutdown are not paced: the group waits for them.
     """
 
     def __init__(self, transport: Transport, topic: str, instance: str, *,

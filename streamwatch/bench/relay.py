@@ -38,7 +38,7 @@ class Relay:
     """Consume, decode, produce one record per reading, flush per poll (module docstring)."""
 
     def __init__(self, transport: Transport, readings_topic: str, out_topic: str,
-                 group_id: str, *, poll_timeout_s: float = 0.5, max_poll_records: int = 2000,
+                 group_id: str, *, max_poll_records: int, poll_timeout_s: float = 0.5,
                  commit_every_s: float = 30.0) -> None:  # fmt: skip
         self.transport = transport
         self.readings_topic = readings_topic
