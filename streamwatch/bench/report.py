@@ -56,6 +56,10 @@ LATENCY_FRACTION = 0.5
 more than half its throughput target (past the target, half the target is that rate)."""
 
 
+PACE_DECIMALS = 1
+"""The latency phase's pace is recorded rounded to this many decimals (of readings/s)."""
+
+
 def latency_rate_needed(client: str, sustained: float | None) -> float | None:
     """The slowest latency phase that shows the latency target for ``client`` (None for a
     client with no target or no measured rate).
@@ -157,7 +161,9 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
         p99 = lat.get("p99_ms")
         # a p99 shows the target only at (at least) the rate it is stated at
         lat_rate, need = lat.get("rate"), latency_rate_needed(client, rate)
-        at_rate = None if lat_rate is None or need is None else lat_rate >= need * (1 - 1e-9)
+        # the pace is recorded to 0.1 readings/s (half of 1,000.3 is recorded as 500.1)
+        at_rate = (None if lat_rate is None or need is None
+                   else lat_rate >= need - 0.5 * 10**-PACE_DECIMALS - 1e-9)  # fmt: skip
         l_met = None if p99 is None else (p99 < TARGETS["p99_ms"] and lat.get("missing", 1) == 0
                                           and at_rate is not False)  # fmt: skip
         steps = [(phase or {}).get("training_steps") for phase in (run.get("throughput"), lat)]

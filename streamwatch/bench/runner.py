@@ -28,7 +28,7 @@ from streamwatch.bench.measure import (
     window_figures,
 )
 from streamwatch.bench.options import BenchOptions
-from streamwatch.bench.report import TARGETS
+from streamwatch.bench.report import PACE_DECIMALS, TARGETS
 from streamwatch.errors import StreamwatchError
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,8 @@ class ClientBench:
         stats["broker_cpu_share_of_one_core"] = (
             None if broker_cpu is None or not sent["elapsed_s"]
             else round(broker_cpu / sent["elapsed_s"], 3))
-        stats.update(rate=round(rate, 1), measure_from_ms=measure_from, topic=topic, scores_topic=settings.topics.scores,
+        stats.update(rate=round(rate, PACE_DECIMALS), measure_from_ms=measure_from, topic=topic,
+                     scores_topic=settings.topics.scores,
                      producer={k: round(v, 3) if isinstance(v, float) else v for k, v in sent.items()},
                      drained_within_s=drained, dead_letters=final.dead_letters,
                      training_steps=trained)  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from streamwatch.bench.options import BenchOptions
-from streamwatch.bench.report import TARGETS, latency_rate_needed, verdict
+from streamwatch.bench.report import PACE_DECIMALS, TARGETS, latency_rate_needed, verdict
 
 
 def _run(rate: float, latency_rate: float, p99: float, missing: int = 0) -> dict[str, Any]:
@@ -35,6 +35,18 @@ def test_latency_is_met_only_at_half_the_sustained_rate_or_half_the_target(
     assert v["latency_rate"] == latency_rate
     assert v["latency_rate_needed"] == 0.5 * min(sustained, TARGETS[client])
     assert v["met"] is (met and sustained >= TARGETS[client])
+
+
+def test_the_pace_as_recorded_meets_the_rate_it_was_set_to() -> None:
+    # CI, 7 December: 1,000.3 readings/s sustained, the phase paced at half that (500.15),
+    # recorded rounded as 500.1, and judged below the rate it ran at
+    sustained = 1000.3
+    recorded = round(0.5 * sustained, PACE_DECIMALS)
+    assert recorded < 0.5 * sustained
+    assert verdict({"kafka-python": _run(sustained, recorded, 40.0)})["kafka-python"]["latency_met"]
+    slower = recorded - 10**-PACE_DECIMALS
+    v = verdict({"kafka-python": _run(sustained, slower, 40.0)})["kafka-python"]
+    assert v["latency_met"] is False
 
 
 def test_a_missing_reading_fails_the_latency_target_at_any_rate() -> None:
