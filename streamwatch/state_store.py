@@ -34,7 +34,9 @@ from typing import Any, Protocol
 import crc32c
 
 from streamwatch.checkpoint import (
-    dump_checkpoint,
+    compress_parts,
+    decode_checkpoint,
+    encode_checkpoint,
     load_checkpoint,
     parse_checkpoint,
     save_checkpoint,
@@ -46,11 +48,17 @@ log = logging.getLogger(__name__)
 
 FORMAT = "streamwatch.detector-state/1"
 HEAD_FORMAT = "streamwatch.detector-state-head/2"
-"""Heads name the chunks' ``encoding`` (``zlib``: the checkpoint compressed); a reader of
-format 1 refuses them with a clear error instead of misreading compressed chunks."""
+"""Heads name the chunks' ``encoding`` (``ENCODINGS``); a reader of format 1 refuses them
+with a clear error instead of misreading compressed chunks."""
 HEAD_FORMATS = {"streamwatch.detector-state-head/1": "identity", HEAD_FORMAT: None}
 """Head formats read, and the chunks' encoding of the older one (it names none)."""
-ENCODINGS = ("identity", "zlib")
+ENCODING = "tensors+zlib"
+"""What ``save`` sends: ``checkpoint.encode_checkpoint`` (the tree, then each tensor's
+bytes), zlib-compressed. Read too: ``zlib`` (``dump_checkpoint``, i.e. ``torch.save``,
+compressed: streamwatch before 2026-12-07) and ``identity`` (format-1 heads). A process of
+a version before 2026-12-07 refuses ``tensors+zlib`` heads with a clear error: upgrade
+every process of a group together."""
+ENCODINGS = ("identity", "zlib", ENCODING)
 ZLIB_LEVEL = 1
 """A checkpoint of 1,000 ICU streams, 19.7 MB, compresses to 4.7 MB in ~130 ms (zlib
 releases the GIL meanwhile): a quarter of the bytes for the broker to take in and to pace."""
@@ -236,7 +244,11 @@ class KafkaStateStore:
     3. tombstones for the previous set's chunks (flushed with the next save or at close).
 
     The chunks carry the checkpoint compressed with zlib (level 1: 19.7 -> 4.7 MB for
-    1,000 ICU streams); heads of the older format 1 (uncompressed chunks) are still read.
+    1,000 ICU streams), encoded by ``encode_checkpoint`` (``ENCODING``): the writer thread
+    holds the GIL ~5 ms per save instead of the 20-50 ms ``torch.save`` took, time the
+    detector thread beside it could not run (docs/bench.md). The older encodings are still
+    read: ``torch.save`` bytes compressed, and format-1 heads' uncompressed chunks. The
+    CRC-32C of the head, over the bytes on the topic, is the checkpoint's checksum.
 
     A crash before 2 leaves the previous head and its chunks intact; a crash after 2 at
     worst leaves the previous set's chunks untombstoned (garbage no head names). So a
@@ -324,9 +336,10 @@ class KafkaStateStore:
 
         Raises ``TransportError`` if the broker does not take it: the previous checkpoint
         then stays the current one, and the caller must not commit offsets."""
-        raw = dump_checkpoint(_state(global_state, partitions),
-                              {"format": FORMAT, "instance": self.instance})
-        data = zlib.compress(raw, ZLIB_LEVEL)
+        parts = encode_checkpoint(_state(global_state, partitions),
+                                  {"format": FORMAT, "instance": self.instance})
+        raw_bytes = sum(memoryview(part).nbytes for part in parts)
+        data = compress_parts(parts, ZLIB_LEVEL)
         producer, size = self._send(), self.chunk_bytes
         set_id = uuid.uuid4().hex[:16]
         chunks = [data[i:i + size] for i in range(0, len(data), size)]
@@ -339,8 +352,8 @@ class KafkaStateStore:
             sent += len(chunk)
         producer.flush()
         head = {"format": HEAD_FORMAT, "instance": self.instance, "set": set_id,
-                "chunks": len(chunks), "encoding": "zlib", "bytes": len(data),
-                "raw_bytes": len(raw), "crc32c": _crc(data), "saved_at": time.time(),
+                "chunks": len(chunks), "encoding": ENCODING, "bytes": len(data),
+                "raw_bytes": raw_bytes, "crc32c": _crc(data), "saved_at": time.time(),
                 "partitions": [[tp.topic, tp.partition, ps.offset]
                                for tp, ps in sorted(partitions.items())]}
         producer.send(self.topic, json.dumps(head).encode(), self._head_key(self.instance))
@@ -349,7 +362,7 @@ class KafkaStateStore:
             self._forget(self.instance, *self._previous)
         self._previous = (set_id, len(chunks))
         log.debug("checkpoint sent to the state topic",
-                  extra={"topic": self.topic, "bytes": len(data), "raw_bytes": len(raw),
+                  extra={"topic": self.topic, "bytes": len(data), "raw_bytes": raw_bytes,
                          "chunks": len(chunks)})
 
     def _forget(self, instance: str, set_id: str, chunks: int, *, head: bool = False) -> None:
@@ -470,7 +483,7 @@ class KafkaStateStore:
         if _checksum_of(data, head.checksum[0]) != head.checksum[1]:
             raise CheckpointError(f"checkpoint {self.topic}:{head.source} is corrupt: its chunks "
                                   f"do not match the head's checksum; {_KAFKA_FIX}")
-        if head.encoding == "zlib":
+        if head.encoding in ("zlib", ENCODING):
             try:
                 return zlib.decompress(data)
             except zlib.error as exc:
@@ -480,7 +493,8 @@ class KafkaStateStore:
 
     def _parsed(self, head: _Head) -> tuple[str, dict[str, Any], dict[str, Any]]:
         source = f"{self.topic}:{head.source}"
-        state, meta = parse_checkpoint(self._fetch(head), source, fix=_KAFKA_FIX)
+        parse = decode_checkpoint if head.encoding == ENCODING else parse_checkpoint
+        state, meta = parse(self._fetch(head), source, fix=_KAFKA_FIX)
         return source, state, meta
 
     def checkpoints(self, *, fresh_start: bool = False

@@ -248,3 +248,83 @@ def test_any_flipped_bit_in_the_tensor_bytes_is_caught(tmp_path: Path, where: in
     path.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match="does not match its checksum"):
         load_checkpoint(path)
+
+
+# -- the encoding the Kafka state store sends (encode_checkpoint) ------------------------
+
+
+def _encoded(state: dict[str, object], meta: dict[str, object] | None = None) -> bytes:
+    from streamwatch.checkpoint import encode_checkpoint
+
+    return b"".join(bytes(part) for part in encode_checkpoint(state, meta or {}))
+
+
+def test_the_tensor_encoding_round_trips_every_plain_value_and_keeps_shared_tensors() -> None:
+    from streamwatch.checkpoint import decode_checkpoint
+
+    shared = torch.arange(6.0).reshape(2, 3)
+    state = {
+        "empty": torch.zeros(3, 0), "expanded": torch.zeros(3).expand(4, 3),
+        "transposed": torch.arange(12.0).reshape(3, 4).T,
+        "bf16": torch.ones(3, dtype=torch.bfloat16), "flags": torch.tensor([True, False]),
+        "scalar": torch.tensor(2.5), "f64": torch.randn(5, dtype=torch.float64),
+        "i32": torch.arange(4, dtype=torch.int32), "nan": torch.tensor([float("nan"), 1.0]),
+        "dtype": torch.float64, "size": torch.Size([2, 3]), 7: ("a", None, 1.5, True),
+        "nested": {"a": [shared, {"b": shared}]}, "shared": shared,
+    }
+    loaded, meta = decode_checkpoint(_encoded(state, {"kind": "icu_vitals"}), "test",
+                                     expected_meta={"kind": "icu_vitals"})
+    assert meta == {"kind": "icu_vitals"} and loaded.keys() == state.keys()
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor):
+            got = loaded[key]
+            assert got.dtype == value.dtype and got.shape == value.shape, key
+            assert torch.equal(got.nan_to_num(), value.nan_to_num()), key
+        elif key != "nested":
+            assert loaded[key] == value and type(loaded[key]) is type(value), key
+    assert loaded["nested"]["a"][0] is loaded["nested"]["a"][1]["b"] is loaded["shared"]
+    loaded["shared"] += 1  # writable, and not the saved tensor's memory
+    assert shared[0, 0] == 0
+
+
+def test_the_tensor_encoding_loads_no_class_or_function_whatever_the_bytes_say() -> None:
+    """A forged tree naming a global (here os.system) is refused, never called."""
+    import pickle
+
+    from streamwatch.checkpoint import TENSORS_MAGIC, decode_checkpoint
+
+    class Evil:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, ("echo pwned > /dev/null",))
+
+    tree = pickle.dumps({"format": CHECKPOINT_FORMAT, "evil": Evil()})
+    data = TENSORS_MAGIC + len(tree).to_bytes(8, "little") + tree
+    with pytest.raises(CheckpointError, match=r"refuses.*global posix.system refused"):
+        decode_checkpoint(data, "forged")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "extra bytes", "not ours", "tree cut",
+                                    "meta differs"])
+def test_a_damaged_tensor_encoding_is_a_clear_error(damage: str) -> None:
+    from streamwatch.checkpoint import decode_checkpoint
+
+    data = _encoded({"w": torch.randn(100)}, {"kind": "icu_vitals"})
+    expected = {"kind": "icu_vitals"}
+    if damage == "truncated":
+        data = data[:-8]
+    elif damage == "extra bytes":
+        data += b"\0" * 8
+    elif damage == "not ours":
+        data = b"PK\x03\x04" + data[4:]
+    elif damage == "tree cut":
+        data = data[:40]
+    else:
+        expected = {"kind": "machine_sensors"}
+    with pytest.raises(CheckpointError, match=r"checkpoint|streamwatch") as info:
+        decode_checkpoint(data, "topic:one", expected_meta=expected)
+    assert "topic:one" in str(info.value) and "--fresh-start" in str(info.value)
+
+
+def test_the_tensor_encoding_refuses_what_cannot_be_saved() -> None:
+    with pytest.raises(CheckpointError, match="numpy"):
+        _encoded({"a": np.zeros(2)})

@@ -305,13 +305,15 @@ def test_a_head_written_with_the_older_sha256_is_still_read_and_checked() -> Non
 
 
 def test_the_chunks_carry_the_checkpoint_compressed_and_the_head_says_so() -> None:
-    """The chunks carry the checkpoint zlib-compressed (a real one of 1,000 ICU streams:
-    19.7 -> 4.7 MB), the head names the encoding and both sizes, and the checksum is of
-    the bytes on the topic."""
+    """The chunks carry the checkpoint encoded by ``encode_checkpoint`` and zlib-compressed
+    (a real one of 1,000 ICU streams: 19.7 -> 4.7 MB), the head names the encoding and both
+    sizes, and the checksum is of the bytes on the topic."""
     import json
     import zlib
 
     import crc32c
+
+    from streamwatch.checkpoint import TENSORS_MAGIC
 
     transport = MemoryTransport()
     state = {"kinds": {"icu_vitals": {"mask": torch.zeros(2000, 64), "seed": 1}}}  # ~512 kB
@@ -321,23 +323,28 @@ def test_the_chunks_carry_the_checkpoint_compressed_and_the_head_says_so() -> No
     head = json.loads(next(m.value for m in records if m.key == b"ckpt/one/head"))  # type: ignore[arg-type]
     chunks = [m.value for m in records if m.key != b"ckpt/one/head" and m.value is not None]
     data = b"".join(chunks)  # type: ignore[arg-type]
-    assert head["format"] == "streamwatch.detector-state-head/2" and head["encoding"] == "zlib"
+    assert head["format"] == "streamwatch.detector-state-head/2"
+    assert head["encoding"] == "tensors+zlib"
     assert head["bytes"] == len(data) < head["raw_bytes"] / 10 and head["chunks"] == len(chunks)
     assert head["crc32c"] == f"{crc32c.crc32c(data):08x}"
-    assert len(zlib.decompress(data)) == head["raw_bytes"]
+    raw = zlib.decompress(data)
+    assert len(raw) == head["raw_bytes"] > 2000 * 64 * 4 and raw.startswith(TENSORS_MAGIC)
     snap = KafkaStateStore(transport, TOPIC, "reader").load({A})
     assert snap.partitions[A].offset == 7
     assert torch.equal(snap.global_state["kinds"]["icu_vitals"]["mask"],  # type: ignore[index]
                        state["kinds"]["icu_vitals"]["mask"])
 
 
-@pytest.mark.parametrize("written", ["format 1, uncompressed", "zlib named, not zlib"])
-def test_a_format_1_head_is_still_read_and_chunks_that_do_not_decompress_are_an_error(
+@pytest.mark.parametrize("written", ["format 1, uncompressed", "zlib of torch.save",
+                                     "zlib named, not zlib"])
+def test_older_heads_are_still_read_and_chunks_that_do_not_decompress_are_an_error(
     written: str,
 ) -> None:
     """Heads of format 1 (before compression) name no encoding: their chunks are the
-    checkpoint itself. A head naming zlib over chunks that are not is a clear error."""
+    checkpoint itself; heads naming zlib (before 2026-12-07) carry ``torch.save`` bytes
+    compressed. A head naming zlib over chunks that are not is a clear error."""
     import json
+    import zlib
 
     import crc32c
 
@@ -349,6 +356,8 @@ def test_a_format_1_head_is_still_read_and_chunks_that_do_not_decompress_are_an_
     producer = transport.producer()
     data = dump_checkpoint(_state(_global(3), {A: PartitionState(5, _streams("a"))}),
                            {"format": FORMAT, "instance": "old"})  # sent uncompressed
+    if written == "zlib of torch.save":
+        data = zlib.compress(data, 1)
     for i in range(0, len(data), 1024):
         producer.send(TOPIC, data[i:i + 1024], f"ckpt/old/s1/{i // 1024}".encode())
     head = {"instance": "old", "set": "s1", "chunks": -(-len(data) // 1024), "bytes": len(data),
@@ -360,7 +369,7 @@ def test_a_format_1_head_is_still_read_and_chunks_that_do_not_decompress_are_an_
     producer.send(TOPIC, json.dumps(head).encode(), b"ckpt/old/head")
     producer.flush()
     store = KafkaStateStore(transport, TOPIC, "reader")
-    if written == "format 1, uncompressed":
+    if written != "zlib named, not zlib":
         snap = store.load({A})
         assert snap.partitions[A].offset == 5
         assert torch.equal(snap.global_state["kinds"]["icu_vitals"]["w"],  # type: ignore[index]
