@@ -11,6 +11,11 @@ arrays and scalars for you. Anything wrong on loading (missing, truncated or cor
 file, foreign or newer format, settings that do not match) raises ``CheckpointError``
 naming the file, the problem and what to do; nothing is ever silently reset.
 
+The Kafka state store sends the same payload in a second encoding, ``encode_checkpoint``
+(the tree pickled with tensors by reference, then their bytes), which its background
+writer builds holding the GIL a fraction of the time ``torch.save`` does;
+``decode_checkpoint`` reads it with the same checks.
+
 >>> import tempfile, torch
 >>> from pathlib import Path
 >>> with tempfile.TemporaryDirectory() as d:
@@ -128,8 +133,10 @@ def encode_checkpoint(state: dict[str, Any], meta: dict[str, Any]) -> list[Any]:
     GIL: 20-50 ms for a checkpoint of 500 ICU streams on a busy machine, a pause of the
     detector thread beside it (docs/bench.md).
 
-    ``decode_checkpoint`` reads it back, with an unpickler that loads no class or
-    function at all. Raises ``CheckpointError`` if a value is not plain.
+    The tensor parts are views: nothing may change the tensors until the parts are
+    written (the service hands over a copy, ``pipeline._copied``). ``decode_checkpoint``
+    reads it back, with an unpickler that loads no class or function at all. Raises
+    ``CheckpointError`` if a value is not plain.
 
     >>> parts = encode_checkpoint({"w": torch.arange(3.0)}, {"kind": "x"})
     >>> decode_checkpoint(b"".join(bytes(p) for p in parts), "doc")[0]["w"].tolist()
@@ -159,7 +166,7 @@ class _TensorPickler(pickle.Pickler):
     global, and each tensor's bytes go to ``buffers`` as a view."""
 
     def __init__(self, file: Any, buffers: list[Any]) -> None:
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        super().__init__(file, protocol=5)
         self.buffers = buffers
         self.seen: dict[int, tuple[int, Any]] = {}  # id -> (its number, it: keeps the id)
 
