@@ -97,6 +97,17 @@ def _keys_match(messages: Sequence[Message],
     return True
 
 
+def freeze_heap() -> None:
+    """Take everything alive out of the cyclic GC's reach (``gc.freeze``; ``gc.unfreeze``
+    undoes it): full collections then scan only what was made since. Without it they scan
+    ~200-300k long-lived objects (modules, torch, clients) and, with a batch's Readings and
+    Scores promoted on every few batches, pause the loop for 200-600 ms every 1-2 s at
+    5-10k readings/s (``streamwatch bench``)."""
+    gc.collect()
+    gc.freeze()
+    log.debug("gc heap frozen", extra={"objects": gc.get_freeze_count()})
+
+
 def _copied(tree: Any) -> Any:
     """``tree`` with every tensor cloned and every dict and list rebuilt."""
     if isinstance(tree, torch.Tensor):
@@ -239,15 +250,10 @@ class DetectorService:
 
     def _freeze_heap(self) -> None:
         """Once the detector's long-lived state exists, take everything alive out of the
-        cyclic GC's reach (``gc.freeze``): full collections then scan only what was made
-        since. Without it they scan ~300k long-lived objects (modules, torch, clients) and,
-        with a batch's Readings and Scores promoted on every few batches, pause the loop
-        for 200-600 ms every 1-2 s at 5-10k readings/s (``streamwatch bench``). Undone at
-        shutdown so a process running services one after another can collect them."""
-        gc.collect()
-        gc.freeze()
+        cyclic GC's reach (:func:`freeze_heap`). Undone at shutdown so a process running
+        services one after another can collect them."""
+        freeze_heap()
         self._gc_frozen = True
-        log.debug("gc heap frozen", extra={"objects": gc.get_freeze_count()})
 
     def _shutdown(self) -> None:
         assert self._consumer is not None and self._producer is not None

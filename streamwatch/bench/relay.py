@@ -7,7 +7,10 @@ re-encoded, keyed by its stream id) to its own topic, and flushes the producer o
 poll, as the service flushes once per batch. Offsets are committed every
 ``commit_every_s`` and before partitions are given up. A record that does not decode is
 counted as a dead letter (``stats.dead_letters``) and relayed nowhere: the bench's
-pre-fill holds none.
+pre-fill holds none. After its first poll it freezes the heap (``pipeline.freeze_heap``)
+as the service does. Without it, each of the two relay processes of a 2026-12-07 run
+spent 2.6-2.7 s of ~14 s in 29-31 full collections of ~189k objects (docs/bench.md): a
+cost the service does not pay, which made the transport's ceiling look lower.
 
 What that rate is: how many readings per second this broker, this client and CPython's
 per-record work carry on this machine when nothing is scored. The detector cannot go
@@ -20,6 +23,7 @@ bench's runners sample (``run``, ``stop``, ``stats``, ``metrics``, ``detector``,
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -27,7 +31,7 @@ from typing import Any
 
 from streamwatch.errors import SchemaError, TransportError
 from streamwatch.metrics import ServiceMetrics
-from streamwatch.pipeline import RunStats
+from streamwatch.pipeline import RunStats, freeze_heap
 from streamwatch.schema import ReadingDecoder, encode
 from streamwatch.transport.base import Message, TopicPartition, Transport
 
@@ -84,7 +88,7 @@ class Relay:
         self._consumer = consumer = self.transport.consumer(group_id=self.group_id)
         consumer.subscribe([self.readings_topic], on_assign=self._on_assign,
                            on_revoke=self._on_revoke)  # fmt: skip
-        last_commit = time.monotonic()
+        last_commit, frozen = time.monotonic(), False
         try:
             while not self._stop.is_set():
                 try:
@@ -92,6 +96,9 @@ class Relay:
                                                             self.max_poll_records)
                     if messages:
                         self._relay(messages, decoder, producer, out_topic)
+                        if not frozen:  # as the service does once it has read
+                            freeze_heap()
+                            frozen = True
                     if time.monotonic() - last_commit >= self.commit_every_s:
                         self._commit()
                         last_commit = time.monotonic()
@@ -101,6 +108,8 @@ class Relay:
             producer.flush()
             self._commit()
         finally:
+            if frozen:
+                gc.unfreeze()
             consumer.close()
             producer.close()
         return self.stats

@@ -3,6 +3,7 @@ it relayed, a record that does not decode is counted and not relayed, offsets co
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 
@@ -46,3 +47,27 @@ def test_relay_sends_one_record_per_decoded_reading_and_counts_the_rest() -> Non
     probe = bus.consumer("g")
     ends = probe.end_offsets([TopicPartition("r", p) for p in range(2)])
     assert {tp: probe.committed(tp) for tp in ends} == ends
+
+
+def test_relay_freezes_the_heap_while_it_runs_as_the_service_does() -> None:
+    """Full collections then skip the long-lived objects (they took ~19 % of a relay
+    process's time without it); unfrozen when it stops."""
+    bus = MemoryTransport(session_timeout_ms=1000)
+    bus.create_topics({"r": 1, "out": 1})
+    producer = bus.producer()
+    for i in range(10):
+        producer.send("r", encode(Reading("icu/bed-00", "icu_vitals", 100.0 + i, {"hr": 60.0})),
+                      b"icu/bed-00")
+    producer.flush()
+    assert gc.get_freeze_count() == 0
+    relay = Relay(bus, "r", "out", "g", poll_timeout_s=0.05, max_poll_records=100)
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while gc.get_freeze_count() == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    frozen = gc.get_freeze_count()
+    relay.stop()
+    thread.join(10)
+    assert relay.stats.readings == 10 and frozen > 1000
+    assert gc.get_freeze_count() == 0
