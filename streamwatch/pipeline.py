@@ -35,6 +35,7 @@ import torch
 from streamwatch import schema
 from streamwatch.detect.detector import EmitScores, EncodedScores
 from streamwatch.errors import SchemaError, StreamwatchError, TransportError
+from streamwatch.heap import freeze_heap
 from streamwatch.merge import EventTimeMerge
 from streamwatch.metrics import ServiceMetrics
 from streamwatch.schema import Alert, DeadLetter, Health, Reading
@@ -95,17 +96,6 @@ def _keys_match(messages: Sequence[Message],
                 map(str.encode, map(_SID, rds))):
             return False
     return True
-
-
-def freeze_heap() -> None:
-    """Take everything alive out of the cyclic GC's reach (``gc.freeze``; ``gc.unfreeze``
-    undoes it): full collections then scan only what was made since. Without it they scan
-    ~200-300k long-lived objects (modules, torch, clients) and, with a batch's Readings and
-    Scores promoted on every few batches, pause the loop for 200-600 ms every 1-2 s at
-    5-10k readings/s (``streamwatch bench``)."""
-    gc.collect()
-    gc.freeze()
-    log.debug("gc heap frozen", extra={"objects": gc.get_freeze_count()})
 
 
 def _copied(tree: Any) -> Any:

@@ -7,7 +7,7 @@ re-encoded, keyed by its stream id) to its own topic, and flushes the producer o
 poll, as the service flushes once per batch. Offsets are committed every
 ``commit_every_s`` and before partitions are given up. A record that does not decode is
 counted as a dead letter (``stats.dead_letters``) and relayed nowhere: the bench's
-pre-fill holds none. After its first poll it freezes the heap (``pipeline.freeze_heap``)
+pre-fill holds none. After its first poll it freezes the heap (``heap.freeze_heap``)
 as the service does. Without it, each of the two relay processes of a 2026-12-07 run
 spent 2.6-2.7 s of ~14 s in 29-31 full collections of ~189k objects (docs/bench.md): a
 cost the service does not pay, which made the transport's ceiling look lower.
@@ -30,8 +30,9 @@ import time
 from typing import Any
 
 from streamwatch.errors import SchemaError, TransportError
+from streamwatch.heap import freeze_heap
 from streamwatch.metrics import ServiceMetrics
-from streamwatch.pipeline import RunStats, freeze_heap
+from streamwatch.pipeline import RunStats
 from streamwatch.schema import ReadingDecoder, encode
 from streamwatch.transport.base import Message, TopicPartition, Transport
 
