@@ -97,19 +97,21 @@ def _check_plain(obj: Any, where: str) -> None:
     )
 
 
+def _payload(state: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """What either encoding holds, once every value in it is checked to be plain."""
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+               "meta": meta, "state": state}
+    _check_plain(payload, "")
+    return payload
+
+
 def dump_checkpoint(state: dict[str, Any], meta: dict[str, Any]) -> bytes:
     """The bytes of a checkpoint holding ``state`` and ``meta`` (what ``save_checkpoint``
     writes to its file; a Kafka state store sends them as records).
 
     Raises ``CheckpointError`` if a value is not plain.
     """
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "meta": meta,
-        "state": state,
-    }
-    _check_plain(payload, "")
+    payload = _payload(state, meta)
     payload["crc32c"] = _digest({"meta": meta, "state": state})
     buffer = io.BytesIO()
     # The zip CRC-32 torch computes by default (half of torch.save's time for a
@@ -142,9 +144,7 @@ def encode_checkpoint(state: dict[str, Any], meta: dict[str, Any]) -> list[Any]:
     >>> decode_checkpoint(b"".join(bytes(p) for p in parts), "doc")[0]["w"].tolist()
     [0.0, 1.0, 2.0]
     """
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-               "meta": meta, "state": state}
-    _check_plain(payload, "")
+    payload = _payload(state, meta)
     buffers: list[Any] = []
     out = io.BytesIO()
     _TensorPickler(out, buffers).dump(payload)

@@ -154,7 +154,6 @@ def _send_fast(spec: LoadSpec, producer: Any, queue: Any) -> dict[str, float]:
 
 
 def _send_paced(spec: LoadSpec, producer: Any, queue: Any, go: Any) -> dict[str, float]:
-    assert spec.rate is not None
     ts, values, enc = _generate(spec)
     records = [(v, k) for t in range(spec.steps)
                for v, k in zip(enc.step(ts[t], values[t].tolist()), enc.keys, strict=True)]  # fmt: skip
