@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -64,6 +64,10 @@ class ServiceSection(BaseModel):
     max_poll_records: int = Field(default=2000, ge=1, le=100_000)
     poll_timeout_s: float = Field(default=0.5, gt=0, le=60)
     emit_scores: Literal["all", "alerts"] = "all"
+    watch_streams: tuple[Annotated[str, Field(min_length=1, max_length=256)], ...] = Field(
+        default=(), max_length=10_000, description="with emit_scores = 'alerts': streams "
+        "that still get a Score for every reading (the ones a dashboard follows), by id or "
+        "fnmatch pattern, e.g. [\"icu/bed-0*\"]")
     state_store: Literal["kafka", "directory"] = Field(
         default="kafka", description="where checkpoints go: the changelog topic "
         "topics.state (any process of the group reaches it), or checkpoint_dir (a "

@@ -34,6 +34,7 @@ import torch
 
 from streamwatch import schema
 from streamwatch.detect.detector import EmitScores, EncodedScores
+from streamwatch.detect.watch import WatchedStreams
 from streamwatch.errors import SchemaError, StreamwatchError, TransportError
 from streamwatch.heap import freeze_heap
 from streamwatch.merge import EventTimeMerge
@@ -58,6 +59,9 @@ class ServiceOptions:
     max_poll_records: int = 2000
     poll_timeout_s: float = 0.5
     emit_scores: EmitScores = "all"
+    # with emit_scores "alerts": streams (ids or fnmatch patterns) that still get a Score
+    # for every reading (``detect.watch``)
+    watch_streams: tuple[str, ...] = ()
     checkpoint_every_batches: int = 1000
     # wait for the broker's acknowledgement of the outputs every this many batches (and
     # always before a checkpoint, a rebalance and shutdown); 1: after every batch
@@ -152,6 +156,7 @@ class DetectorService:
         self._merge = EventTimeMerge()
         self._paused: set[TopicPartition] = set()  # by _flow_control
         self._decoder = schema.ReadingDecoder()
+        self._watched = WatchedStreams(self.options.watch_streams)
         self._tps: dict[tuple[str, int], TopicPartition] = {}
         self._keys: dict[str, bytes] = {}  # stream_id -> Kafka key
         self._stream_partition: dict[str, TopicPartition] = {}
@@ -548,7 +553,8 @@ class DetectorService:
         if not readings:
             return EncodedScores([], [], []), [], []
         try:
-            scores, alerts = self.detector.process_encoded(readings, emit=self.options.emit_scores)
+            scores, alerts = self.detector.process_encoded(
+                readings, emit=self.options.emit_scores, watched=self._watched)
             return scores, alerts, []
         except SchemaError:
             raise
@@ -557,7 +563,8 @@ class DetectorService:
         scores, alerts, dead = EncodedScores([], [], []), [], []
         for reading in readings:
             try:
-                s, a = self.detector.process_encoded([reading], emit=self.options.emit_scores)
+                s, a = self.detector.process_encoded([reading], emit=self.options.emit_scores,
+                                                     watched=self._watched)  # fmt: skip
             except Exception as exc:  # reported as a dead letter with its reason
                 log.exception("detector failed on one reading", extra={"stream": reading.stream_id})
                 tp = self._stream_partition[reading.stream_id]

@@ -44,6 +44,10 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--max-poll-records", type=int, help="micro-batch size (default 2000)")
     s.add_argument("--emit-scores", choices=["all", "alerts"],
                    help="produce a Score for every reading (default) or only around alerts")
+    s.add_argument("--watch-stream", action="append", metavar="ID_OR_PATTERN",
+                   help="with --emit-scores alerts, this stream still gets a Score for every "
+                   "reading (a stream id or fnmatch pattern such as 'icu/bed-0*'; repeat for "
+                   "more)")
     s.add_argument("--fresh-start", action="store_true", default=None,
                    help="ignore (and log) unreadable checkpoints instead of failing")
     s.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
@@ -69,6 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
             "checkpoint_every_s": args.checkpoint_every_s,
             "max_poll_records": args.max_poll_records,
             "emit_scores": args.emit_scores,
+            "watch_streams": tuple(args.watch_stream) if args.watch_stream else None,
             "fresh_start": args.fresh_start,
             "metrics_host": args.metrics_host,
             "metrics_port": args.metrics_port,
@@ -112,7 +117,8 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
         readings_topic=topics.readings, scores_topic=topics.scores, alerts_topic=topics.alerts,
         deadletter_topic=topics.deadletter, health_topic=topics.health, group_id=svc.group_id,
         max_poll_records=svc.max_poll_records, poll_timeout_s=svc.poll_timeout_s,
-        emit_scores=svc.emit_scores, checkpoint_every_batches=svc.checkpoint_every_batches,
+        emit_scores=svc.emit_scores, watch_streams=tuple(svc.watch_streams),
+        checkpoint_every_batches=svc.checkpoint_every_batches,
         flush_every_batches=svc.flush_every_batches,
         checkpoint_every_s=svc.checkpoint_every_s, checkpoint_jitter=svc.checkpoint_jitter,
         health_every_s=svc.health_every_s,

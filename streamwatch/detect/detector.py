@@ -73,6 +73,7 @@ from streamwatch.detect.base import KindBatch, Scorer
 from streamwatch.detect.config import DetectorConfig
 from streamwatch.detect.detector_state import COUNTERS, DetectorState, KindState
 from streamwatch.detect.hardlimits import LEVEL_NAMES
+from streamwatch.detect.watch import WatchedStreams
 from streamwatch.errors import ConfigError, SchemaError
 from streamwatch.kinds import KindSpec, get_kind
 from streamwatch.schema import Alert, ChannelForecast, Reading, Score, encode
@@ -317,21 +318,23 @@ class StreamDetector(DetectorState):
             ks, idx, rs, out, scores))  # fmt: skip
         return scores, alerts
 
-    def process_encoded(self, readings: Sequence[Reading], *, emit: EmitScores = "all"
+    def process_encoded(self, readings: Sequence[Reading], *, emit: EmitScores = "all",
+                        watched: WatchedStreams | None = None,
                         ) -> tuple[EncodedScores, list[Alert]]:  # fmt: skip
         """``process``, with each Score handed back as its JSON (``schema.encode``'s bytes)
         instead of a ``Score``: what a service sends on, built from the arrays directly.
 
         ``emit="alerts"`` builds only the Scores "around alerts": of readings that are
         anomalous, beyond a hard limit, or inside an open alert once processed (the
-        reading that closes an alert is outside it); the other records are None and cost
-        nothing to build."""
+        reading that closes an alert is outside it), plus every reading's of the
+        ``watched`` streams; the other records are None and cost nothing to build."""
         if emit not in ("all", "alerts"):
             raise ConfigError(f"emit must be 'all' or 'alerts', got {emit!r}")
         n = len(readings)
         encoded = EncodedScores([""] * n, [None] * n, [False] * n)
+        watch = watched if watched else None
         alerts = self._run(readings, lambda ks, idx, rs, ts, out: self._emit_encoded(
-            ks, idx, rs, ts, out, encoded, emit))  # fmt: skip
+            ks, idx, rs, ts, out, encoded, emit, watch))  # fmt: skip
         return encoded, alerts
 
     def _run(self, readings: Sequence[Reading], emit: Callable[..., None]) -> list[Alert]:
@@ -565,12 +568,16 @@ class StreamDetector(DetectorState):
             )  # fmt: skip
 
     def _emit_encoded(self, ks: KindState, idx: list[int], rs: list[Reading], ts: np.ndarray,
-                      out: _Outputs, encoded: EncodedScores, emit: EmitScores) -> None:  # fmt: skip
+                      out: _Outputs, encoded: EncodedScores, emit: EmitScores,
+                      watched: WatchedStreams | None = None) -> None:  # fmt: skip
         """The Score JSON of each reading (of the selected ones, with ``emit="alerts"``),
         from the arrays (``schema.ScoreEncoder``)."""
         flagged_a = out.anomalous | (out.hl > 0)
-        sel = None if emit == "all" else np.flatnonzero(flagged_a | out.in_alert)
         sids = [r.stream_id for r in rs]
+        sel = None
+        if emit != "all":
+            around = flagged_a | out.in_alert
+            sel = np.flatnonzero(around if watched is None else around | watched.mask(sids))
         records: list[bytes | None]
         if sel is None or sel.size:
             rows = out if sel is None else out.take(sel)

@@ -48,3 +48,24 @@ def test_an_out_of_range_setting_names_the_setting(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("STREAMWATCH_SERVICE__MAX_POLL_RECORDS", "0")
     with pytest.raises(ConfigError, match=r"service\.max_poll_records"):
         load_settings()
+
+
+def test_watched_streams_come_from_file_environment_or_repeated_flags(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in [n for n in os.environ if n.startswith("STREAMWATCH_")]:
+        monkeypatch.delenv(name)
+    cfg = tmp_path / "sw.toml"
+    cfg.write_text('[service]\nemit_scores = "alerts"\nwatch_streams = ["icu/bed-0*"]\n')
+    parse = build_parser().parse_args
+    assert settings_from_args(parse(["detect", "--config", str(cfg)])).service.watch_streams \
+        == ("icu/bed-0*",)
+    monkeypatch.setenv("STREAMWATCH_SERVICE__WATCH_STREAMS", '["plant/*"]')
+    assert settings_from_args(parse(["detect"])).service.watch_streams == ("plant/*",)
+    args = parse(["detect", "--config", str(cfg), "--watch-stream", "icu/bed-01",
+                  "--watch-stream", "icu/bed-1?"])
+    assert settings_from_args(args).service.watch_streams == ("icu/bed-01", "icu/bed-1?")
+    assert settings_from_args(parse(["detect"])).service.emit_scores == "all"
+    monkeypatch.setenv("STREAMWATCH_SERVICE__WATCH_STREAMS", '[""]')
+    with pytest.raises(ConfigError, match=r"service\.watch_streams"):
+        load_settings()

@@ -17,6 +17,7 @@ from streamwatch.detect.base import Detector, KindBatch, ScoreBatch, Scorer
 from streamwatch.detect.baselines import StreamStats
 from streamwatch.detect.config import DetectorConfig
 from streamwatch.detect.detector import StreamDetector
+from streamwatch.detect.watch import WatchedStreams
 from streamwatch.errors import CheckpointError, SchemaError
 from streamwatch.kinds import ICU, MACHINE, UNIVARIATE, KindSpec, get_kind
 from streamwatch.schema import Alert, Reading, Score
@@ -605,10 +606,15 @@ def test_emit_alerts_builds_the_scores_inside_an_open_alert_and_of_flagged_readi
     late_calm = icu("icu/bed-5", 1, seed=23, start=1040.5)  # late, normal values, alert open
     other = icu("icu/bed-6", 71, seed=24)
     batches = [normal + other[:30], crisis + other[30:70], late_calm + other[70:]]
-    full, selected = detector(), detector()
+    full, selected, watching = detector(), detector(), detector()
+    watch = WatchedStreams(["icu/bed-6"])
     for batch in batches:
         every, _ = full.process_encoded(batch)
         around, _ = selected.process_encoded(batch, emit="alerts")
+        # a watched stream keeps every Score; the others only those around alerts
+        seen, _ = watching.process_encoded(batch, emit="alerts", watched=watch)
+        assert seen.records == [e if r.stream_id == "icu/bed-6" else a for r, e, a in zip(
+            batch, every.records, around.records, strict=True)]
         assert [r for r in around.records if r is not None] == \
             [e for e, a in zip(every.records, around.records, strict=True) if a is not None]
         kept = {(r.stream_id, r.ts) for r, rec in zip(batch, around.records, strict=True)

@@ -304,13 +304,18 @@ def test_a_partition_running_ahead_is_paused_so_readings_keep_event_time_order(
 def test_emit_scores_alerts_sends_exactly_the_scores_around_alerts(tmp_path: Path) -> None:
     """``emit_scores = "alerts"``: the Scores of readings that are anomalous, beyond a hard
     limit or inside an open alert (from its open up to, not including, its close), each
-    byte for byte as the full stream has it; the alerts are those of the full stream."""
+    byte for byte as the full stream has it; the alerts are those of the full stream. With
+    ``watch_streams`` (an id and a pattern), every reading of those streams has its Score
+    as well."""
     readings, _ = icu_readings()
+    watch = ("icu/bed-03", "icu/bed-0[67]")
     runs = {}
-    for mode in ("all", "alerts"):
+    for mode in ("all", "alerts", "watched"):
         transport = MemoryTransport()
         total = _fill(transport, readings)
-        settings = service_settings(tmp_path / mode, max_poll_records=300, emit_scores=mode)
+        settings = service_settings(tmp_path / mode, max_poll_records=300,
+                                    emit_scores="all" if mode == "all" else "alerts",
+                                    watch_streams=watch if mode == "watched" else ())
         stats = build_service(settings, transport).run(timeout=120, count=total)
         assert stats.readings == len(readings)
         consumer = transport.consumer(None)
@@ -322,8 +327,10 @@ def test_emit_scores_alerts_sends_exactly_the_scores_around_alerts(tmp_path: Pat
         runs[mode] = ({(s.stream_id, s.ts): v for v in raw
                        for s in [schema.decode("score", v)]}, _drain(transport, ALERTS, "alert"))
     (every, all_alerts), (around, alert_events) = runs["all"], runs["alerts"]
-    assert [(a.alert_id, a.event, a.seq) for a in alert_events] == \
-        [(a.alert_id, a.event, a.seq) for a in all_alerts]
+    watched, watched_alerts = runs["watched"]
+    for events in (alert_events, watched_alerts):
+        assert [(a.alert_id, a.event, a.seq) for a in events] == \
+            [(a.alert_id, a.event, a.seq) for a in all_alerts]
     spans: dict[str, list[tuple[float, float]]] = {}
     opened: dict[str, float] = {}
     for a in sorted(all_alerts, key=lambda a: (a.ts, a.seq)):
@@ -343,6 +350,10 @@ def test_emit_scores_alerts_sends_exactly_the_scores_around_alerts(tmp_path: Pat
     assert spans and 0 < len(want) < len(every) / 2
     assert set(around) == want
     assert all(around[k] == every[k] for k in around)
+    of_watched = {k for k in every if k[0] in ("icu/bed-03", "icu/bed-06", "icu/bed-07")}
+    assert of_watched - want and {k[0] for k in every} - {k[0] for k in of_watched}
+    assert set(watched) == want | of_watched
+    assert all(watched[k] == every[k] for k in watched)
 
 
 def test_flush_every_batches_acknowledges_outputs_before_every_checkpoint(tmp_path: Path) -> None:
