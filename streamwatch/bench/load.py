@@ -133,6 +133,13 @@ def simulated_steps(streams: int, seed: int, start_ts: float, steps: int
     return ts.tolist(), values, StepEncoder(sim.stream_ids, sim.channels, sim.kind)
 
 
+def simulated_stream_ids(streams: int, seed: int) -> list[str]:
+    """The stream ids of ``simulated_steps``' readings, in the encoder's order."""
+    from simulators.icu import IcuSimulator
+
+    return list(IcuSimulator(patients=streams, seed=seed).stream_ids)
+
+
 def _generate(spec: LoadSpec) -> tuple[list[float], Any, StepEncoder]:
     return simulated_steps(spec.streams, spec.seed, spec.start_ts, spec.steps)
 

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +211,7 @@ def latency_stats(
     measure_from_ms: int,
     *,
     every_reading: bool = True,
+    watched: Collection[str] = (),
 ) -> dict[str, Any]:
     """Join ``(stream_id, ts, create_ms)`` readings to scores; latency per reading.
 
@@ -223,12 +224,19 @@ def latency_stats(
     reading without a Score is expected: the percentiles cover the readings that have
     one, ``missing`` is None (the caller knows from the detectors' counts whether each
     reading was processed) and ``unmatched_scores`` counts Scores of no sent reading.
+    Except for the ``watched`` streams' readings (``service.watch_streams``): each must
+    have its Score, and ``watched_missing`` counts those without.
 
     >>> s = latency_stats([("a", 1.0, 1000), ("a", 2.0, 2000), ("b", 1.0, 1000)],
-    ...                   [("a", 2.0, 2030), ("c", 1.0, 1500)], 0, every_reading=False)
+    ...                   [("a", 2.0, 2030), ("c", 1.0, 1500)], 0, every_reading=False,
+    ...                   watched={"b"})
     >>> s["readings"], s["joined"], s["missing"], s["unmatched_scores"], s["p50_ms"]
     (3, 1, None, 1, 30.0)
+    >>> s["watched_readings"], s["watched_missing"], s["missing_examples"]
+    (1, 1, ['b@1.0'])
     """
+    watched = frozenset(watched)
+    watched_total = watched_missing = 0
     first: dict[tuple[str, float], int] = {}
     duplicates = 0
     for sid, ts, ms in scores:
@@ -246,8 +254,11 @@ def latency_stats(
     for sid, ts, ms in readings:
         total += 1
         got = first.get((sid, ts))
+        if sid in watched:
+            watched_total += 1
+            watched_missing += got is None
         if got is None:
-            if every_reading and len(missing_examples) < 5:
+            if (every_reading or sid in watched) and len(missing_examples) < 5:
                 missing_examples.append(f"{sid}@{ts}")
             continue
         joined += 1
@@ -270,6 +281,7 @@ def latency_stats(
         "readings": total, "joined": joined,
         "missing": total - joined if every_reading else None,
         "missing_examples": missing_examples, "duplicate_scores": duplicates,
+        "watched_readings": watched_total, "watched_missing": watched_missing,
         "unmatched_scores": len(first) - joined,
         "measured": int(arr.size), "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99),
         "max_ms": round(float(arr.max()), 1) if arr.size else None,

@@ -71,8 +71,14 @@ class BenchOptions:
     latency_emit_scores
         The same for the latency phase (default ``all``: every reading is joined to its
         Score). With ``alerts`` the percentiles cover the readings that got a Score (those
-        around alerts), and ``missing`` counts the sent readings the detectors did not
-        process.
+        around alerts, and every reading of the watched streams: ``latency_watch_every``),
+        and ``missing`` counts the sent readings the detectors did not process.
+    latency_watch_every
+        With ``latency_emit_scores`` ``alerts``: every this-many-th stream of the load
+        (the 1st, the (n+1)th, ...) is watched (``service.watch_streams``), so each of its
+        readings gets a Score and must be joined to it (``watched_missing``). Those
+        readings, spread over every partition and second, make a sample of the percentiles
+        that does not hang on where alerts happen to be. 0: none watched.
     drain_timeout_s
         After the paced load, wait at most this long for every reading's Score, > 0.
     session_timeout_ms
@@ -126,6 +132,7 @@ class BenchOptions:
     progress: bool = True
     throughput_emit_scores: str = "all"
     latency_emit_scores: str = "all"
+    latency_watch_every: int = 10
     drain_timeout_s: float = 60.0
     session_timeout_ms: int | None = None
     fetch_max_wait_ms: int | None = None
@@ -165,6 +172,9 @@ class BenchOptions:
             if getattr(self, name) not in ("all", "alerts"):
                 raise ConfigError(f"{name} must be 'all' or 'alerts', got "
                                   f"{getattr(self, name)!r}")  # fmt: skip
+        if self.latency_watch_every < 0:
+            raise ConfigError(f"latency_watch_every must be >= 0 (0: no stream watched), got "
+                              f"{self.latency_watch_every}")  # fmt: skip
         if not self.drain_timeout_s > 0:
             raise ConfigError(f"drain_timeout_s must be > 0, got {self.drain_timeout_s}")
         if self.fetch_max_wait_ms is not None and not 0 <= self.fetch_max_wait_ms <= 60_000:

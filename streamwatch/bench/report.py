@@ -165,6 +165,7 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
         at_rate = (None if lat_rate is None or need is None
                    else lat_rate >= need - 0.5 * 10**-PACE_DECIMALS - 1e-9)  # fmt: skip
         l_met = None if p99 is None else (p99 < TARGETS["p99_ms"] and lat.get("missing", 1) == 0
+                                          and lat.get("watched_missing", 0) == 0
                                           and at_rate is not False)  # fmt: skip
         steps = [(phase or {}).get("training_steps") for phase in (run.get("throughput"), lat)]
         trained = all(n is not None and n > 0 for n in steps)
@@ -177,6 +178,9 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
             # reading processed (``missing`` counts the others either way)
             "all_scores_joined": None if emit != "all" else lat.get("missing") == 0,
             "all_readings_processed": None if not lat else lat.get("missing") == 0,
+            # Scores only around alerts, with watched streams: each of their readings joined
+            "watched_scores_joined": (None if not lat.get("watched_streams")
+                                      else lat.get("watched_missing") == 0),
             "latency_met": l_met,
             "trained": trained, "met": bool(t_met) and bool(l_met) and trained,
             "relay_readings_per_s": relay,
@@ -220,8 +224,9 @@ def table(result: dict[str, Any]) -> str:
             f"{'met' if v['met'] else 'NOT met':>8}")  # fmt: skip
     if any((run.get("latency") or {}).get("emit_scores", "all") != "all"
            for run in result["runs"].values()):
-        lines.append("* latency phase with Scores only around alerts: the percentiles are "
-                     "those readings'; the others were processed without a Score")
+        lines.append("* latency phase with Scores only around alerts (and every Score of "
+                     "the watched streams): the percentiles are those readings'; the others "
+                     "were processed without a Score")
     alone = result.get("detector_alone")
     if alone:
         lines.append(f"detector alone (no Kafka, {alone['streams']} streams, emit "

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ import msgspec
 from tqdm import tqdm
 
 from streamwatch.bench.group import GroupRun
-from streamwatch.bench.load import LoadProcess, LoadSpec
+from streamwatch.bench.load import LoadProcess, LoadSpec, simulated_stream_ids
 from streamwatch.bench.measure import (
     Sample,
     Sampled,
@@ -92,7 +92,8 @@ class ClientBench:
         self.start_ts = float(math.floor(time.time()) - HISTORY_S)
 
     # -- settings and plumbing -------------------------------------------------------
-    def settings(self, suffix: str, emit_scores: str = "all") -> Any:
+    def settings(self, suffix: str, emit_scores: str = "all",
+                 watch_streams: Sequence[str] = ()) -> Any:  # fmt: skip
         from streamwatch.config import load_settings
 
         o = self.opts
@@ -104,10 +105,19 @@ class ClientBench:
             "topics": {**{n: f"bench-{suffix}.{n}" for n in names}, "partitions": o.partitions,
                        "state": f"bench-{suffix}.state"},
             "service": {"group_id": f"bench-{suffix}", "metrics_port": 0, "emit_scores": emit_scores,
+                        "watch_streams": tuple(watch_streams) or None,
                         "checkpoint_dir": self.workdir / suffix, "state_store": o.state_store},
             "model": {"train_every": o.train_every},
         }  # fmt: skip
         return load_settings(o.config_file, _without_none(overrides))
+
+    def watched_streams(self) -> list[str]:
+        """The latency phase's watched streams: with Scores only around alerts, every
+        ``latency_watch_every``-th stream of the load (none with a Score per reading)."""
+        o = self.opts
+        if o.latency_emit_scores == "all" or not o.latency_watch_every:
+            return []
+        return simulated_stream_ids(o.streams, o.seed)[::o.latency_watch_every]
 
     def transport(self, settings: Any) -> Any:
         from streamwatch.commands.detect import open_kafka
@@ -302,7 +312,8 @@ class ClientBench:
         if rate <= 0:
             raise StreamwatchError(f"{self.client}: no latency rate (measured 0 readings/s)")
         suffix = f"{self.client}-lat-{uuid.uuid4().hex[:8]}"
-        settings = self.settings(suffix, o.latency_emit_scores)
+        watched = self.watched_streams()
+        settings = self.settings(suffix, o.latency_emit_scores, watched)
         transport = self.transport(settings)
         try:
             topic, parts = settings.topics.readings, settings.topics.partitions
@@ -346,11 +357,13 @@ class ClientBench:
             transport.close()
         measure_from = int((sent["paced_start_epoch"] + o.warmup_s) * 1000)
         every = o.latency_emit_scores == "all"
-        stats = latency_stats(readings, scores, measure_from, every_reading=every)
+        stats = latency_stats(readings, scores, measure_from, every_reading=every,
+                              watched=watched)  # fmt: skip
         final = run.sample()
         if not every:  # a reading without a Score is expected: was each one processed?
             stats["missing"] = max(0, stats["readings"] - final.readings - final.dead_letters)
         stats["emit_scores"] = o.latency_emit_scores
+        stats["watched_streams"] = len(watched)
         broker_cpu = sent.pop("broker_cpu_s", None)  # over the paced load
         stats["broker_cpu_share_of_one_core"] = (
             None if broker_cpu is None or not sent["elapsed_s"]
@@ -362,9 +375,10 @@ class ClientBench:
                      training_steps=trained)  # fmt: skip
         if isinstance(run, GroupRun):
             stats["per_detector_scored"] = run.per_member()
-        if stats["missing"]:
-            log.warning("%s: %d readings have no Score (examples %s)", self.client,
-                        stats["missing"], stats["missing_examples"])  # fmt: skip
+        if stats["missing"] or stats["watched_missing"]:
+            log.warning("%s: %d readings not processed, %d of the watched streams' without "
+                        "a Score (examples %s)", self.client, stats["missing"],
+                        stats["watched_missing"], stats["missing_examples"])  # fmt: skip
         return stats
 
     def _paced(self, run: Sampled, load: LoadProcess, rate: float) -> dict[str, Any]:

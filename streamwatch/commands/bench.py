@@ -79,6 +79,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--latency-emit-scores", choices=["all", "alerts"], default="all",
                    help="latency phase: a Score per reading, each joined to its reading "
                    "(default), or only around alerts (latency of those Scores)")
+    p.add_argument("--latency-watch-every", type=int, default=10, metavar="N",
+                   help="with --latency-emit-scores alerts, every Nth stream still gets a "
+                   "Score per reading (service.watch_streams), each joined to its reading: "
+                   "a sample for the percentiles across all partitions (default 10; 0 = none)")
     p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
     p.add_argument("--detectors", type=int, default=1,
                    help="detector processes in the consumer group (default 1); with more, each "
@@ -195,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
         session_timeout_ms=args.session_timeout_ms, config_file=args.config,
         fetch_max_wait_ms=args.fetch_max_wait_ms, throughput_emit_scores=args.emit_scores,
         latency_emit_scores=args.latency_emit_scores,
+        latency_watch_every=args.latency_watch_every,
         detectors=args.detectors, state_store=args.state_store,
         load_linger_ms=args.load_linger_ms, relay=args.relay, detector_alone=args.detector_alone,
     )  # fmt: skip

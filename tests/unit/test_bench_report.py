@@ -54,6 +54,18 @@ def test_a_missing_reading_fails_the_latency_target_at_any_rate() -> None:
     assert v["latency_met"] is False and v["met"] is False
 
 
+def test_a_watched_stream_reading_without_its_score_fails_the_latency_target() -> None:
+    run = _run(114_000.0, 57_000.0, 100.0)
+    run["latency"].update(emit_scores="alerts", watched_streams=100, watched_missing=0)
+    v = verdict({"confluent": run})["confluent"]
+    assert v["latency_met"] is True and v["watched_scores_joined"] is True
+    run["latency"]["watched_missing"] = 1
+    v = verdict({"confluent": run})["confluent"]
+    assert v["latency_met"] is False and v["watched_scores_joined"] is False
+    assert verdict({"confluent": _run(114_000.0, 57_000.0, 100.0)})["confluent"][
+        "watched_scores_joined"] is None  # no stream watched
+
+
 def test_the_needed_rate_is_none_without_a_target_or_a_rate() -> None:
     assert latency_rate_needed("some-other-client", 1000.0) is None
     assert latency_rate_needed("confluent", None) is None
