@@ -132,7 +132,7 @@ class BenchOptions:
     progress: bool = True
     throughput_emit_scores: str = "all"
     latency_emit_scores: str = "all"
-    latency_watch_every: int = 10
+    latency_watch_every: int = 25
     drain_timeout_s: float = 60.0
     session_timeout_ms: int | None = None
     fetch_max_wait_ms: int | None = None

@@ -79,10 +79,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--latency-emit-scores", choices=["all", "alerts"], default="all",
                    help="latency phase: a Score per reading, each joined to its reading "
                    "(default), or only around alerts (latency of those Scores)")
-    p.add_argument("--latency-watch-every", type=int, default=10, metavar="N",
+    p.add_argument("--latency-watch-every", type=int, default=25, metavar="N",
                    help="with --latency-emit-scores alerts, every Nth stream still gets a "
                    "Score per reading (service.watch_streams), each joined to its reading: "
-                   "a sample for the percentiles across all partitions (default 10; 0 = none)")
+                   "a sample for the percentiles across all partitions (default 25; 0 = none)")
     p.add_argument("--config", type=Path, help="settings file (TOML/JSON): model, detector, service")
     p.add_argument("--detectors", type=int, default=1,
                    help="detector processes in the consumer group (default 1); with more, each "
