@@ -136,7 +136,7 @@ def encode_checkpoint(state: dict[str, Any], meta: dict[str, Any]) -> list[Any]:
     detector thread beside it (docs/bench.md).
 
     The tensor parts are views: nothing may change the tensors until the parts are
-    written (the service hands over a copy, ``pipeline._copied``). ``decode_checkpoint``
+    written (the service hands over a copy, ``pipeline._SnapshotCopies``). ``decode_checkpoint``
     reads it back, with an unpickler that loads no class or function at all. Raises
     ``CheckpointError`` if a value is not plain.
 

@@ -102,15 +102,57 @@ def _keys_match(messages: Sequence[Message],
     return True
 
 
-def _copied(tree: Any) -> Any:
-    """``tree`` with every tensor cloned and every dict and list rebuilt."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().clone()
-    if isinstance(tree, Mapping):
-        return {k: _copied(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_copied(v) for v in tree)
-    return tree
+class _SnapshotCopies:
+    """Checkpoint state copied off the live detector, which goes on changing while it is
+    written: every tensor cloned, every dict and list rebuilt (``copied``). A tensor of
+    ``MIN_BYTES`` or more goes into a tensor of the same shape and dtype from the last
+    snapshot once that one is written (``release``; a store keeps nothing of what it
+    saved), not into fresh memory: the page faults of ~15 MB of fresh memory were most of
+    a snapshot's time on a busy machine (``heap.SpareArrays``, docs/bench.md).
+
+    >>> copies = _SnapshotCopies()
+    >>> live = {"w": torch.zeros(_SnapshotCopies.MIN_BYTES // 4), "n": [1]}
+    >>> first = copies.copied(live)
+    >>> first["w"] is live["w"], first["n"] == live["n"]
+    (False, True)
+    >>> copies.release(first)
+    >>> copies.copied(live)["w"] is first["w"]
+    True
+    """
+
+    MIN_BYTES = 64 * 1024
+
+    def __init__(self) -> None:
+        self._free: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+
+    def copied(self, tree: Any) -> Any:
+        if isinstance(tree, torch.Tensor):
+            t = tree.detach()
+            free = self._free.get((tuple(t.shape), t.dtype)) if t.nbytes >= self.MIN_BYTES else None
+            return free.pop().copy_(t) if free else t.clone()
+        if isinstance(tree, Mapping):
+            return {k: self.copied(v) for k, v in tree.items()}
+        if isinstance(tree, list | tuple):
+            return type(tree)(self.copied(v) for v in tree)
+        return tree
+
+    def release(self, *trees: Any) -> None:
+        """``trees`` (``copied`` results) are written: their large tensors are the ones
+        the next snapshot copies into (any left from before are let go)."""
+        free: dict[tuple[tuple[int, ...], torch.dtype], list[torch.Tensor]] = {}
+        stack = list(trees)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, torch.Tensor):
+                if node.nbytes >= self.MIN_BYTES and node.is_contiguous():
+                    free.setdefault((tuple(node.shape), node.dtype), []).append(node)
+            elif isinstance(node, Mapping):
+                stack.extend(node.values())
+            elif isinstance(node, list | tuple):
+                stack.extend(node)
+            elif isinstance(node, PartitionState):
+                stack.append(node.streams)
+        self._free = free
 
 
 @dataclass
@@ -173,8 +215,10 @@ class DetectorService:
         # checkpoints are written on a thread of their own while the loop goes on, one at
         # a time (made by run(), shut down with it)
         self._writer: ThreadPoolExecutor | None = None
-        # (the write, the offsets it covers, the snapshot's seconds)
-        self._pending: tuple[Future[float], dict[TopicPartition, int], float] | None = None
+        # (the write, the offsets it covers, the snapshot's seconds, what it writes)
+        self._pending: tuple[Future[float], dict[TopicPartition, int], float, tuple[Any, Any]
+                             ] | None = None  # fmt: skip
+        self._copies = _SnapshotCopies()
 
     # -- lifecycle -------------------------------------------------------------------
     def stop(self) -> None:
@@ -682,13 +726,14 @@ class DetectorService:
             if tp in by_partition:
                 by_partition[tp].append(sid)
         partitions = {
-            tp: PartitionState(offset, _copied(self.detector.export_streams(by_partition[tp])))
+            tp: PartitionState(offset, self._copies.copied(
+                self.detector.export_streams(by_partition[tp])))
             for tp, offset in offsets.items()
         }
         self._batches_since_ckpt = 0
         self._last_ckpt = time.monotonic()
         self._ckpt_interval = self._next_interval()
-        global_state = _copied(self.detector.global_state_dict())
+        global_state = self._copies.copied(self.detector.global_state_dict())
         snapshot_s = time.perf_counter() - started
         self.metrics.checkpoint_seconds.labels("snapshot").observe(snapshot_s)
         return global_state, partitions, offsets, snapshot_s
@@ -707,7 +752,7 @@ class DetectorService:
         assert self._writer is not None
         future = self._writer.submit(self._timed_save, global_state, partitions,
                                      background=True)
-        self._pending = (future, offsets, snapshot_s)
+        self._pending = (future, offsets, snapshot_s, (global_state, partitions))
 
     def _timed_save(self, global_state: dict[str, Any],
                     partitions: dict[TopicPartition, PartitionState],
@@ -722,7 +767,7 @@ class DetectorService:
         covers them); any other failure is raised here, as a synchronous save would."""
         if self._pending is None:
             return True
-        future, offsets, snapshot_s = self._pending
+        future, offsets, snapshot_s, written = self._pending
         if not block and not future.done():
             return False
         self._pending = None
@@ -733,6 +778,8 @@ class DetectorService:
             log.warning("checkpoint not written; offsets stay uncommitted until the next one",
                         extra={"store": repr(self.store), "error": str(exc)})
             return True
+        finally:  # the write is over, whatever its end: its tensors are free again
+            self._copies.release(*written)
         self._wrote(snapshot_s, write_s, synchronous=False)
         self._saved(offsets)
         return True
@@ -755,7 +802,11 @@ class DetectorService:
         if snap is None:
             return
         global_state, partitions, offsets, snapshot_s = snap
-        self._wrote(snapshot_s, self._timed_save(global_state, partitions), synchronous=True)
+        try:
+            write_s = self._timed_save(global_state, partitions)
+        finally:
+            self._copies.release(global_state, partitions)
+        self._wrote(snapshot_s, write_s, synchronous=True)
         self._saved(offsets)
 
     def _saved(self, offsets: dict[TopicPartition, int]) -> None:

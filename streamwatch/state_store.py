@@ -88,7 +88,9 @@ class StateStore(Protocol):
         *, background: bool = False,
     ) -> None:
         """Make this process's checkpoint durable (replacing its previous one).
-        ``background``: the loop goes on meanwhile, so the store may pace the write."""
+        ``background``: the loop goes on meanwhile, so the store may pace the write.
+        Keeps no reference to the tensors handed in once it returns: the service copies
+        its next snapshot into them."""
 
     def load(self, partitions: set[TopicPartition], *, fresh_start: bool = False) -> Snapshot:
         """The newest state of each requested partition and the newest global state."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from streamwatch.errors import CheckpointError
+from streamwatch.heap import SpareArrays
 from streamwatch.model.config import ModelConfig
 from streamwatch.model.forecaster import Forecaster, masked_gaussian_nll
 
@@ -48,6 +49,7 @@ class ReplayBuffer:
         self.pos = 0
         self.filled = 0
         self.added = 0
+        self._spare = SpareArrays()
 
     def __len__(self) -> int:
         return self.filled
@@ -74,9 +76,11 @@ class ReplayBuffer:
         self.filled = min(self.capacity, self.filled + n)
 
     def state_dict(self) -> dict[str, Any]:
+        """A snapshot (its windows are copies, in the spare arrays of the previous one
+        once nothing holds that: ``heap.SpareArrays``; the buffer is most of a checkpoint)."""
         return {
-            "x": torch.from_numpy(self.x[: self.filled].copy()),
-            "y": torch.from_numpy(self.y[: self.filled].copy()),
+            "x": torch.from_numpy(self._spare.copy("x", self.x[: self.filled])),
+            "y": torch.from_numpy(self._spare.copy("y", self.y[: self.filled])),
             "pos": self.pos,
             "filled": self.filled,
             "added": self.added,

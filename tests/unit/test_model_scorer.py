@@ -415,3 +415,25 @@ def test_staged_windows_stay_bounded_and_train_as_if_all_were_kept() -> None:
     assert trimmed.trainer.replay.added == kept.trainer.replay.added
     for a, b in zip(trimmed.model.parameters(), kept.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_replay_snapshots_never_change_and_reuse_memory_once_let_go() -> None:
+    from streamwatch.model.trainer import ReplayBuffer
+
+    replay = ReplayBuffer(capacity=16, steps=4, n_features=3, n_channels=2)
+    replay.add(np.ones((8, 4, 3), np.float32), np.ones((8, 4, 2), np.float32))
+    first = replay.state_dict()
+    replay.add(np.full((8, 4, 3), 5.0, np.float32), np.zeros((8, 4, 2), np.float32))
+    second = replay.state_dict()  # ``first`` is alive: its memory is left alone
+    assert first["x"].data_ptr() != second["x"].data_ptr()
+    assert float(first["x"].max()) == 1.0 and first["filled"] == 8
+    assert float(second["x"].max()) == 5.0 and second["filled"] == 16
+    view = second["y"][:2]  # a view keeps its snapshot's memory held too
+    where = second["x"].data_ptr()
+    del first, second
+    third = replay.state_dict()
+    assert third["x"].data_ptr() == where  # let go of: copied into again
+    assert third["y"].data_ptr() != view.data_ptr() and float(view.abs().max()) == 1.0
+    restored = ReplayBuffer(capacity=16, steps=4, n_features=3, n_channels=2)
+    restored.load_state_dict(third)
+    assert np.array_equal(restored.x, replay.x) and np.array_equal(restored.y, replay.y, equal_nan=True)
