@@ -250,8 +250,19 @@ def test_the_loop_goes_on_while_a_checkpoint_is_written_and_the_checkpoint_does_
     service = build_service(settings, transport, instance="slow")
     slow = _SlowStore(service.store, service)
     service.store = slow
+    warmed: list[set[int]] = []  # memory released before any save: made ready at start
+    release = service._copies.release
+
+    def recording(*trees: Any) -> None:
+        if not slow.memory:
+            warmed.append({t.data_ptr() for t in _tensors(trees) if t.nbytes >= 1024})
+        release(*trees)
+
+    service._copies.release = recording  # type: ignore[method-assign]
     stats = service.run(timeout=120, count=total)
     assert stats.readings == total and stats.checkpoints == len(slow.saves) >= 3
+    # the first checkpoint too was copied into memory made ready after the first batch
+    assert len(warmed) == 1 and warmed[0] & slow.memory[0]
     background = slow.saves[:-1]  # the last one is the shutdown's, written synchronously
     assert slow.background[-1] is False and slow.background.count(True) >= 2
     # batches were scored (and the model trained) while checkpoints were being written...
