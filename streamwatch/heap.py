@@ -34,11 +34,11 @@ class SpareArrays:
     A checkpoint copies ~15 MB of state on the detector thread. Copied into fresh memory,
     every page of it is faulted in again (~3,700 page faults per checkpoint of 500 ICU
     streams; each snapshot took 100-150 ms of the detector thread's CPU on a busy 2-core
-    machine with them, 38-60 ms without; docs/bench.md). ``copy(key, src)`` copies into the array it returned
-    for ``key`` last time when that array's only references are this object's: no
-    snapshot, tensor (``torch.from_numpy`` holds its array) or view of it is alive.
-    Otherwise it allocates a new one, so a snapshot never changes under its holder.
-    The cost: one spare array per key stays allocated between snapshots.
+    machine with them, 38-60 ms without; docs/bench.md). ``copy(key, src)`` copies into
+    the array it returned for ``key`` last time when that array's only references are
+    this object's: no snapshot, tensor (``torch.from_numpy`` holds its array) or view of
+    it is alive. Otherwise it allocates a new one, so a snapshot never changes under its
+    holder. The cost: one spare array per key stays allocated between snapshots.
 
     >>> spare = SpareArrays()
     >>> first = spare.copy("x", np.arange(3.0))

@@ -57,15 +57,12 @@ class WatchedStreams:
     def mask(self, stream_ids: Sequence[str]) -> np.ndarray:
         """Whether each of ``stream_ids`` is watched (a bool array)."""
         known = self._known
-        try:
-            return np.fromiter(map(known.__getitem__, stream_ids), dtype=bool,
-                               count=len(stream_ids))  # fmt: skip
-        except KeyError:
-            pass
-        if len(known) + len(stream_ids) > MAX_CACHED:
-            known.clear()
-        match = self._match
-        for sid in stream_ids:
-            if sid not in known:
+        unseen = set(stream_ids).difference(known)
+        if unseen:
+            if len(known) + len(unseen) > MAX_CACHED:
+                known.clear()
+                unseen = set(stream_ids)
+            match = self._match
+            for sid in unseen:
                 known[sid] = match is not None and match(sid) is not None
         return np.fromiter(map(known.__getitem__, stream_ids), dtype=bool, count=len(stream_ids))
