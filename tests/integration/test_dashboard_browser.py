@@ -39,7 +39,8 @@ from streamwatch.kinds import get_kind
 from streamwatch.schema import Reading, encode
 from streamwatch.transport import READINGS, MemoryTransport
 
-pytestmark = pytest.mark.browser
+# one worker runs the module, so its pipeline fixture starts once under pytest-xdist
+pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 RESULTS = Path(__file__).resolve().parents[2] / "test-results"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -107,7 +108,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Da
     bus = MemoryTransport(session_timeout_ms=2000)
     settings = load_settings(overrides={
         "topics": {"partitions": 4},
-        "service": {"checkpoint_dir": str(tmp / "detector"), "metrics_port": None,
+        "service": {"checkpoint_dir": str(tmp / "detector"), "metrics_port": 0,
                     "health_every_s": 1.0, "poll_timeout_s": 0.1},
     })
     detector = build_service(settings, bus, instance="detector-1")

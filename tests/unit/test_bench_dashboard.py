@@ -20,6 +20,10 @@ PER_TICK = ("feed_status", "overview", "alert_feed", "stream_header", "stream_pa
             "stream_window", "health")
 
 
+# one worker runs the module, so the bench behind its fixture runs once under pytest-xdist
+pytestmark = pytest.mark.xdist_group("bench-dashboard")
+
+
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench") / "dashboard.json"
