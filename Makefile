@@ -38,7 +38,7 @@ unit: $(STAMP)
 	$(PYTEST)
 
 test: $(STAMP) system-deps lint typecheck
-	$(PYTEST) -m "not slow" --junitxml=test-results/junit.xml
+	$(PYTEST) --junitxml=test-results/junit.xml
 
 bench: $(STAMP)
 	$(BIN)/streamwatch bench kafka --json bench-results.json

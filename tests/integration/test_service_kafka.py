@@ -322,8 +322,8 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-# the default store in CI; the directory store (same selection rules, tested on the
-# memory bus in tests/unit) also here with `make unit` (-m slow included)
+# both stores in CI; the directory store (same selection rules, also tested on the memory
+# bus in tests/unit) is marked slow, so `pytest -m "not slow"` leaves it out of a quick run
 # flush_every_batches 8: outputs acknowledged every 8 batches and before each checkpoint;
 # a kill -9 between loses the unflushed ones, which the restart must produce again
 @pytest.mark.xdist_group("cpu-heavy")  # detector processes: one such test at a time
@@ -373,8 +373,8 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
 
 
 # --------------------------------------------------------------------------- scale-out
-# the default store in CI; the directory store (same selection rules, tested on the
-# memory bus in tests/unit) also here with `make unit` (-m slow included)
+# both stores in CI; the directory store (same selection rules, also tested on the memory
+# bus in tests/unit) is marked slow, so `pytest -m "not slow"` leaves it out of a quick run
 @pytest.mark.xdist_group("cpu-heavy")
 @pytest.mark.parametrize("store", ["kafka", pytest.param("directory", marks=pytest.mark.slow)])
 def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
