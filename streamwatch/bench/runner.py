@@ -301,6 +301,12 @@ class ClientBench:
         if spy is not None:
             figures["profile"] = self._finish_profile(spy, figures["readings"],
                                                       figures["detector_thread_cpu_s"])
+        if not figures["readings"]:  # counted when a batch ends: none ended in the window
+            raise StreamwatchError(
+                f"{self.client}: no batch finished within the {o.seconds:g} s measurement "
+                f"(training steps in it: {figures['training_steps']}): a batch took longer "
+                "than the window; raise --seconds, or --train-every for fewer optimiser steps "
+                "per batch")
         return figures
 
     # -- phase 2 ---------------------------------------------------------------------
