@@ -212,6 +212,7 @@ class DetectorService:
         self._last_health = 0.0
         self._restored_global = False
         self._gc_frozen = False
+        self._closing = False  # the consumer is closing: its revoke needs no checkpoint
         # checkpoints are written on a thread of their own while the loop goes on, one at
         # a time (made by run(), shut down with it)
         self._writer: ThreadPoolExecutor | None = None
@@ -248,6 +249,7 @@ class DetectorService:
         """Process until stopped, ``timeout`` seconds pass, or ``count`` records are handled."""
         opts = self.options
         self.detector = self.detector_factory()
+        self._closing = False
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="streamwatch-checkpoint")
         self._producer = self.transport.producer()
         self._consumer = self.transport.consumer(group_id=opts.group_id)
@@ -310,6 +312,7 @@ class DetectorService:
             log.error("could not checkpoint on shutdown; the next start replays from the "
                       "last checkpoint", extra={"error": str(exc)})
         finally:
+            self._closing = True
             self._consumer.close()
             self._producer.close()
             if self._writer is not None:
@@ -366,7 +369,12 @@ class DetectorService:
                 backoff = min(backoff * 2, self.options.retry_backoff_s[1])
 
     def _on_revoke(self, partitions: set[TopicPartition]) -> None:
-        self._checkpoint_and_commit()
+        # Closing the consumer hands its partitions back through this callback; the
+        # shutdown checkpointed and committed just before, and nothing was polled since (a
+        # second checkpoint there wrote the same state again, and its commit, made while
+        # the client was being torn down, failed with confluent-kafka's _DESTROY).
+        if not self._closing:
+            self._checkpoint_and_commit()
         gone = [sid for sid, tp in self._stream_partition.items() if tp in partitions]
         self.detector.forget_streams(gone)
         for sid in gone:

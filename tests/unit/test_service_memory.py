@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from itertools import pairwise
 from pathlib import Path
@@ -279,6 +280,74 @@ def test_the_loop_goes_on_while_a_checkpoint_is_written_and_the_checkpoint_does_
     assert sample("streamwatch_checkpoint_seconds_sum", {"stage": "write"}) >= 0.4 * writes
     assert sample("streamwatch_checkpoint_seconds_count", {"stage": "snapshot"}) == writes
     assert sample("streamwatch_checkpoint_seconds_sum", {"stage": "snapshot"}) < 0.4 * writes
+
+
+def test_a_graceful_stop_checkpoints_and_commits_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # closing the consumer hands the partitions back through on_revoke: right after the
+    # shutdown's own checkpoint and commit, with nothing polled since, it writes none
+    readings, _ = icu_readings()
+    transport = MemoryTransport()
+    total = _fill(transport, readings[:3000])
+    settings = service_settings(tmp_path, checkpoint_every_batches=1000,
+                                checkpoint_every_s=3600.0, state_store="directory")
+    service = build_service(settings, transport, instance="a")
+    saves: list[bool] = []
+    save = service.store.save
+
+    def counted(global_state: Any, partitions: Any, *, background: bool = False) -> None:
+        saves.append(background)
+        save(global_state, partitions, background=background)
+
+    monkeypatch.setattr(service.store, "save", counted)
+    stats = service.run(timeout=120, count=total)
+    assert stats.readings == total
+    assert saves == [False] and stats.checkpoints == 1  # the shutdown's, written in line
+    consumer = transport.consumer(settings.service.group_id)
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    assert {tp: consumer.committed(tp) for tp in parts} == consumer.end_offsets(parts)
+
+
+def test_a_member_joining_mid_stream_takes_over_where_the_other_checkpointed(
+    tmp_path: Path,
+) -> None:
+    # a live rebalance: the running member checkpoints and commits on revoke, before it
+    # gives partitions up, so the newcomer resumes each moved stream exactly where it
+    # stopped (no periodic checkpoint in this run: only the revoke's can hand them over)
+    readings, _ = icu_readings()
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    settings = service_settings(tmp_path, checkpoint_every_batches=1000,
+                                checkpoint_every_s=3600.0, max_poll_records=200,
+                                state_store="directory")
+    a = build_service(settings, transport, instance="a")
+    b = build_service(settings, transport, instance="b")
+    runs = [threading.Thread(target=svc.run, kwargs={"timeout": 120}) for svc in (a, b)]
+    runs[0].start()
+    try:
+        _until(lambda: a.stats.readings >= total // 4, "a quarter of the readings")
+        runs[1].start()
+        _until(lambda: len(a.assigned_partitions) and len(b.assigned_partitions),
+               "both members to hold partitions")
+        assert a.stats.checkpoints >= 1  # the revoke's
+        _until(lambda: a.stats.readings + b.stats.readings >= total, "every reading")
+    finally:
+        a.stop()
+        b.stop()
+        for t in runs:
+            t.join(60)
+    assert b.stats.readings > 0 and a.stats.readings + b.stats.readings == total
+    scores = _drain(transport, SCORES, "score")
+    assert sorted((s.stream_id, s.ts) for s in scores) == sorted(
+        (r.stream_id, r.ts) for r in readings)  # each exactly once
+
+
+def _until(predicate: Any, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def test_checkpoint_times_are_drawn_apart_within_the_configured_interval(tmp_path: Path) -> None:
