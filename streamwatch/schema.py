@@ -21,6 +21,7 @@ import inspect
 import json
 import math
 import re
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from itertools import chain, repeat
@@ -289,7 +290,8 @@ def _schema_error(exc: msgspec.DecodeError | msgspec.ValidationError) -> SchemaE
     path = re.sub(r"\[\.\.\.\]", ".<key>", path)
     problem = text[: match.start()]
     if problem == "Number out of range":
-        return SchemaError("must be a finite number or null", field=path or None, code="non_finite")
+        finite = "must be a finite number" + ("" if path == "ts" else " or null")
+        return SchemaError(finite, field=path or None, code="non_finite")
     if match.group("key"):
         problem = f"bad channel name: {problem}"
     if problem.startswith("Object missing required field"):
@@ -322,9 +324,23 @@ def _bad_value_key(data: bytes | str) -> str:
     for channel, value in values.items() if isinstance(values, dict) else ():
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if not _finite_number(value):
             return f"values.{channel}"
     return "values"
+
+
+def _finite_number(value: object) -> bool:
+    """A JSON number a float holds: not a bool, not inf/NaN, and not an integer too large
+    for a float (``math.isfinite`` raises ``OverflowError`` on one: compared exactly here).
+
+    >>> [_finite_number(v) for v in (1, 2.5, True, float("inf"), 10**400, "1")]
+    [True, True, False, False, False, False]
+    """
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) <= sys.float_info.max
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def decode_reading(data: bytes | str) -> Reading:

@@ -184,7 +184,7 @@ SIDS = [f"icu/bed-{i:02d}" for i in range(1, 6)]
 
 
 #: Broken-record recipes (``_broken``); a drawn kind of ``BROKEN_KINDS`` or more is valid.
-BROKEN_KINDS = 12
+BROKEN_KINDS = 13
 
 
 def _value(rnd: random.Random, low: float, high: float) -> float | None:
@@ -234,6 +234,8 @@ def _broken(rnd: random.Random, how: int, i: int) -> tuple[bytes | None, bytes |
         return b"icu/other", json.dumps(good).encode(), False
     if how == 10:
         return sid.encode(), json.dumps({**good, "stream_id": "bad id!"}).encode(), False
+    if how == 11:  # an integer too large for a float
+        return sid.encode(), json.dumps({**good, "values": {"hr": 10**400}}).encode(), False
     return sid.encode(), json.dumps({**good, "values": {"hr": -5.0}}).encode(), False
 
 

@@ -45,6 +45,9 @@ def test_valid_reading_round_trips_through_encode() -> None:
         (_reading(v=2), "v", "schema"),
         (b'{"v":1,"stream_id":"a","kind":"icu_vitals","ts":1}', "values", "schema"),
         (b'{"v":1,"stream_id":"a","kind":"k","ts":1,"values":{"hr":1e999}}', "values.hr", "non_finite"),
+        # an integer too large for a float (math.isfinite raised OverflowError on it)
+        (_reading(values={"hr": 10**400}), "values.hr", "non_finite"),
+        (_reading(ts=10**400), "ts", "non_finite"),
         (b'{"v":1,"stream_id":"a","kind":"icu_vitals","ts":1,"values":{"hr":NaN}}', None, "not_json"),
         (b" " * (schema.MAX_RECORD_BYTES + 1), None, "oversize"),
     ],
@@ -57,6 +60,8 @@ def test_bad_reading_raises_schema_error_naming_field(
     assert caught.value.field == field
     assert caught.value.code == code
     assert caught.value.problem
+    if field == "ts":  # a timestamp may not be null
+        assert "null" not in caught.value.problem
 
 
 def test_null_channel_is_accepted_as_dropout() -> None:
@@ -119,7 +124,8 @@ def _mostly(good: list[object], bad: list[object]) -> st.SearchStrategy[object]:
 _names = _mostly(["hr", "spo2", "temp", "ok.name-2"], ["h r", "", "x" * 40, "9lives"])
 _ids = _mostly(["icu/bed-01", "icu/bed-02", "m/1"], ["bad id!", "", "-lead", "a" * 129])
 _json_value = st.one_of(st.none(), finite, finite, st.integers(-10**20, 10**20), st.text(max_size=3),
-                        st.booleans(), st.just(1e999), st.lists(st.integers(), max_size=2))
+                        st.booleans(), st.just(1e999), st.just(10**400),
+                        st.lists(st.integers(), max_size=2))
 
 
 @st.composite
@@ -128,7 +134,7 @@ def _raw_records(draw: st.DrawFn) -> bytes:
         "v": draw(st.sampled_from([1, 1, 1, 2])),
         "stream_id": draw(_ids),
         "kind": draw(_mostly(["icu_vitals", "machine"], ["Bad", "x-1"])),
-        "ts": draw(_mostly([5.0, 1.7e9], [-5.0, 1e999, "x"])),
+        "ts": draw(_mostly([5.0, 1.7e9], [-5.0, 1e999, 10**400, "x"])),
         "values": draw(st.dictionaries(_names, _json_value, max_size=4)),
     }
     if draw(st.integers(0, 10)) == 0:
