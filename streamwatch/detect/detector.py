@@ -80,7 +80,7 @@ from streamwatch.schema import Alert, ChannelForecast, Reading, Score, encode
 
 log = logging.getLogger(__name__)
 
-_VALUES, _TS = operator.attrgetter("values"), operator.attrgetter("ts")
+_VALUES, _TS, _KIND = map(operator.attrgetter, ("values", "ts", "kind"))
 
 #: Event-time length of a training tick (``KindState.tick``), seconds.
 TRAIN_TICK_S = 1.0
@@ -153,7 +153,7 @@ class StreamDetector(DetectorState):
 
     # -- kinds and validation --------------------------------------------------------
     def _unknown(self, kind: str, why: str) -> SchemaError:
-        return SchemaError(f"unknown stream kind {kind!r}: {why}", field="kind",
+        return SchemaError(f"unknown stream kind {kind!r}; {why}", field="kind",
                            code="unknown_kind")  # fmt: skip
 
     def _kind(self, name: str) -> KindState:
@@ -167,8 +167,8 @@ class StreamDetector(DetectorState):
         else:
             try:
                 spec = get_kind(name)
-            except ConfigError as exc:
-                raise self._unknown(name, str(exc)) from None
+            except ConfigError as exc:  # its text names the kind and the known ones
+                raise SchemaError(str(exc), field="kind", code="unknown_kind") from None
         if isinstance(self.scorers, Mapping):
             scorer = self.scorers.get(name)
             if scorer is None:
@@ -193,9 +193,7 @@ class StreamDetector(DetectorState):
         ks = self._kind(reading.kind)
         known = self._kind_of.get(reading.stream_id)
         if known is not None and known != reading.kind:
-            raise SchemaError(f"stream {reading.stream_id!r} is of kind {known!r}, not "
-                              f"{reading.kind!r}; a stream keeps its kind", field="kind",
-                              code="schema")  # fmt: skip
+            raise self._kind_changed(reading, known)
         if not math.isfinite(reading.ts) or reading.ts < 0:
             raise SchemaError("must be a finite number >= 0", field="ts", code="non_finite")
         spec = ks.spec
@@ -214,6 +212,12 @@ class StreamDetector(DetectorState):
                 raise self._out_of_range(spec, channel, value)
 
     @staticmethod
+    def _kind_changed(reading: Reading, known: str) -> SchemaError:
+        return SchemaError(f"stream {reading.stream_id!r} is of kind {known!r}, not "
+                           f"{reading.kind!r}; a stream keeps its kind", field="kind",
+                           code="schema")  # fmt: skip
+
+    @staticmethod
     def _unknown_channel(spec: KindSpec, channel: str) -> SchemaError:
         return SchemaError(f"kind {spec.name!r} has no channel {channel!r}; its channels are "
                            f"{list(spec.channels)}", field=f"values.{channel}", code="schema")  # fmt: skip
@@ -230,7 +234,9 @@ class StreamDetector(DetectorState):
 
         The checks run on arrays, one kind at a time; only readings that fail one of them
         go through ``validate`` for the precise error, so the result is the same as calling
-        ``validate`` on each reading, at a fraction of the cost.
+        ``validate`` on each reading, at a fraction of the cost. One rule spans readings: a
+        stream new to the detector that comes with two kinds in one batch keeps the kind of
+        its first reading not refused, as when the readings are processed one at a time.
         """
         errors: list[SchemaError | None] = [None] * len(readings)
         groups: dict[str, list[int]] = {}
@@ -255,6 +261,19 @@ class StreamDetector(DetectorState):
                     self.validate(rs[j])
                 except SchemaError as exc:
                     errors[idx[j]] = exc
+        if len(groups) > 1:  # (with one kind, `_columns` checked the streams seen before)
+            first: dict[str, str] = {}  # a stream's kind, from its first accepted reading
+            kind_of = self._kind_of
+            for i, r in enumerate(readings):
+                error = errors[i]
+                if error is not None and error.code == "unknown_kind":
+                    continue  # validate's first check: it comes before the kind's
+                kind = first.get(r.stream_id)
+                if kind is None:
+                    if error is None:
+                        first[r.stream_id] = kind_of.get(r.stream_id, r.kind)
+                elif kind != r.kind:  # validate's second check: before the values'
+                    errors[i] = self._kind_changed(r, kind)
         return errors
 
     def _columns(self, ks: KindState, rs: Sequence[Reading], *, count_ignored: bool
@@ -305,10 +324,14 @@ class StreamDetector(DetectorState):
         try:
             self.validate(reading)
         except SchemaError as exc:
-            raise SchemaError(f"{exc.problem} (stream {reading.stream_id!r}, ts {reading.ts}; "
-                              "nothing of this batch was processed: validate() each reading "
-                              "to dead-letter the bad ones)", field=exc.field,
-                              code=exc.code) from None  # fmt: skip
+            raise self._in_batch(reading, exc) from None
+
+    @staticmethod
+    def _in_batch(reading: Reading, exc: SchemaError) -> SchemaError:
+        """``exc``, naming the reading and saying the batch was left alone."""
+        return SchemaError(f"{exc.problem} (stream {reading.stream_id!r}, ts {reading.ts}; "
+                           "nothing of this batch was processed: validate() each reading "
+                           "to dead-letter the bad ones)", field=exc.field, code=exc.code)  # fmt: skip
 
     # -- the micro-batch ---------------------------------------------------------------
     def process(self, readings: Sequence[Reading]) -> tuple[list[Score], list[Alert]]:
@@ -348,6 +371,8 @@ class StreamDetector(DetectorState):
         nothing there, so one part scores as two would; from the first boundary that may,
         every one is cut (1,000 streams in batches of 997, train_every 2,048: 97 cuts in
         201 batches instead of 199)."""
+        if len(set(map(_KIND, readings))) > 1:
+            self._check_kinds(readings)
         breaks = _tick_breaks(readings)
         if breaks:
             room = self._training_room(readings)
@@ -366,6 +391,17 @@ class StreamDetector(DetectorState):
                 emit(ks, idx, rs, ts, out)
         self._counters["readings"] += len(readings)
         return alerts
+
+    def _check_kinds(self, readings: Sequence[Reading]) -> None:
+        """A batch of several kinds: raise if a stream comes with a kind other than its own
+        (its kind so far, else that of its first reading in the batch). ``_matrix`` checks
+        streams seen before one kind at a time, which misses a new stream met twice."""
+        first: dict[str, str] = {}
+        kind_of = self._kind_of
+        for r in readings:
+            kind = first.setdefault(r.stream_id, kind_of.get(r.stream_id, r.kind))
+            if kind != r.kind:
+                raise self._in_batch(r, self._kind_changed(r, kind))
 
     def _training_room(self, readings: Sequence[Reading]) -> int:
         """The fewest readings any kind of the batch can learn before it owes training (0

@@ -386,18 +386,41 @@ def _odd_readings(draw: st.DrawFn) -> list[Reading]:
 def test_validate_many_gives_each_reading_the_error_validate_raises(
     batch: list[Reading], unknown: str
 ) -> None:
-    det = detector(small_config(unknown_channels=unknown))
-    det.process(icu("icu/bed-1", 3, seed=1))  # a known stream: a kind change is an error
+    det, one_by_one = (detector(small_config(unknown_channels=unknown)) for _ in range(2))
+    for d in (det, one_by_one):
+        d.process(icu("icu/bed-1", 3, seed=1))  # a known stream: a kind change is an error
 
     def one(r: Reading) -> tuple[str, str | None, str | None] | None:
+        """``validate``, then ``process`` what it accepts: the readings one at a time (a
+        new stream met with two kinds keeps the first one accepted)."""
         try:
-            det.validate(r)
+            one_by_one.validate(r)
         except SchemaError as exc:
             return str(exc), exc.field, exc.code
+        one_by_one.process([r])
         return None
 
     got = [None if e is None else (str(e), e.field, e.code) for e in det.validate_many(batch)]
     assert got == [one(r) for r in batch]
+
+
+def test_a_new_stream_with_two_kinds_in_one_batch_keeps_its_first() -> None:
+    det = detector()
+    batch = [Reading("icu/bed-10", ICU, 5.0, {**ICU_NORMAL, "hr": 400.0}),  # refused
+             Reading("icu/bed-10", UNIVARIATE, 6.0, {"value": 1.0}),  # the first accepted
+             Reading("icu/bed-10", ICU, 7.0, dict(ICU_NORMAL)),
+             Reading("icu/bed-11", ICU, 7.0, dict(ICU_NORMAL))]
+    errors = det.validate_many(batch)
+    assert errors[0] is not None and errors[0].code == "out_of_range"
+    assert errors[1] is None and errors[3] is None
+    assert errors[2] is not None and (errors[2].field, errors[2].code) == ("kind", "schema")
+    assert "is of kind 'univariate', not 'icu_vitals'; a stream keeps its kind" in str(errors[2])
+    # process() refuses the whole batch, as for any bad reading in it
+    with pytest.raises(SchemaError, match="keeps its kind") as err:
+        det.process(batch[1:])
+    assert "icu/bed-10" in err.value.problem and det.counters["readings"] == 0
+    det.process([batch[1], batch[3]])
+    assert det.validate_many([batch[2]])[0] is not None  # and later batches too
 
 
 def test_probe_off_spo2_is_not_a_desaturation() -> None:
