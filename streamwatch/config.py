@@ -13,12 +13,16 @@ The effective config is logged at start-up (secrets masked).
 from __future__ import annotations
 
 import json
+import os
+import re
 import tomllib
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from streamwatch.detect.config import DetectorConfig
 from streamwatch.errors import ConfigError
@@ -145,15 +149,87 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML (``.toml``) or JSON config file into a dict."""
+    """Read a TOML (``.toml``) or JSON (any other name) config file into a dict."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+            f"{exc.start}): save it as UTF-8 TOML or JSON"
+        ) from None
+    fmt = "TOML" if path.suffix == ".toml" else "JSON"
     try:
-        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if fmt == "TOML" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix[1:]}: {exc}") from None
+        raise ConfigError(
+            f"config file {path} could not be parsed as {fmt}: {exc} (streamwatch reads "
+            "TOML from a *.toml file and JSON from any other name)"
+        ) from None
+    if not isinstance(data, dict):
+        found = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(data), "a number")
+        raise ConfigError(
+            f"config file {path} holds {found} at the top level, not an object of sections: "
+            'write it as e.g. {"kafka": {"bootstrap_servers": "host:9092"}}'
+        )
+    return data
+
+
+def _json_kind(annotation: Any) -> str | None:
+    """What the environment must hold for a setting of this type (JSON object or list);
+    ``None`` for a plain value."""
+    if get_origin(annotation) is Annotated:
+        return _json_kind(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = [_json_kind(arg) for arg in get_args(annotation) if arg is not type(None)]
+        return next((k for k in kinds if k), None)
+    origin = get_origin(annotation) or annotation
+    if isinstance(origin, type) and issubclass(origin, (BaseModel, dict)):
+        return "a JSON object"
+    if isinstance(origin, type) and issubclass(origin, (list, tuple, set, frozenset)):
+        return "a JSON list"
+    return None
+
+
+def _env_json_kind(name: str) -> str | None:
+    """What a ``STREAMWATCH_*`` variable must hold when its setting is read as JSON."""
+    keys = name[len("STREAMWATCH_"):].lower().split("__")
+    annotation: Any = Settings
+    for key in keys:
+        model = get_origin(annotation) or annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        if key not in model.model_fields:
+            return None
+        annotation = model.model_fields[key].annotation
+    return _json_kind(annotation)
+
+
+def _env_error(exc: SettingsError) -> ConfigError:
+    """A ``ConfigError`` naming the environment variable that is not the JSON it must be."""
+    match = re.search(r'field "(\w+)"', str(exc))
+    section = f"STREAMWATCH_{match.group(1).upper()}" if match else "STREAMWATCH_"
+    for name, value in sorted(os.environ.items()):
+        upper = name.upper()
+        if upper != section and not upper.startswith(section + ("__" if match else "")):
+            continue
+        kind = _env_json_kind(upper)
+        if kind is None:
+            continue
+        try:
+            json.loads(value)
+        except ValueError as err:
+            example = "'[\"a\", \"b\"]'" if kind == "a JSON list" else "'{\"key\": \"value\"}'"
+            return ConfigError(
+                f"environment variable {name} is not valid JSON ({err}): set it to {kind}, "
+                f"e.g. {name}={example}, or unset it"
+            )
+    return ConfigError(
+        f"cannot read the {section}* environment variables ({exc}): list settings must be "
+        "a JSON list and table settings a JSON object"
+    )
 
 
 def load_settings(
@@ -166,6 +242,8 @@ def load_settings(
         env_values = env_only.model_dump(exclude_unset=True)
         merged = _deep_merge(_deep_merge(file_values, env_values), overrides or {})
         return Settings(**merged)
+    except SettingsError as exc:
+        raise _env_error(exc) from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

@@ -12,7 +12,7 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: What to do when no broker answers; part of every BrokerUnavailableError message.
 BROKER_HINT = (
     "start a broker or run `streamwatch demo`, or pass --bootstrap-servers HOST:PORT "
-    "(STREAMWATCH_BOOTSTRAP_SERVERS) pointing at a reachable Kafka broker"
+    "(or set STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS) pointing at a reachable Kafka broker"
 )
 
 

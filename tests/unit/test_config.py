@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from streamwatch.cli import build_parser
+from streamwatch.cli import build_parser, main
 from streamwatch.commands.detect import settings_from_args
 from streamwatch.config import load_settings
 from streamwatch.errors import ConfigError
@@ -69,3 +69,60 @@ def test_watched_streams_come_from_file_environment_or_repeated_flags(
     monkeypatch.setenv("STREAMWATCH_SERVICE__WATCH_STREAMS", '[""]')
     with pytest.raises(ConfigError, match=r"service\.watch_streams"):
         load_settings()
+
+
+@pytest.mark.parametrize(("name", "value", "kind"), [
+    ("STREAMWATCH_SERVICE__WATCH_STREAMS", "not json", "a JSON list"),
+    ("STREAMWATCH_KAFKA__CLIENT_CONFIG", "{bad", "a JSON object"),
+    ("STREAMWATCH_SERVICE", "[oops", "a JSON object"),
+])
+def test_an_environment_variable_that_is_not_json_is_named_with_its_format(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    name: str, value: str, kind: str,
+) -> None:
+    for other in [n for n in os.environ if n.startswith("STREAMWATCH_")]:
+        monkeypatch.delenv(other)
+    monkeypatch.setenv("STREAMWATCH_SERVICE__GROUP_ID", "plain text, not JSON")  # not blamed
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=rf"environment variable {name} is not valid JSON.*"
+                       rf"set it to {kind}"):
+        load_settings()
+    assert main(["detect"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"streamwatch detect: error: environment variable {name} ")
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    ("[1, 2]", "a list"), ('"kafka"', "a string"), ("null", "null"), ("3", "a number"),
+])
+def test_a_json_config_file_that_is_not_an_object_says_so(
+    tmp_path: Path, text: str, found: str
+) -> None:
+    cfg = tmp_path / "list.json"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=rf"list\.json holds {found} at the top level, "
+                       "not an object of sections"):
+        load_settings(cfg)
+
+
+def test_a_config_file_that_is_not_utf8_says_so(tmp_path: Path) -> None:
+    cfg = tmp_path / "sw.toml"
+    cfg.write_bytes(b'[model]\ncell = "gr\xfc"\n')  # Latin-1, as an old editor saves it
+    with pytest.raises(ConfigError, match=r"sw\.toml is not UTF-8 text \(byte 0xfc at offset "
+                       r"18\): save it as UTF-8"):
+        load_settings(cfg)
+
+
+def test_a_file_not_named_toml_is_reported_as_parsed_as_json(tmp_path: Path) -> None:
+    cfg = tmp_path / "sw.yaml"
+    cfg.write_text("model:\n  cell: lstm\n")
+    with pytest.raises(ConfigError, match=r"sw\.yaml could not be parsed as JSON: .* reads TOML "
+                       r"from a \*\.toml file and JSON from any other name"):
+        load_settings(cfg)
+    cfg.write_text('{"model": {"cell": "lstm"}}')  # YAML's JSON subset is read
+    assert load_settings(cfg).model.cell == "lstm"
+    bad_toml = tmp_path / "sw.toml"
+    bad_toml.write_text("[model\n")
+    with pytest.raises(ConfigError, match=r"sw\.toml could not be parsed as TOML: "):
+        load_settings(bad_toml)
