@@ -213,6 +213,8 @@ class DetectorService:
         self._restored_global = False
         self._gc_frozen = False
         self._closing = False  # the consumer is closing: its revoke needs no checkpoint
+        self._polled_since_health = False  # records came in since the last health tick
+        self._outage_since: float | None = None  # a broker error, and no answer since
         # checkpoints are written on a thread of their own while the loop goes on, one at
         # a time (made by run(), shut down with it)
         self._writer: ThreadPoolExecutor | None = None
@@ -267,6 +269,10 @@ class DetectorService:
                     break
                 try:
                     messages = self._consumer.poll(opts.poll_timeout_s, opts.max_poll_records)
+                    if messages:
+                        self._polled_since_health = True
+                        if self._outage_since is not None:
+                            self._broker_answered()
                     if messages or self._merge.held:
                         left = None if count is None else count - self.stats.readings - self.stats.dead_letters
                         pending = self._pending_partitions() | self._paused
@@ -281,6 +287,8 @@ class DetectorService:
                     backoff = opts.retry_backoff_s[0]
                 except TransportError as exc:
                     self.metrics.transport_errors.inc()
+                    if self._outage_since is None:
+                        self._outage_since = time.monotonic()
                     log.warning("broker error; retrying", extra={"error": str(exc),
                                                                 "retry_in_s": backoff})
                     self._stop.wait(backoff)
@@ -871,6 +879,23 @@ class DetectorService:
             batch_latency_ms=m.last_batch_ms)
         self._producer.send(self.options.health_topic, schema.encode(health),
                             self.options.instance.encode())
+        if not self._polled_since_health:
+            # Nothing came in since the last tick: an idle topic, or a broker that stopped
+            # answering (paused, partitioned away), which polls alone cannot tell apart.
+            # The health record's acknowledgement does: a TransportError here is logged by
+            # the loop, which retries with backoff until the broker answers again.
+            self._producer.flush(timeout=self.options.health_every_s)
+            self._flushed()
+            if self._outage_since is not None:
+                self._broker_answered()
+        self._polled_since_health = False
+
+    def _broker_answered(self) -> None:
+        """The broker answered after an error: say so, with how long it did not."""
+        assert self._outage_since is not None
+        log.info("broker answers again", extra={
+            "after_s": round(time.monotonic() - self._outage_since, 1)})
+        self._outage_since = None
 
     def _lag(self) -> int | None:
         assert self._consumer is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,30 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
     return DetectorService(transport, lambda: build_detector(settings), store, options, metrics)
 
 
+#: Seconds between attempts to reach the broker at start-up: doubling from the first to the
+#: second (each attempt itself waits several seconds for an answer).
+CONNECT_BACKOFF_S = (1.0, 30.0)
+
+
+def _connect(settings: Any, deadline: float | None) -> Any:
+    """``open_kafka``, retried while no broker answers: a service started before its broker
+    (a host's boot, a cluster restart) waits for it, saying so, rather than exiting. It
+    gives up, with the error, only at ``deadline`` (``--timeout``); Ctrl-C stops it."""
+    from streamwatch.errors import BrokerUnavailableError
+
+    backoff = CONNECT_BACKOFF_S[0]
+    while True:
+        try:
+            return open_kafka(settings)
+        except BrokerUnavailableError as exc:
+            if deadline is not None and time.monotonic() + backoff >= deadline:
+                raise
+            log.warning("no broker answers yet; retrying", extra={"error": str(exc),
+                                                                  "retry_in_s": backoff})
+            time.sleep(backoff)
+            backoff = min(backoff * 2, CONNECT_BACKOFF_S[1])
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -177,11 +202,13 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("no Kafka cluster given: pass --bootstrap-servers HOST:PORT, set "
                           "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS, or run `streamwatch demo`")
     log.info("effective config", extra={"config": masked(settings)})
-    transport = open_kafka(settings)
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    transport = _connect(settings, deadline)
     try:
         service = build_service(settings, transport)
         service.install_signal_handlers()
-        stats = service.run(timeout=args.timeout, count=args.count)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        stats = service.run(timeout=left, count=args.count)
     finally:
         transport.close()
     log.info("detector finished", extra={"readings": stats.readings,

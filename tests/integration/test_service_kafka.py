@@ -4,10 +4,12 @@ broker outage. Every test uses its own topics and group (uuid) on the session br
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -413,8 +415,10 @@ def private_broker() -> Iterator[TansuBroker]:
 
 
 def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
-    private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path
+    private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="streamwatch.pipeline")
     readings, _ = icu_readings(patients=4, minutes=12)
     records = _readings_records(readings)
     half = len(records) // 2
@@ -429,7 +433,12 @@ def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     try:
         _wait_until(lambda: service.stats.readings >= half // 2, 120, "the detector to start")
         private_broker.pause()
+        paused = len(caplog.records)
         time.sleep(20)
+        # the outage is in the log while it lasts (the topic runs dry within the pause:
+        # the idle loop's health record is not acknowledged), not only after it
+        during = [r.getMessage() for r in caplog.records[paused:]]
+        assert any(m.startswith("broker error; retrying") for m in during), during
         private_broker.resume()
         _produce(bootstrap, topics["readings"], records[half:])
         worker.join(240)
@@ -440,6 +449,38 @@ def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     assert not worker.is_alive()
     assert result["stats"].readings == len(records)
     assert _scored(bootstrap, topics["scores"]) == {(r.stream_id, r.ts) for r in readings}
+    assert any(r.getMessage().startswith("broker answers again") for r in caplog.records)
+
+
+def test_a_detector_started_before_its_broker_waits_for_it(
+    topics: dict[str, str], tmp_path: Path
+) -> None:
+    with socket.socket() as sock:  # a port nobody listens on yet
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    bootstrap = f"127.0.0.1:{port}"
+    s = _settings(bootstrap, topics, tmp_path / "ckpt")
+    log = tmp_path / "detector.log"
+    proc = _spawn_detector(s, log)
+    try:
+        _wait_until(lambda: log.read_text().count("no broker answers yet; retrying") >= 2
+                    or proc.poll() is not None, 60, "two retry lines")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert bootstrap in log.read_text() and "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS" in log.read_text()
+        with TansuBroker(port) as _broker:
+            readings, _ = icu_readings(patients=2, minutes=4)
+            _produce(bootstrap, topics["readings"], _readings_records(readings))
+            _wait_until(lambda: _count(bootstrap, topics["scores"]) >= len(readings) or
+                        proc.poll() is not None, 120, "a score per reading")
+            scored = _scored(bootstrap, topics["scores"])
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert scored == {(r.stream_id, r.ts) for r in readings}
 
 
 # --------------------------------------------------------------------------- flow control
