@@ -16,6 +16,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 ENV_BOOTSTRAP = "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS"
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|min|s|m|h|d)")
+_START_AHEAD_S = 86_400.0
+"""``--start`` may lie at most this far in the future (clock skew; later is dead-lettered)."""
 
 
 def parse_duration(text: str) -> float:
@@ -36,6 +39,25 @@ def parse_duration(text: str) -> float:
     >>> parse_duration("1h"), parse_duration("90s"), parse_duration("1h30m"), parse_duration("2.5")
     (3600.0, 90.0, 5400.0, 2.5)
     """
+    seconds = _seconds(text)
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise argparse.ArgumentTypeError(f"duration must be >= 0, got {text!r}")
+    return seconds
+
+
+def _run_duration(text: str) -> float:
+    """``simulate --duration``: a duration within the simulators' range, (0 s, 366 d]."""
+    from simulators.base import check_duration
+
+    seconds = _seconds(text)
+    try:
+        check_duration(seconds)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return seconds
+
+
+def _seconds(text: str) -> float:
     text = text.strip().lower()
     try:
         seconds = float(text)
@@ -45,13 +67,14 @@ def parse_duration(text: str) -> float:
             raise argparse.ArgumentTypeError(
                 f"invalid duration {text!r}: use e.g. 30s, 10m, 1h, 2d or 1h30m") from None
         seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise argparse.ArgumentTypeError(f"duration must be >= 0, got {text!r}")
     return seconds
 
 
 def parse_start(text: str) -> float:
     """Epoch seconds from ISO 8601 (``2026-01-01T00:00:00Z``; naive = UTC) or a number.
+
+    From 1970-01-01 to one day from now: the detector dead-letters readings stamped
+    further in the future (``service.max_future_s``) as ``future_timestamp``.
 
     >>> parse_start("2026-01-01T00:00:00Z"), parse_start("1767225600")
     (1767225600.0, 1767225600.0)
@@ -68,8 +91,12 @@ def parse_start(text: str) -> float:
         if moment.tzinfo is None:
             moment = moment.replace(tzinfo=UTC)
         value = moment.timestamp()
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"start must be at or after 1970-01-01, got {text!r}")
+    latest = time.time() + _START_AHEAD_S
+    if not (math.isfinite(value) and 0 <= value <= latest):
+        until = datetime.fromtimestamp(latest, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        raise argparse.ArgumentTypeError(
+            f"start must be between 1970-01-01T00:00:00Z and one day from now ({until}), "
+            f"got {text!r}: use e.g. 2026-01-01T00:00:00Z or epoch seconds in that range")
     return value
 
 
@@ -91,8 +118,9 @@ def _add_output(p: argparse.ArgumentParser) -> None:
                      default="kafka-python", help="Kafka client library (default kafka-python)")
     out.add_argument("--topic", default="streamwatch.readings",
                      help="topic for Readings (default streamwatch.readings)")
-    out.add_argument("--partitions", type=int, default=4,
-                     help="partitions when the readings topic must be created (default 4)")
+    out.add_argument("--partitions", type=int, default=None,
+                     help="partitions when the readings topic must be created (default: the "
+                          "topics.partitions default of 'streamwatch detect', so both agree)")
     out.add_argument("--output", metavar="FILE|-",
                      help="write JSON lines here instead of Kafka ('-' = stdout, the default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -106,7 +134,7 @@ def register(subparsers: Any) -> None:
     sim.add_argument("source", choices=["icu", "sensors"], help="what to simulate")
     sim.add_argument("--patients", type=int, help="ICU beds (icu; default 10)")
     sim.add_argument("--machines", type=int, help="machines (sensors; default 5)")
-    sim.add_argument("--duration", type=parse_duration, default=3600.0,
+    sim.add_argument("--duration", type=_run_duration, default=3600.0,
                      help="simulated time: 30s, 10m, 1h, 2d ... (default 1h)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     sim.add_argument("--speedup", type=_nonneg_float, default=1.0,
@@ -115,7 +143,8 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--rate-hz", type=float, default=1.0,
                      help="readings per second per stream (default 1)")
     sim.add_argument("--start", type=parse_start, default=None,
-                     help="simulated time of the first reading (default 2026-01-01T00:00:00Z)")
+                     help="simulated time of the first reading, at most one day from now "
+                          "(default 2026-01-01T00:00:00Z)")
     sim.add_argument("--no-episodes", action="store_true",
                      help="inject nothing: no clinical episodes, artefacts or faults")
     sim.add_argument("--no-artefacts", action="store_true", help="icu: clinical episodes only")
@@ -165,47 +194,108 @@ def _bootstrap(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _check_writable(flag: str, path: str) -> None:
+    """Fail before any output is opened (and so created or emptied) if ``path`` cannot be."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory; give a file path")
+    if not target.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {target.parent} does not exist; "
+                          "create it or choose another path")
+    if not os.access(target if target.exists() else target.parent, os.W_OK):
+        raise ConfigError(f"{flag} {path}: permission denied; choose another path")
+
+
 @contextlib.contextmanager
-def _open_binary(path: str | None, default_stdout: bool) -> Iterator[BinaryIO | None]:
-    if path is None and not default_stdout:
-        yield None
-    elif path is None or path == "-":
-        yield sys.stdout.buffer
-    else:
+def _files(outputs: list[tuple[str, str | None]]) -> Iterator[list[BinaryIO | None]]:
+    """Open every output (``(flag, path)``; ``None`` = none, ``-`` = stdout) or none.
+
+    Files a failed open of a later one leaves behind are removed again. On exit every
+    file is closed; an ``OSError`` then (disk full) is a ``ConfigError`` naming the file,
+    unless an error is already on its way.
+    """
+    from simulators.sink import write_error
+
+    opened: list[tuple[str, BinaryIO]] = []
+    handles: list[BinaryIO | None] = []
+    created: list[str] = []
+    try:
+        for flag, path in outputs:
+            if path is None or path == "-":
+                handles.append(None if path is None else sys.stdout.buffer)
+                continue
+            existed = os.path.lexists(path)
+            try:
+                handle = cast(BinaryIO, open(path, "wb"))  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise ConfigError(f"cannot write {flag} {path}: {exc.strerror}; "
+                                  "choose another path") from None
+            opened.append((path, handle))
+            handles.append(handle)
+            if not existed:
+                created.append(path)
+    except BaseException:
+        for _path, handle in opened:
+            with contextlib.suppress(OSError):
+                handle.close()
+        for path in created:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        raise
+    try:
+        yield handles
+    except BaseException:
+        for _path, handle in opened:
+            with contextlib.suppress(OSError):  # the error on its way says more
+                handle.close()
+        raise
+    failure: Exception | None = None
+    for path, handle in opened:
         try:
-            handle = cast(BinaryIO, open(path, "wb"))  # noqa: SIM115 - closed below
+            handle.close()
+        except BrokenPipeError as exc:
+            failure = failure or exc
         except OSError as exc:
-            raise ConfigError(f"cannot write {path}: {exc.strerror}") from None
-        with handle:
-            yield handle
+            failure = failure or write_error(path, exc)
+    if failure is not None:
+        raise failure
 
 
 @contextlib.contextmanager
 def _sink(args: argparse.Namespace, truth_path: str | None, topics: dict[str, int]) -> Iterator[Any]:
+    """A sink for ``args``' output; ``topics`` besides the readings topic (``args.topic``)."""
     from simulators.sink import FileSink, KafkaSink
 
     servers = _bootstrap(args)
+    paths = [("--truth-output", truth_path)]
+    if servers is None:
+        paths.insert(0, ("--output", args.output))
+    for flag, path in paths:  # all of them before anything is opened, created or sent
+        if path is not None and path != "-":
+            _check_writable(flag, path)
     if servers is not None:
         from streamwatch.transport import open_transport
 
+        topics = {args.topic: _readings_partitions(args), **topics}
         transport = open_transport(servers, args.kafka_client)
         try:
             transport.create_topics(topics)
             producer = transport.producer()
             try:
-                with _open_binary(truth_path, default_stdout=False) as truth:
+                with _files(paths) as (truth,):
                     log.info("publishing", extra={"bootstrap_servers": servers,
                                                   "topics": ",".join(topics)})
-                    yield KafkaSink(producer, args.topic, getattr(args, "truth_topic", ""), truth)
+                    yield KafkaSink(producer, args.topic, getattr(args, "truth_topic", ""), truth,
+                                    truth_name=str(truth_path))
             finally:
                 producer.close()
         finally:
             transport.close()
         return
-    with _open_binary(args.output, default_stdout=True) as out, \
-            _open_binary(truth_path, default_stdout=False) as truth:
-        assert out is not None
-        yield FileSink(out, truth)
+    with _files(paths) as (out, truth):
+        yield FileSink(out or sys.stdout.buffer, truth,
+                       out_name=args.output if args.output not in (None, "-") else "stdout",
+                       truth_name=str(truth_path))
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -213,8 +303,17 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _check_partitions(args: argparse.Namespace) -> None:
-    if not 1 <= args.partitions <= 10_000:
+    if args.partitions is not None and not 1 <= args.partitions <= 10_000:
         raise ConfigError(f"--partitions must be in [1, 10000], got {args.partitions}")
+
+
+def _readings_partitions(args: argparse.Namespace) -> int:
+    """``--partitions``, else the count ``streamwatch detect`` creates the topic with."""
+    if args.partitions is not None:
+        return int(args.partitions)
+    from streamwatch.config import TopicSettings
+
+    return TopicSettings().partitions
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -289,9 +388,8 @@ def _simulate(args: argparse.Namespace) -> int:
     log.info("simulate", extra={"source": args.source, "streams": len(sim.stream_ids),
                                 "duration_s": duration, "seed": args.seed,
                                 "speedup": args.speedup, "episodes": len(episodes)})
-    topics = {args.topic: args.partitions, args.truth_topic: 1}
     rate = sim.rate_hz
-    with _sink(args, truth_path, topics) as sink:
+    with _sink(args, truth_path, {args.truth_topic: 1}) as sink:
         stats = run(steps, sink, step_offsets=lambda k, _step: k / rate, episodes=episodes,
                     start_ts=sim.start_ts, speedup=args.speedup, total=total,
                     progress=_progress(args), desc=f"simulate {args.source}")
@@ -324,7 +422,7 @@ def _replay(args: argparse.Namespace) -> int:
         def offsets(k: int, step: list[Any]) -> float:
             return k * per
 
-    with _sink(args, None, {args.topic: args.partitions}) as sink:
+    with _sink(args, None, {}) as sink:
         stats = run(([r] for r in readings), sink, step_offsets=offsets, speedup=speedup,
                     total=len(readings), progress=_progress(args), desc="replay")
     log.info("replay done", extra={"stream_id": readings[0].stream_id, "kind": loaded.kind.name,

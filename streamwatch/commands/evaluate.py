@@ -14,6 +14,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +90,66 @@ def _detectors(args: argparse.Namespace, default: str) -> list[str]:
     return names
 
 
+def _check_output(flag: str, path: str, directory: bool = False) -> None:
+    """Fail before the run, not after it, when ``path`` cannot be written.
+
+    Missing directories are created at write time, so the nearest existing one must take
+    a new file (probed with a temporary file, which also catches read-only mounts).
+    """
+    from streamwatch.errors import ConfigError
+
+    target = Path(path)
+    if target.exists() and target.is_dir() != directory:
+        raise ConfigError(f"{flag} {path} is {'not ' if directory else ''}a directory; "
+                          "choose another path")
+    if target.exists() and not directory:
+        if not os.access(target, os.W_OK):
+            raise ConfigError(f"{flag} {path}: permission denied; choose another path")
+        return
+    existing = target if target.exists() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is not a directory; choose another path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        where = ("write in" if existing in (target, target.parent)
+                 else f"create {target if directory else target.parent} in")
+        raise ConfigError(f"{flag} {path}: cannot {where} {existing} ({exc.strerror}); "
+                          "choose another path") from None
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    for flag, path in (("--json", args.json_path), ("--report", args.report)):
+        if path:
+            _check_output(flag, path)
+
+
+def _save(failures: list[str], what: str, flag: str, path: str, write: Callable[[], object]) -> None:
+    """Run ``write``; an ``OSError`` (disk full, ...) is noted so the other outputs still go."""
+    try:
+        write()
+    except OSError as exc:
+        failures.append(f"cannot write {flag} {path}: {exc.strerror or exc}")
+        return
+    print(f"{what} written to {path}")
+
+
+def _saved(failures: list[str]) -> None:
+    from streamwatch.errors import ConfigError
+
+    if failures:
+        raise ConfigError("; ".join(failures) + " (the tables printed above are the results; "
+                          "free space or choose another path and run again)")
+
+
 def _write_json(path: str, payload: dict[str, Any]) -> None:
     from streamwatch.evaluate.tables import clean
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(clean(payload), indent=2, allow_nan=False) + "\n")
-    print(f"tables written to {path}")
 
 
 def _pick_streams(episodes: list[Any], stream_ids: list[str], n: int) -> list[str]:
@@ -114,12 +171,13 @@ def _evaluate_scenario(args: argparse.Namespace, names: list[str]) -> int:
     from streamwatch.evaluate.detectors import scenario_factories
     from streamwatch.evaluate.events import EventConfig, alert_spans
     from streamwatch.evaluate.runner import run_scenario
-    from streamwatch.evaluate.tables import by_type_table, event_table, fmt_table
+    from streamwatch.evaluate.tables import by_type_table, event_table, fmt_table, text_rows
 
     if not 0 < args.hours <= 24 * 30:
         raise ConfigError(f"--hours must be in (0, 720], got {args.hours}")
     if args.batch_seconds < 1:
         raise ConfigError(f"--batch-seconds must be >= 1, got {args.batch_seconds}")
+    _check_outputs(args)
     sim: Any = (IcuSimulator(patients=args.streams, seed=args.seed) if args.target == "icu"
                 else SensorSimulator(machines=args.streams, seed=args.seed))
     duration_s = args.hours * 3600.0
@@ -136,13 +194,14 @@ def _evaluate_scenario(args: argparse.Namespace, names: list[str]) -> int:
     tables = {"summary": event_table(result.metrics), "by episode type": by_type_table(result.metrics)}
     print(f"{args.target} scenario: {args.streams} streams x {args.hours:g} h, seed {args.seed}")
     for title, rows in tables.items():
-        print(f"\n{title}\n{fmt_table(rows)}")
+        print(f"\n{title}\n{fmt_table(text_rows(rows))}")
+    failures: list[str] = []
     if args.json_path:
-        _write_json(args.json_path, {
+        _save(failures, "tables", "--json", args.json_path, lambda: _write_json(args.json_path, {
             "scenario": description, "tables": tables,
             "detectors": {d: m.to_dict() for d, m in result.metrics.items()},
             "seconds": {d: r.seconds for d, r in result.runs.items()},
-        })
+        }))
     if args.report:
         from streamwatch.evaluate.report import stream_figure, write_report
 
@@ -154,8 +213,10 @@ def _evaluate_scenario(args: argparse.Namespace, names: list[str]) -> int:
                     figures.append(stream_figure(
                         run.traces[sid], f"{d}: {sid}", [s for s in spans if s.stream_id == sid],
                         [e for e in result.episodes if e.stream_id == sid]))
-        path = write_report(args.report, f"streamwatch evaluate {args.target}", tables, figures)
-        print(f"report written to {path}")
+        title = f"streamwatch evaluate {args.target}"
+        _save(failures, "report", "--report", args.report,
+              lambda: write_report(args.report, title, tables, figures))
+    _saved(failures)
     return 0
 
 
@@ -170,25 +231,32 @@ def _evaluate_nab(args: argparse.Namespace, names: list[str]) -> int:
         raise ConfigError(f"--batch-rows must be >= 1, got {args.batch_rows}")
     if not args.episode_hold_h >= 0:
         raise ConfigError(f"--episode-hold-h must be >= 0 hours, got {args.episode_hold_h}")
+    _check_outputs(args)
+    _check_output("--results-dir", args.results_dir, directory=True)
     only = [k.strip() for k in args.files.split(",") if k.strip()] if args.files else None
     corpus = load_corpus(args.data_dir, args.labels, only)
     factories = nab_factories(names, args.seed)
     keep = [f.key for f in corpus.files if f.windows][: args.report_streams] if args.report else []
-    result = run_nab(corpus, factories, results_dir=args.results_dir, squash_method=args.squash,
-                     batch_rows=args.batch_rows, keep_files=keep, progress=not args.no_progress,
-                     hold_s=args.episode_hold_h * 3600.0)
+    try:
+        result = run_nab(corpus, factories, results_dir=args.results_dir, squash_method=args.squash,
+                         batch_rows=args.batch_rows, keep_files=keep, progress=not args.no_progress,
+                         hold_s=args.episode_hold_h * 3600.0)
+    except OSError as exc:  # writing a results file (disk full, ...)
+        raise ConfigError(f"cannot write {exc.filename or args.results_dir}: {exc.strerror or exc}; "
+                          "free space or choose another --results-dir") from None
     tables = {"NAB score": nab_table(result.profiles), "per file (standard)": nab_file_table(result.profiles)}
     print(f"NAB: {len(corpus.files)} files, {corpus.n_windows} windows from {corpus.data_dir}; "
           f"results in {result.results_dir}")
     print(f"\n{fmt_table(tables['NAB score'])}")
+    failures: list[str] = []
     if args.json_path:
-        _write_json(args.json_path, {
+        _save(failures, "tables", "--json", args.json_path, lambda: _write_json(args.json_path, {
             "corpus": {"data_dir": str(corpus.data_dir), "labels": str(corpus.windows_path),
                        "files": len(corpus.files), "windows": corpus.n_windows},
             "squash": args.squash, "episode_hold_h": args.episode_hold_h,
             "batch_rows": args.batch_rows, "tables": tables,
             "seconds": result.seconds,
-        })
+        }))
     if args.report:
         from streamwatch.evaluate.events import alert_spans
         from streamwatch.evaluate.report import stream_figure, write_report
@@ -203,8 +271,9 @@ def _evaluate_nab(args: argparse.Namespace, names: list[str]) -> int:
                          if s.stream_id == trace.stream_id]
                 figures.append(stream_figure(trace, f"{d}: {key}", spans,
                                              windows=[(ts[a], ts[b]) for a, b in f.windows]))
-        path = write_report(args.report, "streamwatch evaluate nab", tables, figures)
-        print(f"report written to {path}")
+        _save(failures, "report", "--report", args.report,
+              lambda: write_report(args.report, "streamwatch evaluate nab", tables, figures))
+    _saved(failures)
     return 0
 
 

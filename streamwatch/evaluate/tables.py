@@ -59,6 +59,29 @@ def event_table(metrics: Mapping[str, EventMetrics]) -> list[Row]:
     return rows
 
 
+def text_rows(rows: Sequence[Mapping[str, Any]]) -> list[Row]:
+    """``rows`` for the terminal: in an ``event_table``, F1 shows undefined ("—") for a
+    detector whose precision and recall are both undefined (no alerts, no episodes), where
+    F1 is 0/0 (``EventMetrics.f1`` and the JSON keep their 0.0). Other tables pass as they are.
+
+    >>> rows = [{"metric": "recall", "a": None, "b": 0.5}, {"metric": "precision", "a": None,
+    ...         "b": None}, {"metric": "F1", "a": 0.0, "b": 0.0}]
+    >>> [r["a"] for r in text_rows(rows)], [r["b"] for r in text_rows(rows)]
+    ([None, None, None], [0.5, None, 0.0])
+    """
+    by_metric = {r.get("metric"): r for r in rows}
+    recall, precision = by_metric.get("recall"), by_metric.get("precision")
+    out = [dict(r) for r in rows]
+    if recall is None or precision is None or "F1" not in by_metric:
+        return out
+    for row in out:
+        if row["metric"] == "F1":
+            for d in row:
+                if d != "metric" and recall.get(d) is None and precision.get(d) is None:
+                    row[d] = None
+    return out
+
+
 def by_type_table(metrics: Mapping[str, EventMetrics]) -> list[Row]:
     """Per episode type: count, then recall and median delay per detector."""
     types = sorted({t for m in metrics.values() for t in m.by_type})

@@ -7,8 +7,9 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pandas as pd
@@ -193,3 +194,121 @@ def test_replay_rate_paces_readings(tmp_path: Path) -> None:
     assert main(["replay", str(csv), "--rate", "20", "--quiet", "--output",
                  str(tmp_path / "o.jsonl")]) == 0
     assert 0.45 <= time.monotonic() - began < 5.0  # 10 intervals at 20 per second
+
+
+def test_a_full_disk_is_a_clear_error_naming_the_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full = Path("/dev/full")
+    assert full.exists(), "needs Linux's /dev/full (every write fails with ENOSPC)"
+    truth = tmp_path / "labels.jsonl"
+    assert main(["simulate", "icu", "--patients", "1", "--duration", "60s", "--speedup", "0",
+                 "--quiet", "--output", str(full), "--truth-output", str(truth)]) == 2
+    err = capsys.readouterr().err
+    problems = [line for line in err.splitlines() if not line.startswith("ts=")]
+    assert len(problems) == 1 and "level=warning" not in err
+    assert problems[0].startswith("streamwatch simulate: error: cannot write /dev/full: "
+                                  "No space left on device; free space")
+
+
+def test_a_failing_truth_file_keeps_the_readings_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "o.jsonl"
+    assert main(["simulate", "icu", "--patients", "2", "--duration", "3h", "--speedup", "0",
+                 "--quiet", "--output", str(out), "--truth-output", "/dev/full", *BUSY]) == 2
+    assert "error: cannot write /dev/full: No space left on device" in capsys.readouterr().err
+    assert len(_lines(out)) == 2 * 3 * 3600
+
+
+@pytest.mark.parametrize("bad", ["missing/t.jsonl", "dir"])
+def test_a_bad_second_output_leaves_no_first_file_behind(
+    bad: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "dir").mkdir()
+    out, old = tmp_path / "a.jsonl", tmp_path / "old.jsonl"
+    old.write_bytes(b"keep me\n")
+    errors = []
+    for output in (out, old):
+        assert main(["simulate", "icu", "--patients", "1", "--duration", "5s", "--speedup", "0",
+                     "--quiet", "--output", str(output),
+                     "--truth-output", str(tmp_path / bad)]) == 2
+        errors.append(capsys.readouterr().err)
+    assert not out.exists() and old.read_bytes() == b"keep me\n"
+    for err in errors:
+        assert f"error: --truth-output {tmp_path / bad}" in err
+        assert "does not exist" in err if bad.startswith("missing") else "is a directory" in err
+
+
+def test_a_file_another_output_failed_to_open_after_it_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import builtins
+
+    real_open, truth = builtins.open, tmp_path / "t.jsonl"
+
+    def refusing_open(file: Any, *a: Any, **k: Any) -> Any:  # what the checks cannot see
+        if str(file) == str(truth):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    out = tmp_path / "a.jsonl"
+    assert main(["simulate", "icu", "--patients", "1", "--duration", "5s", "--speedup", "0",
+                 "--quiet", "--output", str(out), "--truth-output", str(truth)]) == 2
+    assert list(tmp_path.iterdir()) == []
+    assert f"cannot write --truth-output {truth}: Permission denied" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("duration", ["0s", "-5", "367d", "nan"])
+def test_out_of_range_durations_all_state_the_valid_range(
+    duration: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "icu", "--duration", duration, "--output", "-"])
+    assert exc.value.code == 2
+    assert r"argument --duration: duration must be in (0 s, 366 d]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("start", ["1e15", "1e300", "inf", "nan", "-1", "9999-01-01", "tomorrow+"])
+def test_start_is_bounded_to_sane_epoch_seconds(
+    start: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "icu", "--patients", "1", "--duration", "1s", "--speedup", "0",
+            "--quiet", "--output", str(tmp_path / "s.jsonl")]
+    if start == "tomorrow+":  # a minute inside the bound is fine, a minute past it is not
+        inside = time.time() + 86_400 - 60
+        assert main([*argv, "--start", str(inside)]) == 0
+        assert decode_reading(_lines(tmp_path / "s.jsonl")[0]).ts == inside
+        start = str(time.time() + 86_400 + 60)
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--start", start])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --start: start must be between 1970-01-01T00:00:00Z and one day from now" in err
+
+
+@pytest.mark.parametrize("command", ["simulate", "replay"])
+def test_topic_partitions_default_to_what_detect_creates(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import streamwatch.transport
+    from streamwatch.config import TopicSettings
+    from streamwatch.transport.memory import MemoryTransport
+
+    created: dict[str, int] = {}
+
+    class Recording(MemoryTransport):
+        def create_topics(self, topics: Mapping[str, int],
+                          configs: Mapping[str, Mapping[str, str]] | None = None) -> None:
+            created.update(topics)
+            super().create_topics(topics, configs)
+
+    monkeypatch.setattr(streamwatch.transport, "open_transport", lambda *_a, **_k: Recording())
+    argv = (["simulate", "icu", "--patients", "1", "--duration", "2s", "--speedup", "0"]
+            if command == "simulate" else ["replay", str(ART)])
+    assert main([*argv, "--quiet", "--bootstrap-servers", "h:1"]) == 0
+    assert created["streamwatch.readings"] == TopicSettings().partitions  # detect's default
+    assert main([*argv, "--quiet", "--bootstrap-servers", "h:1", "--topic", "t",
+                 "--partitions", "3"]) == 0
+    assert created["t"] == 3

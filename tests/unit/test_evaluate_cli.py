@@ -163,3 +163,64 @@ def test_icu_scenario_run_matches_alerts_to_the_simulated_episode(tmp_path, caps
 def test_nab_reference_is_refused_on_scenarios(capsys) -> None:
     assert main(["evaluate", "icu", "--detectors", "nab-gaussian", "--no-progress"]) == 2
     assert "NAB runs only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "name"), [("--json", "y.json"), ("--report", "r.html")])
+def test_unwritable_outputs_are_refused_before_the_run(flag, name, tmp_path, monkeypatch, capsys) -> None:
+    import streamwatch.evaluate.runner
+
+    def no_run(*_a, **_k):
+        raise AssertionError("the run started although its output cannot be written")
+
+    monkeypatch.setattr(streamwatch.evaluate.runner, "run_scenario", no_run)
+    (tmp_path / "file").write_text("")
+    for path, problem in ((f"/proc/nope/{name}", "cannot create /proc/nope in /proc"),
+                          (str(tmp_path / "file" / name), "is not a directory"),
+                          (str(tmp_path), "is a directory")):
+        code = main(["evaluate", "icu", "--patients", "1", "--hours", "0.5", "--detectors",
+                     "zscore", flag, path, "--no-progress"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"error: {flag} {path}" in err and problem in err and "choose another path" in err
+
+
+def test_unwritable_nab_results_dir_is_refused_before_the_run(tmp_path, monkeypatch, capsys) -> None:
+    import streamwatch.evaluate.runner
+
+    monkeypatch.setattr(streamwatch.evaluate.runner, "run_nab", lambda *_a, **_k: pytest.fail("ran"))
+    (tmp_path / "file").write_text("")
+    code = main(["evaluate", "nab", "--detectors", "nab-gaussian", "--files",
+                 "realTraffic/speed_7578.csv", "--results-dir", str(tmp_path / "file"),
+                 "--no-progress"])
+    assert code == 2
+    assert f"--results-dir {tmp_path / 'file'} is not a directory" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(120)
+def test_a_failed_write_after_the_run_is_a_clear_error_and_keeps_the_other_output(
+    tmp_path, capsys
+) -> None:
+    html = tmp_path / "new" / "r.html"
+    code = main(["evaluate", "icu", "--patients", "1", "--hours", "0.5", "--detectors", "zscore",
+                 "--json", "/dev/full", "--report", str(html), "--no-progress"])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert "summary" in captured.out and f"report written to {html}" in captured.out
+    assert ("error: cannot write --json /dev/full: No space left on device (the tables printed "
+            "above are the results") in captured.err
+    assert "zscore" in html.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_f1_is_undefined_in_the_text_where_precision_and_recall_are(tmp_path, capsys) -> None:
+    # 1 bed for 0.5 h: no episode (the warm-up is 2 h) and no alert
+    js = tmp_path / "e.json"
+    code = main(["evaluate", "icu", "--patients", "1", "--hours", "0.5", "--detectors", "zscore",
+                 "--json", str(js), "--no-progress"])
+    assert code == 0
+    rows = {line.split("  ")[0]: line.split()[-1] for line in capsys.readouterr().out.splitlines()
+            if "  " in line}
+    assert rows["recall"] == rows["precision"] == rows["F1"] == "—"
+    assert rows["alerts"] == rows["episodes (clinical/fault)"] == "0"
+    summary = {r["metric"]: r["zscore"] for r in json.loads(js.read_text())["tables"]["summary"]}
+    assert summary["recall"] is None and summary["precision"] is None and summary["F1"] == 0.0
