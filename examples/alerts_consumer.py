@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kafka import KafkaConsumer
+from kafka.errors import KafkaError
 
 SEEN_MAX = 100_000  # event keys kept for dropping duplicates (oldest forgotten first)
 
@@ -78,10 +79,15 @@ def main() -> int:
     args = p.parse_args()
 
     validate = load_validator()
-    consumer = KafkaConsumer(
-        args.topic, bootstrap_servers=args.bootstrap_servers, group_id=args.group,
-        session_timeout_ms=6000, enable_auto_commit=False, value_deserializer=parse_json,
-        auto_offset_reset="earliest" if args.from_beginning else "latest")
+    try:
+        consumer = KafkaConsumer(
+            args.topic, bootstrap_servers=args.bootstrap_servers, group_id=args.group,
+            session_timeout_ms=6000, enable_auto_commit=False, value_deserializer=parse_json,
+            auto_offset_reset="earliest" if args.from_beginning else "latest")
+    except KafkaError as exc:  # no broker answered (NoBrokersAvailable, a timeout)
+        print(f"cannot reach Kafka at {args.bootstrap_servers} ({exc}): start the broker, or "
+              "pass --bootstrap-servers HOST:PORT of a running one", file=sys.stderr)
+        return 2
     seen: OrderedDict[tuple[str, str, int], None] = OrderedDict()
     left = args.max_records if args.max_records is not None else float("inf")
     try:

@@ -207,6 +207,35 @@ def _env_json_kind(name: str) -> str | None:
     return _json_kind(annotation)
 
 
+#: ``STREAMWATCH_`` variables that are not settings: read by one command each.
+OTHER_ENV = frozenset({"STREAMWATCH_NAB_DIR", "STREAMWATCH_TANSU_BINARY"})
+
+
+def unknown_env(environ: Any = None) -> list[str]:
+    """``STREAMWATCH_`` variables that name no setting (``load_settings`` refuses them: pydantic
+    ignores an unknown section and refuses an unknown key without naming the variable).
+
+    >>> unknown_env({"STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS": "h:1", "STREAMWATCH_KAFKA__BOOTSTRAP": "",
+    ...              "STREAMWATCH_KAFKA__CLIENT_CONFIG__ACKS": "all", "STREAMWATCH_NAB_DIR": "d"})
+    ['STREAMWATCH_KAFKA__BOOTSTRAP']
+    """
+    unknown = []
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()
+        if not upper.startswith("STREAMWATCH_") or upper in OTHER_ENV:
+            continue
+        annotation: Any = Settings
+        for key in upper[len("STREAMWATCH_"):].lower().split("__"):
+            model = get_origin(annotation) or annotation
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                break  # a table, list or value: its own parsing checks what follows
+            if key not in model.model_fields:
+                unknown.append(name)
+                break
+            annotation = model.model_fields[key].annotation
+    return unknown
+
+
 def _env_error(exc: SettingsError) -> ConfigError:
     """A ``ConfigError`` naming the environment variable that is not the JSON it must be."""
     match = re.search(r'field "(\w+)"', str(exc))
@@ -237,6 +266,12 @@ def load_settings(
 ) -> Settings:
     """File < environment < overrides (CLI flags). Errors name the setting and the range."""
     file_values = read_config_file(config_file) if config_file else {}
+    unknown = unknown_env()
+    if unknown:  # (pydantic ignored an unknown section and refused an unknown key in one)
+        raise ConfigError(
+            f"environment variable {unknown[0]} names no setting: check its spelling "
+            "(STREAMWATCH_<SECTION>__<SETTING>, e.g. STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS; the "
+            "README lists the settings) or unset it")
     try:
         env_only = Settings()  # environment over defaults
         env_values = env_only.model_dump(exclude_unset=True)

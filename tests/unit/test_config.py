@@ -126,3 +126,16 @@ def test_a_file_not_named_toml_is_reported_as_parsed_as_json(tmp_path: Path) -> 
     bad_toml.write_text("[model\n")
     with pytest.raises(ConfigError, match=r"sw\.toml could not be parsed as TOML: "):
         load_settings(bad_toml)
+
+
+@pytest.mark.parametrize("name", ["STREAMWATCH_KAFKA__BOOTSTRAP",  # _SERVERS left off
+                                  "STREAMWATCH_BOGUS__X"])  # a section (pydantic ignored it)
+def test_a_streamwatch_variable_that_names_no_setting_is_an_error_naming_it(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setenv("STREAMWATCH_SERVICE__GROUP_ID", "g1")  # a real one
+    monkeypatch.setenv("STREAMWATCH_NAB_DIR", "/data/nab")  # not a setting, but known
+    assert load_settings().service.group_id == "g1"
+    monkeypatch.setenv(name, "127.0.0.1:9092")
+    with pytest.raises(ConfigError, match=f"environment variable {name} names no setting"):
+        load_settings()
