@@ -12,7 +12,8 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 #: What to do when no broker answers; part of every BrokerUnavailableError message.
 BROKER_HINT = (
     "start a broker or run `streamwatch demo`, or pass --bootstrap-servers HOST:PORT "
-    "(or set STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS) pointing at a reachable Kafka broker"
+    "(or set STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS) pointing at a reachable Kafka broker; "
+    "with SSL or SASL, check that client_config's security protocol is the listener's"
 )
 
 

