@@ -13,21 +13,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from streamwatch.argtypes import whole
 from streamwatch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 ENV_BOOTSTRAP = "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS"
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -48,18 +39,18 @@ def register(subparsers: Any) -> None:
                    help="Kafka client library (default: kafka-python)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1; 0.0.0.0 exposes it to the network)")
-    p.add_argument("--port", type=_positive_int, default=8050, help="HTTP port (default: 8050)")
+    p.add_argument("--port", type=whole(0), default=8050, help="HTTP port (default: 8050)")
     p.add_argument("--group-id", default=None,
                    help="consumer group (default: a fresh streamwatch-dashboard-<id>)")
-    p.add_argument("--backfill", type=_positive_int, default=200_000,
+    p.add_argument("--backfill", type=whole(0), default=200_000,
                    help="records per partition read from before the end at start-up (default: 200000)")
-    p.add_argument("--max-streams", type=_positive_int, default=5_000,
+    p.add_argument("--max-streams", type=whole(0), default=5_000,
                    help="streams the store holds, about 170 KiB each for ICU vitals (default: 5000)")
-    p.add_argument("--recent-points", type=_positive_int, default=900,
+    p.add_argument("--recent-points", type=whole(0), default=900,
                    help="full-rate points kept per stream (default: 900 = 15 min at 1 Hz)")
     p.add_argument("--stale-after", type=float, default=30.0, metavar="SECONDS",
                    help="a stream without data for longer is shown as stale (default: 30)")
-    p.add_argument("--interval-ms", type=_positive_int, default=1000,
+    p.add_argument("--interval-ms", type=whole(0), default=1000,
                    help="browser refresh period (default: 1000)")
     p.set_defaults(func=run_dashboard)
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
+from streamwatch.argtypes import finite
 from streamwatch.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -100,16 +101,6 @@ def parse_start(text: str) -> float:
     return value
 
 
-def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
 def _add_output(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("output (Kafka, or JSON lines when no broker is given)")
     out.add_argument("--bootstrap-servers", metavar="HOST:PORT",
@@ -137,7 +128,7 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--duration", type=_run_duration, default=3600.0,
                      help="simulated time: 30s, 10m, 1h, 2d ... (default 1h)")
     sim.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    sim.add_argument("--speedup", type=_nonneg_float, default=1.0,
+    sim.add_argument("--speedup", type=finite(0), default=1.0,
                      help="simulated seconds per wall second: 1 = wall speed (default), "
                           "60 = a minute per second, 0 = as fast as possible")
     sim.add_argument("--rate-hz", type=float, default=1.0,
@@ -151,10 +142,10 @@ def register(subparsers: Any) -> None:
     sim.add_argument("--dropouts", action="store_true",
                      help="icu: also drop samples (readings then number fewer than "
                           "patients x duration x rate)")
-    sim.add_argument("--episodes-per-day", type=_nonneg_float,
+    sim.add_argument("--episodes-per-day", type=finite(0),
                      help="clinical episodes (icu, default 2) or faults (sensors, default 3) "
                           "per stream-day")
-    sim.add_argument("--artefacts-per-day", type=_nonneg_float,
+    sim.add_argument("--artefacts-per-day", type=finite(0),
                      help="icu artefacts per patient-day (default 4)")
     sim.add_argument("--warmup", type=parse_duration, default=7200.0,
                      help="no episode starts earlier (default 2h; a run of 1h has none)")
@@ -173,9 +164,9 @@ def register(subparsers: Any) -> None:
     rep.add_argument("--kind", help="stream kind (default univariate for one value column, "
                                     "csv_<stem> registered here for several)")
     pace = rep.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=_nonneg_float, default=0.0,
+    pace.add_argument("--rate", type=finite(0), default=0.0,
                       help="readings per wall second (default 0 = as fast as possible)")
-    pace.add_argument("--speedup", type=_nonneg_float,
+    pace.add_argument("--speedup", type=finite(0),
                       help="follow the file's timestamps, this many times faster than real time")
     rep.add_argument("--skip-bad-rows", action="store_true",
                      help="skip rows with a bad timestamp or field count (default: error)")

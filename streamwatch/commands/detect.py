@@ -4,34 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
 
+from streamwatch.argtypes import finite, whole
+
 log = logging.getLogger(__name__)
-
-
-def _positive_seconds(text: str) -> float:
-    """``--timeout``: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}")
-    return value
-
-
-def _positive_count(text: str) -> int:
-    """``--count``: a whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def register(subparsers: Any) -> None:
@@ -43,9 +22,9 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--config", type=Path, help="TOML or JSON settings file (see README)")
     add_service_arguments(p)
-    p.add_argument("--timeout", type=_positive_seconds,
+    p.add_argument("--timeout", type=finite(0, above=True, unit="seconds"),
                    help="stop after this many seconds (default: run until stopped)")
-    p.add_argument("--count", type=_positive_count, help="stop after handling this many records")
+    p.add_argument("--count", type=whole(1), help="stop after handling this many records")
     p.set_defaults(func=run)
 
 
