@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, cast
 
 from streamwatch.argtypes import finite
 from streamwatch.errors import ConfigError
+from streamwatch.outputs import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -185,18 +186,6 @@ def _bootstrap(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _check_writable(flag: str, path: str) -> None:
-    """Fail before any output is opened (and so created or emptied) if ``path`` cannot be."""
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"{flag} {path} is a directory; give a file path")
-    if not target.parent.is_dir():
-        raise ConfigError(f"{flag} {path}: directory {target.parent} does not exist; "
-                          "create it or choose another path")
-    if not os.access(target if target.exists() else target.parent, os.W_OK):
-        raise ConfigError(f"{flag} {path}: permission denied; choose another path")
-
-
 @contextlib.contextmanager
 def _files(outputs: list[tuple[str, str | None]]) -> Iterator[list[BinaryIO | None]]:
     """Open every output (``(flag, path)``; ``None`` = none, ``-`` = stdout) or none.
@@ -263,7 +252,7 @@ def _sink(args: argparse.Namespace, truth_path: str | None, topics: dict[str, in
         paths.insert(0, ("--output", args.output))
     for flag, path in paths:  # all of them before anything is opened, created or sent
         if path is not None and path != "-":
-            _check_writable(flag, path)
+            check_writable(flag, path, make_parents=False)
     if servers is not None:
         from streamwatch.transport import open_transport
 

@@ -193,18 +193,29 @@ def _json_kind(annotation: Any) -> str | None:
     return None
 
 
-def _env_json_kind(name: str) -> str | None:
-    """What a ``STREAMWATCH_*`` variable must hold when its setting is read as JSON."""
-    keys = name[len("STREAMWATCH_"):].lower().split("__")
+#: ``_env_setting`` of a variable that names no setting.
+_NO_SETTING = object()
+
+
+def _env_setting(name: str) -> Any:
+    """The type of the setting a ``STREAMWATCH_*`` variable names; ``None`` for a key
+    inside a table setting (``..._CLIENT_CONFIG__ACKS``: that table's parsing checks it);
+    ``_NO_SETTING`` when it names none."""
     annotation: Any = Settings
-    for key in keys:
+    for key in name[len("STREAMWATCH_"):].lower().split("__"):
         model = get_origin(annotation) or annotation
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         if key not in model.model_fields:
-            return None
+            return _NO_SETTING
         annotation = model.model_fields[key].annotation
-    return _json_kind(annotation)
+    return annotation
+
+
+def _env_json_kind(name: str) -> str | None:
+    """What a ``STREAMWATCH_*`` variable must hold when its setting is read as JSON."""
+    annotation = _env_setting(name)
+    return None if annotation is None or annotation is _NO_SETTING else _json_kind(annotation)
 
 
 #: ``STREAMWATCH_`` variables that are not settings: read by one command each.
@@ -219,21 +230,9 @@ def unknown_env(environ: Any = None) -> list[str]:
     ...              "STREAMWATCH_KAFKA__CLIENT_CONFIG__ACKS": "all", "STREAMWATCH_NAB_DIR": "d"})
     ['STREAMWATCH_KAFKA__BOOTSTRAP']
     """
-    unknown = []
-    for name in sorted(os.environ if environ is None else environ):
-        upper = name.upper()
-        if not upper.startswith("STREAMWATCH_") or upper in OTHER_ENV:
-            continue
-        annotation: Any = Settings
-        for key in upper[len("STREAMWATCH_"):].lower().split("__"):
-            model = get_origin(annotation) or annotation
-            if not (isinstance(model, type) and issubclass(model, BaseModel)):
-                break  # a table, list or value: its own parsing checks what follows
-            if key not in model.model_fields:
-                unknown.append(name)
-                break
-            annotation = model.model_fields[key].annotation
-    return unknown
+    return [name for name in sorted(os.environ if environ is None else environ)
+            if name.upper().startswith("STREAMWATCH_") and name.upper() not in OTHER_ENV
+            and _env_setting(name.upper()) is _NO_SETTING]
 
 
 def _env_error(exc: SettingsError) -> ConfigError:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from streamwatch.outputs import check_writable
 
 log = logging.getLogger(__name__)
 
@@ -90,41 +90,10 @@ def _detectors(args: argparse.Namespace, default: str) -> list[str]:
     return names
 
 
-def _check_output(flag: str, path: str, directory: bool = False) -> None:
-    """Fail before the run, not after it, when ``path`` cannot be written.
-
-    Missing directories are created at write time, so the nearest existing one must take
-    a new file (probed with a temporary file, which also catches read-only mounts).
-    """
-    from streamwatch.errors import ConfigError
-
-    target = Path(path)
-    if target.exists() and target.is_dir() != directory:
-        raise ConfigError(f"{flag} {path} is {'not ' if directory else ''}a directory; "
-                          "choose another path")
-    if target.exists() and not directory:
-        if not os.access(target, os.W_OK):
-            raise ConfigError(f"{flag} {path}: permission denied; choose another path")
-        return
-    existing = target if target.exists() else target.parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{flag} {path}: {existing} is not a directory; choose another path")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        where = ("write in" if existing in (target, target.parent)
-                 else f"create {target if directory else target.parent} in")
-        raise ConfigError(f"{flag} {path}: cannot {where} {existing} ({exc.strerror}); "
-                          "choose another path") from None
-
-
 def _check_outputs(args: argparse.Namespace) -> None:
     for flag, path in (("--json", args.json_path), ("--report", args.report)):
         if path:
-            _check_output(flag, path)
+            check_writable(flag, path)
 
 
 def _save(failures: list[str], what: str, flag: str, path: str, write: Callable[[], object]) -> None:
@@ -232,7 +201,7 @@ def _evaluate_nab(args: argparse.Namespace, names: list[str]) -> int:
     if not args.episode_hold_h >= 0:
         raise ConfigError(f"--episode-hold-h must be >= 0 hours, got {args.episode_hold_h}")
     _check_outputs(args)
-    _check_output("--results-dir", args.results_dir, directory=True)
+    check_writable("--results-dir", args.results_dir, directory=True)
     only = [k.strip() for k in args.files.split(",") if k.strip()] if args.files else None
     corpus = load_corpus(args.data_dir, args.labels, only)
     factories = nab_factories(names, args.seed)

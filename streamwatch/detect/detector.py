@@ -371,11 +371,12 @@ class StreamDetector(DetectorState):
         nothing there, so one part scores as two would; from the first boundary that may,
         every one is cut (1,000 streams in batches of 997, train_every 2,048: 97 cuts in
         201 batches instead of 199)."""
-        if len(set(map(_KIND, readings))) > 1:
+        kinds = set(map(_KIND, readings))
+        if len(kinds) > 1:
             self._check_kinds(readings)
         breaks = _tick_breaks(readings)
         if breaks:
-            room = self._training_room(readings)
+            room = self._training_room(kinds, len(readings))
             breaks = [b for b in breaks if b >= room]
         parts, start = [], 0
         for end in [*breaks, len(readings)]:
@@ -403,11 +404,12 @@ class StreamDetector(DetectorState):
             if kind != r.kind:
                 raise self._in_batch(r, self._kind_changed(r, kind))
 
-    def _training_room(self, readings: Sequence[Reading]) -> int:
-        """The fewest readings any kind of the batch can learn before it owes training (0
-        for a kind not seen yet: its scorer does not exist to ask)."""
-        room = len(readings)
-        for name in {r.kind for r in readings}:
+    def _training_room(self, kinds: set[str], n: int) -> int:
+        """The fewest readings any of the batch's ``kinds`` can learn before it owes
+        training, at most the batch's ``n`` (0 for a kind not seen yet: its scorer does not
+        exist to ask)."""
+        room = n
+        for name in kinds:
             ks = self._kinds.get(name)
             if ks is None:
                 return 0
