@@ -657,9 +657,17 @@ def _clean_descriptions(node: Any) -> Any:
     return node
 
 
+WRITTEN_ONLY = frozenset(RECORD_TYPES) - {"reading"}
+"""Record types only streamwatch writes, always with ``v``: their schemas require it (a
+Reading from another producer may leave ``v`` out and is then read as version 1)."""
+
+
 def json_schema(name: str) -> dict[str, Any]:
     """The JSON Schema of record type ``name`` as shipped to other services."""
     schema = _clean_descriptions(msgspec.json.schema(RECORD_TYPES[name]))
+    if name in WRITTEN_ONLY:
+        record = schema["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+        record["required"] = [*record["required"], "v"]
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = f"streamwatch/{name}/v{SCHEMA_VERSION}"
     schema["title"] = f"streamwatch {name} v{SCHEMA_VERSION}"
