@@ -56,6 +56,12 @@ def _from_k(tps: Iterable[Any]) -> set[TopicPartition]:
 #: Seconds past ``bootstrap_timeout_ms`` that ``KafkaTransport.connect`` waits in all.
 CONNECT_GRACE_S = 5.0
 
+_stuck_connects: dict[str, threading.Thread] = {}
+"""Per bootstrap address, the last first-contact thread that outlived its wait: the next
+``connect`` to that address waits for it instead of starting another, so a retry loop
+leaves at most one thread (and its socket) behind, not one per attempt."""
+_stuck_lock = threading.Lock()
+
 
 class KafkaTransport:
     """Producers, consumers and topic admin on one Kafka cluster, through kafka-python.
@@ -100,8 +106,17 @@ class KafkaTransport:
         kafka-python bounds the bootstrap by ``bootstrap_timeout_ms`` but not a TLS
         handshake: an SSL client at a plaintext listener waited for ever, silently. So the
         first contact runs in a thread of its own, given that time and a grace; one still
-        stuck then is left behind (a daemon thread, blocked on its socket)."""
+        stuck then is left behind (a daemon thread, blocked on its socket), and the next
+        ``connect`` to the same address waits for that one rather than adding another."""
         waited_s = self.admin_config.get("bootstrap_timeout_ms", 5000) / 1000
+        with _stuck_lock:
+            stuck = _stuck_connects.pop(self.bootstrap_servers, None)
+        if stuck is not None:
+            stuck.join(waited_s + CONNECT_GRACE_S)
+            if stuck.is_alive():
+                with _stuck_lock:
+                    _stuck_connects.setdefault(self.bootstrap_servers, stuck)
+                raise unreachable(self.bootstrap_servers, waited_s + CONNECT_GRACE_S)
         outcome: dict[str, BaseException | None] = {}
 
         def reach() -> None:
@@ -116,6 +131,8 @@ class KafkaTransport:
         thread.start()
         thread.join(waited_s + CONNECT_GRACE_S)
         if "error" not in outcome:
+            with _stuck_lock:
+                _stuck_connects[self.bootstrap_servers] = thread
             raise unreachable(self.bootstrap_servers, waited_s + CONNECT_GRACE_S)
         if outcome["error"] is not None:
             raise outcome["error"]

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -153,3 +154,25 @@ def test_a_tls_client_at_a_plaintext_listener_is_a_clear_error_not_a_hang(
     with pytest.raises(BrokerUnavailableError, match="security protocol is the listener's"):
         open_transport(kafka_bootstrap, client, client_config=config)  # type: ignore[arg-type]
     assert time.monotonic() - started < 20
+
+
+def test_connect_retries_at_a_hanging_listener_leave_one_thread_behind_not_one_each(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``detect`` retries its first contact while no broker answers; a TLS handshake at a
+    plaintext listener never ends, and each attempt used to leave its thread (and socket)
+    blocked there for good. Now an attempt waits for the last stuck one instead."""
+    from streamwatch.transport import kafka as kafka_transport
+
+    monkeypatch.setattr(kafka_transport, "CONNECT_GRACE_S", 0.2)
+
+    def stuck() -> int:
+        return sum(t.name == "streamwatch-kafka-connect" and t.is_alive()
+                   for t in threading.enumerate())
+
+    before = stuck()
+    for _ in range(3):
+        with pytest.raises(BrokerUnavailableError, match="security protocol is the listener's"):
+            open_transport(kafka_bootstrap, "kafka-python", client_config={
+                "security_protocol": "SSL", "bootstrap_timeout_ms": 500})
+    assert stuck() <= max(before, 1)
