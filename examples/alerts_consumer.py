@@ -76,13 +76,20 @@ def main() -> int:
     p.add_argument("--from-beginning", action="store_true",
                    help="a group with no committed offset starts at the oldest record")
     p.add_argument("--max-records", type=int, metavar="N", help="stop after N records (tests)")
+    p.add_argument("--connect-timeout-s", type=float, default=10.0, metavar="S",
+                   help="give up when no broker answers within S seconds (10)")
     args = p.parse_args()
+    if not 0 < args.connect_timeout_s < float("inf"):
+        p.error(f"--connect-timeout-s must be a positive number of seconds, got {args.connect_timeout_s}")
+    if args.max_records is not None and args.max_records < 1:
+        p.error(f"--max-records must be >= 1, got {args.max_records}")
 
     validate = load_validator()
     try:
         consumer = KafkaConsumer(
             args.topic, bootstrap_servers=args.bootstrap_servers, group_id=args.group,
             session_timeout_ms=6000, enable_auto_commit=False, value_deserializer=parse_json,
+            bootstrap_timeout_ms=int(args.connect_timeout_s * 1000),
             auto_offset_reset="earliest" if args.from_beginning else "latest")
     except KafkaError as exc:  # no broker answered (NoBrokersAvailable, a timeout)
         print(f"cannot reach Kafka at {args.bootstrap_servers} ({exc}): start the broker, or "

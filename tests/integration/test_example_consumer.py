@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,27 @@ def test_example_consumer_prints_each_alert_event_once_and_drops_replayed_duplic
         assert STREAM in ln and "critical" in ln and schema.alert_id_for(STREAM, 1_767_226_200.0) in ln
     assert "resolved after 49 s" in close_lines[0]
     assert "refused" not in result.stderr, result.stderr
+
+
+def test_example_consumer_with_no_broker_says_what_to_do_and_exits_2() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--bootstrap-servers", f"127.0.0.1:{port}",
+         "--connect-timeout-s", "1"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in result.stderr
+    assert "--bootstrap-servers" in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 20
+
+
+@pytest.mark.parametrize("flag", [["--connect-timeout-s", "0"], ["--connect-timeout-s", "nan"],
+                                  ["--max-records", "0"]])
+def test_example_consumer_refuses_a_meaningless_argument(flag: list[str]) -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLE), *flag],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2 and flag[0] in result.stderr, result.stderr
