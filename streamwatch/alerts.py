@@ -27,7 +27,9 @@ Rules (``AlertConfig``, event time = reading timestamps, so a replay is identica
 
 Every event carries an explanation: the hard-limit channels and the model's top channels
 by channel score, observed vs the expected band (forecast mean +- ``band_k`` std), the
-direction, the duration and a one-line summary. A stream that stops sending readings keeps
+direction, the duration and a one-line summary. A hard-limit channel's direction is the
+side of the limit it breached (SpO2 82 is "low" even when the forecast, having learned that
+level, expects 82); a model channel's is observed vs forecast. A stream that stops sending readings keeps
 its alert open (closing needs event time); the dashboard marks such a stream stale.
 """
 
@@ -37,7 +39,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from streamwatch.detect.config import AlertConfig, DriftConfig
 from streamwatch.errors import CheckpointError
@@ -48,6 +50,19 @@ log = logging.getLogger(__name__)
 
 WARNING, CRITICAL = 1, 2
 _SEVERITY = {WARNING: "warning", CRITICAL: "critical"}
+
+LimitSide = Callable[[str, float], Literal["low", "high"] | None]
+"""(channel, value) -> the side of its hard limits the value lies on, None within them
+(``HardLimitBank.direction``)."""
+
+
+def _news2_side(channel: str, value: float) -> Literal["low", "high"] | None:
+    """``LimitSide`` of the default NEWS2 normal ranges: for an alert restored into a
+    detector whose hard limits are now off."""
+    if channel not in NEWS2_NORMAL:
+        return None
+    lo, hi = NEWS2_NORMAL[channel]
+    return "high" if value > hi else "low" if value < lo else None
 
 
 class Snapshot(NamedTuple):
@@ -84,14 +99,17 @@ class AlertMachine:
     __slots__ = (
         "alert_id", "anom", "channels", "closed_at", "config", "cooldown_until", "drift",
         "event_seq", "extreme_run", "hard", "hl_level", "hl_snap", "is_open", "kind",
-        "last_abnormal", "last_update_ts", "model", "onset", "open_threshold", "peak",
-        "peak_snap", "reported_peak", "reported_severity", "seq", "severity", "stream_id",
+        "last_abnormal", "last_update_ts", "limit_side", "model", "onset", "open_threshold",
+        "peak", "peak_snap", "reported_peak", "reported_severity", "seq", "severity",
+        "stream_id",
     )  # fmt: skip
 
     def __init__(self, stream_id: str, kind: str, channels: Sequence[str],
-                 config: AlertConfig, drift: DriftConfig) -> None:  # fmt: skip
+                 config: AlertConfig, drift: DriftConfig,
+                 limit_side: LimitSide | None = None) -> None:  # fmt: skip
         self.stream_id, self.kind, self.channels = stream_id, kind, tuple(channels)
         self.config, self.drift = config, drift
+        self.limit_side = limit_side or _news2_side
         self.seq = 0
         self.anom: deque[tuple[int, float]] = deque()
         self.extreme_run = 0
@@ -251,7 +269,10 @@ class AlertMachine:
         )
 
     # -- explanation -----------------------------------------------------------------
-    def _channel(self, snap: Snapshot, c: int) -> ChannelExplanation:
+    def _channel(self, snap: Snapshot, c: int, *, hard: bool = False) -> ChannelExplanation:
+        """One channel's explanation; ``hard``: a channel behind the hard-limit verdict,
+        whose direction is the side of the limit it breached, not observed vs forecast
+        (the forecast may have learned the abnormal level already)."""
         name = self.channels[c]
         observed, mean, std = snap.observed[c], snap.mean[c], snap.std[c]
         expected = _finite(mean)
@@ -261,11 +282,12 @@ class AlertMachine:
         direction: Any = None
         if not math.isfinite(observed):
             direction = "missing"
+        elif hard and (side := self.limit_side(name, observed)) is not None:
+            direction = side
         elif expected is not None:
             direction = "high" if observed > expected else "low"
-        elif name in NEWS2_NORMAL:
-            lo, hi = NEWS2_NORMAL[name]
-            direction = "high" if observed > hi else "low" if observed < lo else None
+        else:
+            direction = _news2_side(name, observed)
         return ChannelExplanation(
             channel=name,
             observed=_finite(observed),
@@ -282,7 +304,8 @@ class AlertMachine:
         used: set[str] = set()
         if self.hard and self.hl_snap is not None:
             for name in self.hl_snap.hard_limit_channels:
-                entries.append(self._channel(self.hl_snap, self.channels.index(name)))
+                entries.append(self._channel(self.hl_snap, self.channels.index(name),
+                                             hard=True))
                 used.add(name)
         snap = self.peak_snap
         if snap is not None and (self.model or not entries):
@@ -356,16 +379,18 @@ class AlertBook:
     """The alert machines of one kind's streams, created on first need."""
 
     def __init__(self, kind: str, channels: Sequence[str], config: AlertConfig,
-                 drift: DriftConfig) -> None:  # fmt: skip
+                 drift: DriftConfig, limit_side: LimitSide | None = None) -> None:  # fmt: skip
         self.kind, self.channels = kind, tuple(channels)
         self.config, self.drift = config, drift
+        self.limit_side = limit_side
         self.machines: dict[str, AlertMachine] = {}
 
     def machine(self, stream_id: str) -> AlertMachine:
         m = self.machines.get(stream_id)
         if m is None:
             m = self.machines[stream_id] = AlertMachine(
-                stream_id, self.kind, self.channels, self.config, self.drift)  # fmt: skip
+                stream_id, self.kind, self.channels, self.config, self.drift,
+                self.limit_side)  # fmt: skip
         return m
 
     def open_count(self) -> int:

@@ -5,19 +5,25 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from streamwatch.errors import ConfigError
+from streamwatch.schema import AlertEvent, DeadLetterCode
 
 log = logging.getLogger(__name__)
+
+CHECKPOINT_STAGES = ("snapshot", "write")
+"""The ``stage`` labels of ``streamwatch_checkpoint_seconds`` (set in ``pipeline``)."""
 
 
 class ServiceMetrics:
     """Counters and gauges of one detector process; optionally served over HTTP.
 
     Served on 127.0.0.1 by default (``/metrics``). Names follow Prometheus conventions.
+    Every fixed label value (dead-letter codes, alert events, checkpoint stages) has its
+    sample from the start, 0 until its first event, so ``rate()`` sees 0, not "absent".
     """
 
     def __init__(self) -> None:
@@ -63,6 +69,12 @@ class ServiceMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
+        for code in get_args(DeadLetterCode):
+            self.dead_letters.labels(code=code)
+        for event in get_args(AlertEvent):
+            self.alert_events.labels(event=event)
+        for stage in CHECKPOINT_STAGES:
+            self.checkpoint_seconds.labels(stage=stage)
         self._rate_window: deque[tuple[float, int]] = deque(maxlen=64)
         self._lock = threading.Lock()
         self.dead_letter_counts: dict[str, int] = {}

@@ -192,6 +192,10 @@ class DeadLetter(msgspec.Struct, frozen=True):
 
     ``code`` is a small fixed vocabulary (for metrics and routing); ``reason`` is the
     precise human-readable text; ``field`` the dotted path of the offending field.
+    ``key`` is the record's Kafka key as ``key_encoding`` says: UTF-8 text, or base64 when
+    the key's bytes are not UTF-8; both None when the record had no key. Records written
+    before ``key_encoding`` existed lack it: their ``key`` is text, a non-UTF-8 key's
+    bytes replaced by U+FFFD.
     """
 
     code: DeadLetterCode
@@ -206,6 +210,7 @@ class DeadLetter(msgspec.Struct, frozen=True):
     payload_truncated: bool
     ts: EpochSeconds
     key: str | None = None
+    key_encoding: Literal["utf-8", "base64"] | None = None
     v: Version = 1
 
 
@@ -619,14 +624,17 @@ def dead_letter(
     key: bytes | None = None,
     cap: int = 4096,
 ) -> DeadLetter:
-    """Build a DeadLetter for raw bytes, capping the payload at ``cap`` bytes."""
+    """Build a DeadLetter for raw bytes, capping the payload at ``cap`` bytes (the key is
+    kept whole: ``dead_letter_key`` gives its bytes back).
+
+    >>> letter = dead_letter(b"{", "not_json", "bad", field=None, topic="t", partition=0,
+    ...                      offset=1, ts=0.0, key=b"\\xff\\x00")
+    >>> letter.key, letter.key_encoding, dead_letter_key(letter)
+    ('/wA=', 'base64', b'\\xff\\x00')
+    """
     raw = payload or b""
-    clipped = raw[:cap]
-    try:
-        text, encoding = clipped.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(clipped).decode("ascii"), "base64"
-    key_text = key.decode("utf-8", errors="replace") if key is not None else None
+    text, encoding = _text_or_base64(raw[:cap])
+    key_text, key_encoding = _text_or_base64(key) if key is not None else (None, None)
     return DeadLetter(
         code=code,  # type: ignore[arg-type]
         reason=reason,
@@ -640,7 +648,24 @@ def dead_letter(
         payload_truncated=len(raw) > cap,
         ts=ts,
         key=key_text,
+        key_encoding=key_encoding,  # type: ignore[arg-type]
     )
+
+
+def _text_or_base64(data: bytes) -> tuple[str, str]:
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def dead_letter_key(letter: DeadLetter) -> bytes | None:
+    """The refused record's Kafka key, its exact bytes (None when it had none)."""
+    if letter.key is None:
+        return None
+    if letter.key_encoding == "base64":
+        return base64.b64decode(letter.key, validate=True)
+    return letter.key.encode("utf-8")
 
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"

@@ -19,10 +19,12 @@ checkpoint that has read furthest (``select``). Two stores keep those checkpoint
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
 import uuid
 import zlib
@@ -139,6 +141,15 @@ def select(checkpoints: Iterable[tuple[str, dict[str, Any], dict[str, Any]]],
     return Snapshot(global_state=global_state, partitions=best)
 
 
+def _os_problem(exc: OSError) -> str:
+    """The OS error without its path (the caller's message names the directory):
+    ``No space left on device (ENOSPC)``."""
+    if not exc.strerror:
+        return str(exc)
+    code = errno.errorcode.get(exc.errno or 0)
+    return f"{exc.strerror} ({code})" if code else exc.strerror
+
+
 class FileStateStore:
     """Shared-directory state store (see module docstring): temp file + fsync + rename."""
 
@@ -154,10 +165,35 @@ class FileStateStore:
         self, global_state: dict[str, Any], partitions: dict[TopicPartition, PartitionState],
         *, background: bool = False,
     ) -> None:
-        """Write this process's checkpoint atomically (never paced: a local write)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.path, _state(global_state, partitions),
-                        {"format": FORMAT, "instance": self.instance})
+        """Write this process's checkpoint atomically (never paced: a local write).
+
+        Raises ``CheckpointError`` naming the directory if it cannot be written (not a
+        directory any more, read-only, disk full): the previous checkpoint stays intact."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.path, _state(global_state, partitions),
+                            {"format": FORMAT, "instance": self.instance})
+        except OSError as exc:
+            problem = ("it is not a directory" if self.directory.exists()
+                       and not self.directory.is_dir() else _os_problem(exc))  # fmt: skip
+            raise CheckpointError(f"cannot write the checkpoint to directory "
+                                  f"{str(self.directory)!r}: {problem}") from exc
+
+    def check_directory(self) -> None:
+        """Create the directory if missing and check that it is a directory this process can
+        write (a probe file is created and removed); ``CheckpointError`` if not."""
+        where = f"checkpoint directory {str(self.directory)!r}"
+        if self.directory.exists() and not self.directory.is_dir():
+            raise CheckpointError(f"{where} is not a directory")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(f"{where} cannot be created: {_os_problem(exc)}") from None
+        try:
+            with tempfile.TemporaryFile(dir=self.directory, prefix=".probe-"):
+                pass
+        except OSError as exc:
+            raise CheckpointError(f"{where} is not writable: {_os_problem(exc)}") from None
 
     def _files(self) -> list[Path]:
         if not self.directory.exists():

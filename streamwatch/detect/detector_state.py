@@ -11,6 +11,7 @@ loading it into a second detector.
 
 from __future__ import annotations
 
+import logging
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,8 @@ from streamwatch.detect.thresholds import ThresholdBank
 from streamwatch.errors import CheckpointError, SchemaError
 from streamwatch.kinds import KindSpec
 from streamwatch.schema import ScoreEncoder
+
+log = logging.getLogger(__name__)
 
 FORMAT, FORMAT_VERSION = "streamwatch.detector", 1
 COUNTERS = (
@@ -56,7 +59,8 @@ class KindState:
         alert_config = config.alerts_for(spec.name)
         self.extreme_factor = alert_config.extreme_factor
         self.observe_during_alert = alert_config.observe_during_alert
-        self.alerts = AlertBook(spec.name, spec.channels, alert_config, config.drift)
+        self.alerts = AlertBook(spec.name, spec.channels, alert_config, config.drift,
+                                self.hard.direction if self.hard is not None else None)
         self.table = SlotTable({"last_ts": ((), np.float64, np.nan),
                                 "n_seen": ((), np.int64, 0),
                                 "active": ((), np.bool_, False)})  # fmt: skip
@@ -76,6 +80,8 @@ class KindState:
         if self.deferred:
             scorer.defer_training = True  # type: ignore[attr-defined]
         self.tick: int | None = None
+        # whether a restore has logged that its hard-limit state did not fit (once per kind)
+        self.hard_mismatch_logged = False
 
 
 class DetectorState:
@@ -111,7 +117,8 @@ class DetectorState:
             ks.alerts.machines.clear()
             ks.thresholds.load_state_dict(kstate["thresholds"])
             if ks.hard is not None:
-                ks.hard.load_state_dict(kstate["hard_limits"])
+                ks.hard.clear()
+            self._import_hard(name, ks, kstate)
             self._import_banks(name, ks, kstate)
 
     def global_state_dict(self) -> dict[str, Any]:
@@ -162,8 +169,7 @@ class DetectorState:
             ks = self._kind_for_restore(name)
             ks.scorer.import_streams(kstate["scorer"])
             ks.thresholds.import_streams(kstate["thresholds"])
-            if ks.hard is not None:
-                ks.hard.import_streams(kstate["hard_limits"])
+            self._import_hard(name, ks, kstate)
             self._import_banks(name, ks, kstate)
 
     def forget_streams(self, stream_ids: Sequence[str]) -> None:
@@ -191,6 +197,29 @@ class DetectorState:
                 "alerts": ks.alerts.export_streams(ids),
                 "hard_limits": ks.hard.export_streams(ids) if ks.hard is not None else None,
                 "streams": ks.table.export_rows(ids)}  # fmt: skip
+
+    @staticmethod
+    def _import_hard(name: str, ks: KindState, kstate: dict[str, Any]) -> None:
+        """Restore the hard-limit runs of a kind's streams. A state written with hard limits
+        off (``"hard_limits": None``) gives its streams fresh runs here (a condition then
+        needs its persistence time again before it alerts); one written with them on, read
+        with them off, has its runs ignored. Either is logged once per kind."""
+        state = kstate.get("hard_limits")
+        if ks.hard is not None and state is not None:
+            ks.hard.import_streams(state)
+            return
+        if ks.hard is not None:
+            ids = (kstate.get("streams") or {}).get("ids", [])
+            ks.hard.forget_streams(ids)  # overwritten streams lose their old runs too
+        if (ks.hard is None) == (state is None) or ks.hard_mismatch_logged:
+            return
+        ks.hard_mismatch_logged = True
+        if ks.hard is not None:
+            log.info("checkpoint has no hard-limit state (written with hard limits off): the "
+                     "restored streams start fresh hard-limit runs", extra={"kind": name})
+        else:
+            log.info("checkpoint hard-limit state ignored: hard limits are off for this kind",
+                     extra={"kind": name})
 
     def _import_banks(self, name: str, ks: KindState, kstate: dict[str, Any]) -> None:
         try:

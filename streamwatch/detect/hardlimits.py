@@ -42,7 +42,7 @@ neither breaks nor extends a run; any other reading below the level ends it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -156,6 +156,31 @@ class HardLimitBank:
         ranked = sorted((h for h in hit if h[0] or h[1] > 0), reverse=True)
         return [names[-neg] for _, _, neg in ranked]
 
+    def direction(self, channel: str, value: float) -> Literal["low", "high"] | None:
+        """Which side of its limits ``value`` of ``channel`` lies: ``"low"`` or ``"high"``
+        when below or above a single-channel (critical or warning) limit or outside the
+        channel's 0-point NEWS2 band; None within them or for a channel not scored.
+
+        >>> from streamwatch.detect.config import HardLimitConfig
+        >>> from streamwatch.kinds import get_kind
+        >>> hl = HardLimitBank(HardLimitConfig(), get_kind("icu_vitals"))
+        >>> hl.direction("spo2", 82.0), hl.direction("hr", 190.0), hl.direction("hr", 72.0)
+        ('low', 'high', None)
+        """
+        if channel not in self.kind.channels or value != value:
+            return None
+        c = self.kind.index(channel)
+        if value < self._low[c] or value < self._wlow[c]:
+            return "low"
+        if value > self._high[c] or value > self._whigh[c]:
+            return "high"
+        bands = self.config.bands.get(channel, ())
+        band = sum(value > bound for bound, _ in bands)  # first bound >= value, as evaluated
+        normal = [i for i, (_, points) in enumerate(bands) if points == 0]
+        if band >= len(bands) or bands[band][1] == 0 or not normal:
+            return None
+        return "low" if band < min(normal) else "high"
+
     # -- persistence -----------------------------------------------------------------
     def slots(self, stream_ids: Sequence[str]) -> np.ndarray:
         return self._table.slots(stream_ids)
@@ -191,16 +216,20 @@ class HardLimitBank:
         return {"streams": self._table.export_rows()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "streams" not in state:
-            raise CheckpointError("hard-limit state lacks 'streams'")
-        self._table.clear()
-        self._table.import_rows(state["streams"])
+        self.clear()
+        self.import_streams(state)
 
     def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
         return {"streams": self._table.export_rows(stream_ids)}
 
     def import_streams(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or "streams" not in state:
+            raise CheckpointError("hard-limit state lacks 'streams'")
         self._table.import_rows(state["streams"])
+
+    def clear(self) -> None:
+        """Forget every stream's runs."""
+        self._table.clear()
 
     def forget_streams(self, stream_ids: Sequence[str]) -> None:
         self._table.forget(stream_ids)

@@ -151,3 +151,14 @@ def test_layer_applies_only_to_configured_kinds() -> None:
     assert HardLimitBank.applies(cfg, get_kind(ICU))
     assert not HardLimitBank.applies(cfg, get_kind("machine"))
     assert not HardLimitBank.applies(HardLimitConfig(enabled=False), get_kind(ICU))
+
+
+def test_direction_is_the_side_of_the_breached_limit_or_band() -> None:
+    hl = bank(warning_limits={"hr": (None, 120.0)})
+    assert hl.direction("spo2", 82.0) == "low"  # beyond the critical limit
+    assert hl.direction("hr", 190.0) == "high"
+    assert hl.direction("hr", 125.0) == "high"  # beyond the configured warning limit
+    assert hl.direction("spo2", 93.0) == "low"  # NEWS2 points, inside the limits
+    assert hl.direction("temp", 38.5) == "high" and hl.direction("rr", 10.0) == "low"
+    assert hl.direction("hr", 72.0) is None and hl.direction("dbp", 20.0) is None
+    assert hl.direction("spo2", float("nan")) is None

@@ -30,3 +30,23 @@ def test_a_port_in_use_is_a_clear_error_saying_what_to_do() -> None:
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match="own --metrics-port"):
             ServiceMetrics().serve(port)
+
+
+def test_a_fresh_endpoint_has_a_zero_sample_for_every_fixed_label_value() -> None:
+    """Alert rules on rate() see 0 on an idle detector, not an absent series."""
+    from typing import get_args
+
+    from prometheus_client import generate_latest
+
+    from streamwatch.schema import AlertEvent, DeadLetterCode
+
+    body = generate_latest(ServiceMetrics().registry).decode()
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in body.splitlines() if line and not line.startswith("#")}  # fmt: skip
+    expected = [f'streamwatch_dead_letters_total{{code="{c}"}}' for c in get_args(DeadLetterCode)]
+    expected += [f'streamwatch_alert_events_total{{event="{e}"}}' for e in get_args(AlertEvent)]
+    expected += [f'streamwatch_checkpoint_seconds_count{{stage="{s}"}}'
+                 for s in ("snapshot", "write")]  # the stages pipeline.py observes
+    assert len(expected) == 10 + 3 + 2
+    for name in expected:
+        assert samples.get(name) == 0.0, name
