@@ -98,6 +98,10 @@ class ServiceSection(BaseModel):
         "[(1 - jitter) * checkpoint_every_s, checkpoint_every_s]: a group's processes do not "
         "checkpoint all at once")
     health_every_s: float = Field(default=2.0, gt=0)
+    flush_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="the longest one wait for the broker to "
+        "acknowledge the outputs: an outage is logged at this pace, and a stop gives up its "
+        "final checkpoint after it (the next start replays from the last one)")
     max_future_s: float = Field(default=300.0, ge=0)
     payload_cap: int = Field(default=4096, ge=64, le=1_000_000)
     fresh_start: bool = False

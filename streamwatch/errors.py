@@ -30,6 +30,11 @@ class TransportError(StreamwatchError):
     """The message transport (Kafka or in-memory) failed."""
 
 
+class FlushTimeoutError(TransportError):
+    """Records sent but not acknowledged within the flush's timeout: they stay queued in
+    the client (none has failed), so they must not be sent again."""
+
+
 class BrokerUnavailableError(TransportError):
     """No broker answered at the configured address."""
 

@@ -35,7 +35,13 @@ import torch
 from streamwatch import schema
 from streamwatch.detect.detector import EmitScores, EncodedScores
 from streamwatch.detect.watch import WatchedStreams
-from streamwatch.errors import SchemaError, StreamwatchError, TransportError
+from streamwatch.errors import (
+    CheckpointError,
+    FlushTimeoutError,
+    SchemaError,
+    StreamwatchError,
+    TransportError,
+)
 from streamwatch.heap import freeze_heap
 from streamwatch.merge import EventTimeMerge
 from streamwatch.metrics import ServiceMetrics
@@ -78,6 +84,9 @@ class ServiceOptions:
     # it holds half as many (``DetectorService._flow_control``); 0: never pause
     buffered_per_partition: int = 20_000
     retry_backoff_s: tuple[float, float] = (0.5, 10.0)
+    # the longest one wait for the broker to acknowledge the outputs: an outage is logged
+    # (and a stop honoured) at this pace, and a shutdown's last flush gives up after it
+    flush_timeout_s: float = 10.0
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
 
 
@@ -162,6 +171,9 @@ class RunStats:
     batches: int = 0
     alerts: int = 0
     checkpoints: int = 0
+    # False when the stop could not flush, checkpoint and commit (the broker gone): the
+    # next start replays from the last checkpoint, so nothing is lost
+    final_checkpoint: bool = True
 
 
 class DetectorService:
@@ -244,8 +256,22 @@ class DetectorService:
         return frozenset(self._assigned)
 
     def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM: a graceful stop. A second one while it is under way exits at
+        once, as a kill would (the next start replays from the last checkpoint)."""
+        def handle(signum: int, _frame: Any) -> None:
+            if not self._stop.is_set():
+                log.info("stopping: flushing, checkpointing, committing (signal again to "
+                         "exit at once)", extra={"signal": signal.Signals(signum).name})
+                self.stop()
+                return
+            log.warning("second signal: exiting now without a final checkpoint; the next "
+                        "start replays from the last one",
+                        extra={"signal": signal.Signals(signum).name})
+            logging.shutdown()
+            os._exit(128 + signum)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self.stop())
+            signal.signal(sig, handle)
 
     def run(self, *, timeout: float | None = None, count: int | None = None) -> RunStats:
         """Process until stopped, ``timeout`` seconds pass, or ``count`` records are handled."""
@@ -317,12 +343,17 @@ class DetectorService:
         try:
             self._checkpoint_and_commit()
         except StreamwatchError as exc:
+            self.stats.final_checkpoint = False
             log.error("could not checkpoint on shutdown; the next start replays from the "
                       "last checkpoint", extra={"error": str(exc)})
         finally:
             self._closing = True
             self._consumer.close()
-            self._producer.close()
+            try:
+                self._producer.close()
+            except StreamwatchError as exc:  # outputs of uncommitted batches: replayed
+                log.warning("outputs left unacknowledged at exit; the next start produces "
+                            "them again", extra={"error": str(exc)})
             if self._writer is not None:
                 self._writer.shutdown(wait=True)
             try:
@@ -338,12 +369,22 @@ class DetectorService:
         self._finish_pending(block=True)  # never read the store while writing to it
         snapshot = self._load_state(set(partitions))
         if snapshot.global_state is not None and not self._restored_global:
-            self.detector.load_global_state(snapshot.global_state)
+            try:
+                self.detector.load_global_state(snapshot.global_state)
+            except CheckpointError as exc:
+                self._unfit(exc, "the models")
+                self.detector = self.detector_factory()  # nothing half-loaded stays
+                snapshot = Snapshot(None, {})
             self._restored_global = True
         for tp in partitions:
             state = snapshot.partitions.get(tp)
             if state is not None:
-                self.detector.import_streams(state.streams)
+                try:
+                    self.detector.import_streams(state.streams)
+                except CheckpointError as exc:
+                    self._unfit(exc, f"the streams of {tp.topic}/{tp.partition}")
+                    self.detector.forget_streams(list(state.streams.get("stream_ids", [])))
+                    continue  # from the committed offset, with fresh state
                 for sid in state.streams.get("stream_ids", []):
                     self._stream_partition[sid] = tp
                 self._consumer.seek(tp, state.offset)
@@ -359,6 +400,19 @@ class DetectorService:
         log.info("partitions assigned", extra={
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
             "restored": len(snapshot.partitions)})
+
+    def _unfit(self, exc: CheckpointError, what: str) -> None:
+        """A checkpoint this configuration cannot take (another cell, window, threshold
+        setting ...): with ``fresh_start`` logged and skipped, else an error saying how."""
+        if not self.options.fresh_start:
+            raise CheckpointError(
+                f"{exc}. To keep the new settings, start once with --fresh-start (or "
+                "STREAMWATCH_SERVICE__FRESH_START=true): the checkpoint is skipped, scoring "
+                "goes on from the committed offsets with fresh state, and the next checkpoint "
+                "replaces it") from None
+        log.warning("checkpoint does not fit these settings; skipped (--fresh-start), "
+                    "fresh state from the committed offsets", extra={"state": what,
+                                                                    "error": str(exc)})
 
     def _load_state(self, partitions: set[TopicPartition]) -> Snapshot:
         """The store's snapshot of these partitions, retried while the store's broker is
@@ -382,7 +436,11 @@ class DetectorService:
         # second checkpoint there wrote the same state again, and its commit, made while
         # the client was being torn down, failed with confluent-kafka's _DESTROY).
         if not self._closing:
-            self._checkpoint_and_commit()
+            try:
+                self._checkpoint_and_commit()
+            except StreamwatchError as exc:  # the partitions go anyway
+                log.error("could not checkpoint on revoke; the next owner replays from the "
+                          "last checkpoint", extra={"error": str(exc)})
         gone = [sid for sid, tp in self._stream_partition.items() if tp in partitions]
         self.detector.forget_streams(gone)
         for sid in gone:
@@ -698,15 +756,25 @@ class DetectorService:
                 for topic, value, key in records:
                     send(topic, value, key)
                 if wait:
-                    self._producer.flush()
+                    self._producer.flush(self.options.flush_timeout_s)
                     self._flushed()
                 return
+            except FlushTimeoutError as exc:
+                # still queued in the client, none failed: wait again, sending nothing twice
+                self.metrics.transport_errors.inc()
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                log.warning("outputs not acknowledged yet; waiting for the broker", extra={
+                    "error": str(exc), "records": len(self._unflushed)})
+                if self._stop.is_set():
+                    return  # uncommitted: the next start (or owner) produces them again
+                records, wait = (), True
             except TransportError as exc:
                 self.metrics.transport_errors.inc()
                 log.warning("could not deliver the outputs; resending", extra={
                     "error": str(exc), "records": len(self._unflushed), "retry_in_s": backoff})
-                if self._stop.wait(backoff) and not self._unflushed:
-                    return
+                if self._stop.wait(backoff):
+                    return  # uncommitted: the next start (or owner) produces them again
                 backoff = min(backoff * 2, self.options.retry_backoff_s[1])
                 records, wait = list(self._unflushed), True
 
@@ -774,6 +842,8 @@ class DetectorService:
         the offsets it covers once it is durable (``_finish_pending``, on this thread: the
         consumer is not thread-safe)."""
         self._flush_outputs()  # the checkpoint covers these batches: their outputs first
+        if self._unflushed:  # a stop came first: the shutdown's checkpoint (or none) it is
+            return
         snap = self._snapshot()
         if snap is None:
             return
@@ -802,10 +872,13 @@ class DetectorService:
         self._pending = None
         try:
             write_s = future.result()
-        except TransportError as exc:
-            self.metrics.transport_errors.inc()
-            log.warning("checkpoint not written; offsets stay uncommitted until the next one",
-                        extra={"store": repr(self.store), "error": str(exc)})
+        except (TransportError, CheckpointError) as exc:
+            # a broker error, or a disk full / a directory gone: scoring goes on (alerts
+            # must), the offsets stay uncommitted, and the next checkpoint tries again
+            if isinstance(exc, TransportError):
+                self.metrics.transport_errors.inc()
+            log.error("checkpoint not written; offsets stay uncommitted until the next one",
+                      extra={"store": repr(self.store), "error": str(exc)})
             return True
         finally:  # the write is over, whatever its end: its tensors are free again
             self._copies.release(*written)
@@ -824,7 +897,7 @@ class DetectorService:
         (rebalance, shutdown). One flush attempt: a failure raises, unlike the loop's
         resending ``_flush_outputs``, so a shutdown with the broker gone still ends."""
         assert self._consumer is not None and self._producer is not None
-        self._producer.flush()
+        self._producer.flush(self.options.flush_timeout_s)
         self._flushed()
         self._finish_pending(block=True)
         snap = self._snapshot()

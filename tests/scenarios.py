@@ -52,3 +52,24 @@ def record_feed_order(service: Any) -> tuple[list[float], list[bool]]:
 
     service.detector_factory = recording
     return seen, paused
+
+
+def alert_events(alerts: list[Any]) -> set[tuple[str, str, int]]:
+    """Each alert lifecycle event once: (alert_id, event, seq); replays add nothing."""
+    return {(a.alert_id, a.event, a.seq) for a in alerts}
+
+
+def opened(events: set[tuple[str, str, int]]) -> set[str]:
+    return {alert_id for alert_id, event, _ in events if event == "open"}
+
+
+def dead_letter_holds(letter: Any, raw: bytes | None) -> bool:
+    """Whether ``letter`` carries ``raw`` (the refused record's value): its payload is the
+    start of ``raw`` (the whole of it unless truncated), its size is ``raw``'s size."""
+    import base64
+
+    held = (base64.b64decode(letter.payload) if letter.payload_encoding == "base64"
+            else letter.payload.encode("utf-8"))
+    whole = raw or b""
+    return (whole.startswith(held) and letter.payload_size == len(whole)
+            and letter.payload_truncated == (len(held) < len(whole)))

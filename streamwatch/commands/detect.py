@@ -108,15 +108,12 @@ def open_kafka(settings: Any) -> Any:
 
 def build_service(settings: Any, transport: Any, *, instance: str | None = None) -> Any:
     """A ``DetectorService`` wired from settings (topics created if missing)."""
+    from streamwatch.errors import CheckpointError, ConfigError
     from streamwatch.metrics import ServiceMetrics
     from streamwatch.pipeline import DetectorService, ServiceOptions
     from streamwatch.state_store import FileStateStore, KafkaStateStore, StateStore
 
     topics, svc = settings.topics, settings.service
-    transport.create_topics({
-        topics.readings: topics.partitions, topics.scores: topics.partitions,
-        topics.alerts: topics.partitions, topics.deadletter: 1, topics.health: 1,
-    })  # the state topic: by its store (KafkaStateStore.ensure_topic), compacted
     options = ServiceOptions(
         readings_topic=topics.readings, scores_topic=topics.scores, alerts_topic=topics.alerts,
         deadletter_topic=topics.deadletter, health_topic=topics.health, group_id=svc.group_id,
@@ -127,13 +124,10 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
         checkpoint_every_s=svc.checkpoint_every_s, checkpoint_jitter=svc.checkpoint_jitter,
         health_every_s=svc.health_every_s,
         max_future_s=svc.max_future_s, payload_cap=svc.payload_cap, fresh_start=svc.fresh_start,
-        buffered_per_partition=svc.buffered_per_partition,
+        buffered_per_partition=svc.buffered_per_partition, flush_timeout_s=svc.flush_timeout_s,
     )
     if instance is not None:
         options = ServiceOptions(**{**options.__dict__, "instance": instance})
-    metrics = ServiceMetrics()
-    if svc.metrics_port:
-        metrics.serve(svc.metrics_port, svc.metrics_host)
     store: StateStore
     if svc.state_store == "kafka":
         store = KafkaStateStore(transport, topics.state, options.instance,
@@ -142,6 +136,19 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
                                 write_bytes_per_s=svc.state_write_bytes_per_s)
     else:
         store = FileStateStore(svc.checkpoint_dir, options.instance)
+        try:  # now, not at the first checkpoint after a whole run's scoring
+            store.check_directory()
+        except CheckpointError as exc:
+            raise ConfigError(f"{exc}: pass --checkpoint-dir DIR (or set "
+                              "STREAMWATCH_SERVICE__CHECKPOINT_DIR) naming a writable "
+                              "directory, or use --state-store kafka") from None
+    transport.create_topics({
+        topics.readings: topics.partitions, topics.scores: topics.partitions,
+        topics.alerts: topics.partitions, topics.deadletter: 1, topics.health: 1,
+    })  # the state topic: by its store (KafkaStateStore.ensure_topic), compacted
+    metrics = ServiceMetrics()
+    if svc.metrics_port:
+        metrics.serve(svc.metrics_port, svc.metrics_host)
     return DetectorService(transport, lambda: build_detector(settings), store, options, metrics)
 
 
@@ -192,5 +199,7 @@ def run(args: argparse.Namespace) -> int:
         transport.close()
     log.info("detector finished", extra={"readings": stats.readings,
                                          "dead_letters": stats.dead_letters,
-                                         "alerts": stats.alerts})
-    return 0
+                                         "alerts": stats.alerts,
+                                         "final_checkpoint": stats.final_checkpoint})
+    # 1: stopped without its final checkpoint (the broker gone); the next start replays
+    return 0 if stats.final_checkpoint else 1

@@ -22,7 +22,7 @@ from confluent_kafka import Message as CMessage
 from confluent_kafka import TopicPartition as CTP
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streamwatch.errors import ConfigError, TransportError
+from streamwatch.errors import ConfigError, FlushTimeoutError, TransportError
 from streamwatch.transport._common import check_partitions, check_poll_args, check_record
 from streamwatch.transport._kafka_common import (
     DeliveryErrors,
@@ -259,7 +259,7 @@ class ConfluentProducerTransport:
     def flush(self, timeout: float | None = None) -> None:
         left = self._native.flush(-1 if timeout is None else timeout)
         if left:
-            raise TransportError(
+            raise FlushTimeoutError(
                 f"flush: {left} record(s) not acknowledged within {timeout} s by "
                 f"{self._bootstrap} (broker slow or unreachable); they stay queued, a later "
                 "flush() may succeed"

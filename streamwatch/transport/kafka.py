@@ -28,7 +28,7 @@ from kafka.consumer.subscription_state import AsyncConsumerRebalanceListener
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata
 
-from streamwatch.errors import ConfigError, TransportError
+from streamwatch.errors import ConfigError, FlushTimeoutError, TransportError
 from streamwatch.transport._common import check_partitions, check_poll_args, check_record
 from streamwatch.transport._kafka_common import (
     CallbackErrors,
@@ -52,6 +52,9 @@ def _to_k(tp: TopicPartition) -> KTP:
 def _from_k(tps: Iterable[Any]) -> set[TopicPartition]:
     return {TopicPartition(tp.topic, tp.partition) for tp in tps}
 
+
+#: The longest a consumer's ``close`` waits for the broker (leaving the group), ms.
+CLOSE_TIMEOUT_MS = 5_000
 
 #: Seconds past ``bootstrap_timeout_ms`` that ``KafkaTransport.connect`` waits in all.
 CONNECT_GRACE_S = 5.0
@@ -289,7 +292,7 @@ class KafkaProducerTransport:
         try:
             self._producer.flush(timeout=timeout)
         except kerrors.KafkaTimeoutError as exc:
-            raise TransportError(
+            raise FlushTimeoutError(
                 f"flush: records not acknowledged within {timeout} s by {self._bootstrap} "
                 "(broker slow or unreachable); they stay queued, a later flush() may succeed"
             ) from exc
@@ -573,7 +576,9 @@ class KafkaConsumerTransport:
                 self._probe.close(autocommit=False)
         finally:
             try:
-                self.native.close(autocommit=False)
+                # bounded: with the broker gone, leaving the group waited for the whole
+                # request timeout (30 s) at every stop
+                self.native.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
             except kerrors.KafkaError as exc:
                 self.callback_errors.raise_if_any(exc)
                 raise TransportError(f"close failed: {exc}") from exc

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,13 @@ from streamwatch.kinds import ICU, get_kind
 from streamwatch.schema import Alert, Reading
 from streamwatch.transport import open_transport
 from streamwatch.transport.base import TopicPartition
-from tests.scenarios import icu_readings, record_feed_order
+from tests.scenarios import (
+    alert_events,
+    dead_letter_holds,
+    icu_readings,
+    opened,
+    record_feed_order,
+)
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
@@ -141,11 +148,24 @@ def _state_heads(bootstrap: str, topic: str) -> set[bytes]:
     return heads
 
 
-def _opened(alerts: list[Alert]) -> set[str]:
-    return {a.alert_id for a in alerts if a.event == "open"}
+def _raw(bootstrap: str, topic: str) -> dict[tuple[int, int], tuple[bytes | None, bytes | None]]:
+    """Every record on ``topic`` by its position: (partition, offset) -> (key, value)."""
+    transport = _transport(bootstrap)
+    consumer = transport.consumer(None)
+    consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
+    out: dict[tuple[int, int], tuple[bytes | None, bytes | None]] = {}
+    idle = 0
+    while idle < 4:
+        batch = consumer.poll(0.5, 50_000)
+        out.update({(m.partition, m.offset): (m.key, m.value) for m in batch})
+        idle = 0 if batch else idle + 1
+    consumer.close()
+    transport.close()
+    return out
 
 
-def _direct_alerts(readings: list[Reading], ckpt: Path) -> set[str]:
+def _direct_alerts(readings: list[Reading], ckpt: Path) -> set[tuple[str, str, int]]:
+    """The alert events of the plain detector fed one simulated second at a time."""
     detector = build_detector(load_settings(overrides={"service": {"checkpoint_dir": ckpt}}))
     alerts: list[Alert] = []
     by_ts: dict[float, list[Reading]] = {}
@@ -153,7 +173,7 @@ def _direct_alerts(readings: list[Reading], ckpt: Path) -> set[str]:
         by_ts.setdefault(r.ts, []).append(r)
     for ts in sorted(by_ts):
         alerts.extend(detector.process(by_ts[ts])[1])
-    return _opened(alerts)
+    return alert_events(alerts)
 
 
 # --------------------------------------------------------------------------- end to end
@@ -170,14 +190,16 @@ def test_simulated_patients_through_kafka_raise_the_same_alerts_as_the_memory_pa
     readings = _read_all(kafka_bootstrap, topics["readings"], "reading", expect=15_000)
     assert len(readings) == 15_000
     want = _direct_alerts(readings, tmp_path / "direct")
-    assert len(want) >= 3, "the scenario must raise alerts"
+    assert len(opened(want)) >= 3, "the scenario must raise alerts"
+    assert {event for _, event, _ in want} == {"open", "update", "close"}
 
     s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt")
     transport = _transport(kafka_bootstrap)
     stats = build_service(s, transport).run(timeout=240, count=len(readings))
     transport.close()
     assert stats.readings == len(readings)
-    assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
+    # every event (open, each update, close), not only the opens
+    assert alert_events(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
 
 
 # --------------------------------------------------------------------------- bad input
@@ -278,6 +300,14 @@ def test_mixed_valid_and_broken_records_are_all_scored_or_dead_lettered(
                             expect=len(records) - n_valid)
         assert len(letters) == len(records) - n_valid
         assert all(letter.reason and letter.code for letter in letters)
+        # each letter names the position of a broken record and carries its bytes, and
+        # the letters' positions hold exactly the broken records
+        raw = _raw(kafka_bootstrap, topics["readings"])
+        at = [raw[(d.partition, d.offset)] for d in letters]
+        assert all(d.topic == topics["readings"] for d in letters)
+        assert all(dead_letter_holds(d, value) for d, (_, value) in zip(letters, at, strict=True))
+        assert len({(d.partition, d.offset) for d in letters}) == len(letters)
+        assert Counter(at) == Counter((k, v) for k, v, ok in records if not ok)
         scores = _read_all(kafka_bootstrap, topics["scores"], "score", expect=n_valid)
         assert len(scores) == n_valid
         covered["examples"] += 1
@@ -317,6 +347,38 @@ def _scored(bootstrap: str, topic: str) -> set[tuple[str, float]]:
     return {(s.stream_id, s.ts) for s in _read_all(bootstrap, topic, "score")}
 
 
+class _Scored:
+    """The distinct readings scored so far on a topic, read as they arrive (the topic's
+    record count would include the Scores a restart sends again)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.seen: set[tuple[str, float]] = set()
+        self._transport: Any = None
+        self._consumer: Any = None
+
+    def count(self) -> int:
+        if self._consumer is None:
+            transport = _transport(self.bootstrap)
+            try:
+                partitions = transport.partitions_for(self.topic)
+            except TransportError:  # the detector child has not created it yet
+                transport.close()
+                return 0
+            self._transport, self._consumer = transport, transport.consumer(None)
+            self._consumer.assign([TopicPartition(self.topic, p) for p in range(partitions)])
+        while batch := self._consumer.poll(0.05, 50_000):
+            for m in batch:
+                score = schema.decode("score", m.value)
+                self.seen.add((score.stream_id, score.ts))
+        return len(self.seen)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._transport.close()
+
+
 def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -339,26 +401,34 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
     readings, _ = icu_readings()
     _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
     want = _direct_alerts(readings, tmp_path / "direct")
-    assert len(want) >= 3
+    assert len(opened(want)) >= 3
     s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=500,
                   state_store=store, flush_every_batches=flush_every)
     log = tmp_path / "detector.log"
     rng = random.Random(4)
-    for kill in range(3):  # kill -9 three times at random points, restart each time
-        target = len(readings) * (kill + 1) // 4 + rng.randint(-800, 800)
-        proc = _spawn_detector(s, log)
-        # the first process also lives to its first checkpoint, so a restart restores one
-        # (a fast detector reached its kill point before that in some runs)
-        written = (lambda: "msg='checkpoint written'" in log.read_text()) if kill == 0 \
-            else (lambda: True)
-        try:
-            _wait_until(lambda t=target, p=proc, w=written: (
-                _count(kafka_bootstrap, topics["scores"]) >= t and w()) or p.poll() is not None,
-                180, f"{target} scores")
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-        assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    scored = _Scored(kafka_bootstrap, topics["scores"])
+    at_kill: list[int] = []
+    try:
+        for kill in range(3):  # kill -9 three times at random points, restart each time
+            target = len(readings) * (kill + 1) // 4 + rng.randint(-800, 800)
+            proc = _spawn_detector(s, log)
+            # the first process also lives to its first checkpoint, so a restart restores
+            # one (a fast detector reached its kill point before that in some runs)
+            written = (lambda: "msg='checkpoint written'" in log.read_text()) if kill == 0 \
+                else (lambda: True)
+            try:
+                _wait_until(lambda t=target, p=proc, w=written: (
+                    scored.count() >= t and w()) or p.poll() is not None,
+                    180, f"{target} readings scored")
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+            assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+            at_kill.append(scored.count())
+    finally:
+        scored.close()
+    # three points mid-stream, each after new readings were scored since the last one
+    assert at_kill == sorted(set(at_kill)) and at_kill[-1] < len(readings), at_kill
     proc = _spawn_detector(s, log)
     try:
         want_scores = {(r.stream_id, r.ts) for r in readings}
@@ -368,12 +438,47 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
     assert proc.returncode == 0, log.read_text()[-3000:]
-    assert _opened(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
+    # every event of the uninterrupted run, same ids and seq (replays add duplicates only)
+    assert alert_events(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
     if store == "kafka":  # the state went through the changelog, not the directory
         assert not (tmp_path / "ckpt").exists()
         # the last process and each killed one that lived to its first checkpoint
         assert len(_state_heads(kafka_bootstrap, topics["state"])) >= 2
         assert re.search(r"msg='partitions assigned' .*restored=[1-9]", log.read_text())
+
+
+@pytest.mark.xdist_group("cpu-heavy")
+def test_kill_9_before_the_first_checkpoint_then_restart_scores_every_reading(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path
+) -> None:
+    """Offsets are committed only once a checkpoint covers them: a detector killed before
+    its first checkpoint has committed nothing, so its successor starts from the first
+    reading. (Committing what was polled would skip what the dead one had scored.)"""
+    readings, _ = icu_readings()
+    _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", max_poll_records=500,
+                  checkpoint_every_s=3600.0)
+    log = tmp_path / "detector.log"
+    scored = _Scored(kafka_bootstrap, topics["scores"])
+    proc = _spawn_detector(s, log)
+    try:
+        _wait_until(lambda: scored.count() >= len(readings) // 3 or proc.poll() is not None,
+                    180, "a third of the readings scored")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        scored.close()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+    assert "checkpoint written" not in log.read_text()
+    proc = _spawn_detector(s, log)
+    try:
+        want_scores = {(r.stream_id, r.ts) for r in readings}
+        _wait_until(lambda: _scored(kafka_bootstrap, topics["scores"]) >= want_scores, 120,
+                    "every reading to have a score")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    assert proc.returncode == 0, log.read_text()[-3000:]
 
 
 # --------------------------------------------------------------------------- scale-out
@@ -403,6 +508,7 @@ def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
+    assert a.returncode == -signal.SIGKILL, log.read_text()[-3000:]  # killed, not died
     assert b.returncode == 0, log.read_text()[-3000:]
 
 
@@ -418,29 +524,36 @@ def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """Paused with work in flight: a backlog left to read and outputs to deliver, and
+    readings produced only after the pause. All of them end with a Score."""
     caplog.set_level(logging.INFO, logger="streamwatch.pipeline")
-    readings, _ = icu_readings(patients=4, minutes=12)
+    readings, _ = icu_readings(patients=8, minutes=12)
     records = _readings_records(readings)
-    half = len(records) // 2
+    early = len(records) * 3 // 4
     bootstrap = private_broker.bootstrap
-    _produce(bootstrap, topics["readings"], records[:half])
-    s = _settings(bootstrap, topics, tmp_path / "ckpt")
+    _produce(bootstrap, topics["readings"], records[:early])
+    s = _settings(bootstrap, topics, tmp_path / "ckpt", max_poll_records=50)
     transport = _transport(bootstrap)
     service = build_service(s, transport)
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(stats=service.run(timeout=240, count=len(records))))
     worker.start()
     try:
-        _wait_until(lambda: service.stats.readings >= half // 2, 120, "the detector to start")
+        deadline = time.monotonic() + 120
+        while service.stats.readings < 300 and time.monotonic() < deadline:
+            time.sleep(0.005)
         private_broker.pause()
+        at_pause = service.stats.readings
+        assert 300 <= at_pause < early, "the pause must come with a backlog left to read"
         paused = len(caplog.records)
         time.sleep(20)
-        # the outage is in the log while it lasts (the topic runs dry within the pause:
-        # the idle loop's health record is not acknowledged), not only after it
+        # the outage is in the log while it lasts, not only after it
         during = [r.getMessage() for r in caplog.records[paused:]]
-        assert any(m.startswith("broker error; retrying") for m in during), during
+        assert any(m.startswith(("outputs not acknowledged yet; waiting for the broker",
+                                 "could not deliver the outputs; resending",
+                                 "broker error; retrying")) for m in during), during
         private_broker.resume()
-        _produce(bootstrap, topics["readings"], records[half:])
+        _produce(bootstrap, topics["readings"], records[early:])
         worker.join(240)
     finally:
         service.stop()
@@ -481,6 +594,53 @@ def test_a_detector_started_before_its_broker_waits_for_it(
             proc.wait(10)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert scored == {(r.stream_id, r.ts) for r in readings}
+
+
+@pytest.mark.parametrize("second_signal", [False, True])
+def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_it_did_not_checkpoint(
+    private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path, second_signal: bool
+) -> None:
+    """SIGTERM with the broker gone: the last flush gives up after ``flush_timeout_s``, the
+    exit status says there was no final checkpoint (the next start replays), and a second
+    signal exits at once. (It used to wait for the client's delivery timeout: ~155 s.)"""
+    bootstrap = private_broker.bootstrap
+    readings, _ = icu_readings(patients=2, minutes=4)
+    _produce(bootstrap, topics["readings"], _readings_records(readings))
+    s = _settings(bootstrap, topics, tmp_path / "ckpt")
+    log = tmp_path / "detector.log"
+    env = {**_env(s), "STREAMWATCH_SERVICE__FLUSH_TIMEOUT_S": "2"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamwatch.cli", "detect"], env=env,
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        _wait_until(lambda: _count(bootstrap, topics["scores"]) >= len(readings)
+                    or proc.poll() is not None, 120, "a score per reading")
+        private_broker.pause()
+        try:
+            proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            if second_signal:
+                _wait_until(lambda: "signal again to exit at once" in log.read_text(), 10,
+                            "the stop to begin")
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(10)
+            else:
+                proc.wait(60)
+            took = time.monotonic() - started
+        finally:
+            private_broker.resume()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    if second_signal:
+        assert proc.returncode == 128 + signal.SIGTERM, text[-3000:]
+        assert "second signal: exiting now without a final checkpoint" in text
+        assert took < 10
+    else:
+        assert proc.returncode == 1, text[-3000:]
+        assert "could not checkpoint on shutdown" in text and "Traceback" not in text
+        assert took < 60
 
 
 # --------------------------------------------------------------------------- flow control

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from streamwatch.broker import TansuBroker
-from streamwatch.errors import TransportError
+from streamwatch.errors import FlushTimeoutError, TransportError
 from streamwatch.transport import (
     Consumer,
     Message,
@@ -353,6 +353,37 @@ def test_create_topics_is_idempotent(transport: Transport, unique_topic: str) ->
     assert transport.partitions_for(unique_topic) == 3
     with pytest.raises(TransportError, match="unknown topic"):
         transport.partitions_for(unique_topic + "-missing")
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_a_flush_that_times_out_leaves_the_records_queued_and_says_so(
+    kafka_client: str, unique_topic: str
+) -> None:
+    """Not acknowledged in time is not failed: FlushTimeoutError, and the records still go
+    out once the broker answers (the service then waits again instead of sending twice)."""
+    with TansuBroker() as broker:  # a broker of its own: this test pauses it
+        bus = open_transport(broker.bootstrap, kafka_client)  # type: ignore[arg-type]
+        bus.create_topics({unique_topic: 1})
+        producer = bus.producer()
+        producer.send(unique_topic, b"before")
+        producer.flush(timeout=10)
+        broker.pause()
+        try:
+            producer.send(unique_topic, b"during outage")
+            with pytest.raises(FlushTimeoutError, match="not acknowledged within 1"):
+                producer.flush(timeout=1)
+        finally:
+            broker.resume()
+        producer.flush(timeout=30)  # the same record, not sent again
+        producer.close()
+        consumer = bus.consumer(None)
+        tp = TopicPartition(unique_topic, 0)
+        consumer.assign([tp])
+        got: list[Message] = []
+        drain([consumer], lambda: len(got) >= 2, sink={0: got})
+        assert [m.value for m in got] == [b"before", b"during outage"]
+        consumer.close()
+        bus.close()
 
 
 def test_flush_raises_when_records_are_not_delivered(client: str, unique_topic: str) -> None:

@@ -20,7 +20,13 @@ from streamwatch.schema import Alert, Reading
 from streamwatch.state_store import PartitionState
 from streamwatch.transport import MemoryTransport
 from streamwatch.transport.base import ALERTS, DEADLETTER, READINGS, SCORES, TopicPartition
-from tests.scenarios import icu_readings, record_feed_order, service_settings
+from tests.scenarios import (
+    alert_events,
+    dead_letter_holds,
+    icu_readings,
+    record_feed_order,
+    service_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -53,6 +59,26 @@ def _opened(alerts: list[Alert]) -> set[str]:
     return {a.alert_id for a in alerts if a.event == "open"}
 
 
+def _positions(transport: MemoryTransport, topic: str) -> dict[tuple[int, int], bytes | None]:
+    """Every record's value on ``topic`` by its (partition, offset)."""
+    consumer = transport.consumer(None)
+    consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
+    out: dict[tuple[int, int], bytes | None] = {}
+    while batch := consumer.poll(0.05, 100_000):
+        out.update({(m.partition, m.offset): m.value for m in batch})
+    consumer.close()
+    return out
+
+
+def _check_positions(transport: MemoryTransport, letters: list[Any]) -> None:
+    """Each dead letter names the position of the record it refused and carries its
+    bytes; no two name the same record."""
+    raw = _positions(transport, READINGS)
+    for letter in letters:
+        assert dead_letter_holds(letter, raw[(letter.partition, letter.offset)]), letter
+    assert len({(d.partition, d.offset) for d in letters}) == len(letters)
+
+
 BAD_RECORDS: list[tuple[bytes | None, bytes | None, str]] = [
     (b"icu/bed-01", b"{not json", "not_json"),
     (b"icu/bed-01", None, "empty"),
@@ -77,7 +103,8 @@ def test_every_record_ends_as_one_score_or_one_dead_letter_with_its_reason(tmp_p
     assert sorted((s.stream_id, s.ts) for s in scores) == sorted((r.stream_id, r.ts) for r in readings)
     assert sorted(d.code for d in letters) == sorted(code for *_, code in BAD_RECORDS)
     for letter in letters:
-        assert letter.reason and letter.topic == READINGS and letter.offset >= 0
+        assert letter.reason and letter.topic == READINGS
+    _check_positions(transport, letters)
     by_code = {d.code: d for d in letters}
     assert by_code["out_of_range"].field == "values.hr"
     assert by_code["schema"].field == "values.hr"
@@ -121,6 +148,7 @@ def test_bad_records_amid_good_ones_in_small_polls_each_become_one_dead_letter(
     assert sorted((s.stream_id, s.ts) for s in scores) == sorted(
         (r.stream_id, r.ts) for r in readings)
     assert sorted(d.code for d in letters) == sorted(code for *_, code in BAD_RECORDS)
+    _check_positions(transport, letters)
 
 
 def test_readings_without_a_kafka_key_are_scored_beside_keyed_ones(tmp_path: Path) -> None:
@@ -149,11 +177,12 @@ def test_service_alerts_match_the_direct_detector_path(tmp_path: Path) -> None:
     for start in range(0, len(readings), 8):  # 8 patients: one simulated second per call
         expected.extend(direct.process(readings[start:start + 8])[1])
     assert len(_opened(expected)) >= 4, "the scenario must raise several alerts"
+    assert {a.event for a in expected} == {"open", "update", "close"}
 
     transport = MemoryTransport()
     total = _fill(transport, readings)
     build_service(service_settings(tmp_path, max_poll_records=700), transport).run(timeout=120, count=total)
-    assert _opened(_drain(transport, ALERTS, "alert")) == _opened(expected)
+    assert alert_events(_drain(transport, ALERTS, "alert")) == alert_events(expected)
 
 
 @pytest.mark.parametrize("store", ["kafka", "directory"])
@@ -164,7 +193,8 @@ def test_restart_from_checkpoint_scores_every_reading_and_keeps_alert_ids(
     reference = MemoryTransport()
     total = _fill(reference, readings)
     build_service(service_settings(tmp_path / "ref"), reference).run(timeout=120, count=total)
-    want = _opened(_drain(reference, ALERTS, "alert"))
+    want = alert_events(_drain(reference, ALERTS, "alert"))
+    assert len(_opened(_drain(reference, ALERTS, "alert"))) >= 4
 
     transport = MemoryTransport()
     _fill(transport, readings)
@@ -176,7 +206,7 @@ def test_restart_from_checkpoint_scores_every_reading_and_keeps_alert_ids(
     assert first.readings == total // 3 and second.readings == total - total // 3
     scores = _drain(transport, SCORES, "score")
     assert {(s.stream_id, s.ts) for s in scores} == {(r.stream_id, r.ts) for r in readings}
-    assert _opened(_drain(transport, ALERTS, "alert")) == want
+    assert alert_events(_drain(transport, ALERTS, "alert")) == want
 
 
 class _SlowStore:
@@ -307,6 +337,51 @@ def test_a_graceful_stop_checkpoints_and_commits_once(
     consumer = transport.consumer(settings.service.group_id)
     parts = [TopicPartition(READINGS, p) for p in range(3)]
     assert {tp: consumer.committed(tp) for tp in parts} == consumer.end_offsets(parts)
+
+
+def test_every_commit_is_of_offsets_a_finished_checkpoint_covers(tmp_path: Path) -> None:
+    """At-least-once with state: an offset is committed only once a checkpoint holding
+    the state up to it is durable, whether that checkpoint was written in the background
+    (the loop's) or in line (a shutdown's). Two members one after the other, each store
+    save and each commit recorded in order."""
+    readings, _ = icu_readings()
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    settings = service_settings(tmp_path, checkpoint_every_batches=3, max_poll_records=500,
+                                state_store="directory")
+    saved: list[dict[TopicPartition, int]] = []  # each save's offsets, once it returned
+    commits: list[tuple[dict[TopicPartition, int], int]] = []  # offsets, saves done by then
+    open_consumer = transport.consumer
+
+    def recording_consumer(group_id: Any = None) -> Any:
+        consumer = open_consumer(group_id)
+        commit = consumer.commit
+
+        def recorded_commit(offsets: Any) -> None:
+            commits.append((dict(offsets), len(saved)))
+            commit(offsets)
+
+        consumer.commit = recorded_commit
+        return consumer
+
+    transport.consumer = recording_consumer  # type: ignore[method-assign]
+    scored = 0
+    for instance, count in (("first", total // 3), ("second", None)):
+        service = build_service(settings, transport, instance=instance)
+        save = service.store.save
+
+        def recorded_save(global_state: Any, partitions: Any, *, background: bool = False,
+                          save: Any = save) -> None:  # fmt: skip
+            save(global_state, partitions, background=background)
+            saved.append({tp: state.offset for tp, state in partitions.items()})
+
+        service.store.save = recorded_save  # type: ignore[method-assign]
+        scored += service.run(timeout=120, count=count or total - scored).readings
+    assert scored == total
+    assert len({tuple(sorted(c.items())) for c, _ in commits}) >= 2  # one mid-stream
+    for offsets, done in commits:
+        assert offsets in saved[:done], "committed offsets no finished checkpoint covers"
+    assert commits[-1][0] == saved[-1]
 
 
 def test_a_member_joining_mid_stream_takes_over_where_the_other_checkpointed(
@@ -500,3 +575,78 @@ def test_flush_every_batches_acknowledges_outputs_before_every_checkpoint(tmp_pa
     scores = _drain(transport, SCORES, "score")
     assert {(s.stream_id, s.ts) for s in scores} == {(r.stream_id, r.ts) for r in readings}
     assert _opened(_drain(transport, ALERTS, "alert")) == want
+
+
+@pytest.mark.parametrize("store", ["kafka", "directory"])
+def test_a_checkpoint_of_other_settings_is_an_error_saying_how_or_with_fresh_start_skipped(
+    tmp_path: Path, store: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart with another model (here an LSTM over a GRU's checkpoint) refuses the old
+    state with an error that says how to go on; with --fresh-start it goes on from the
+    committed offsets with fresh state, and its own checkpoint replaces the old one."""
+    from streamwatch.config import load_settings
+    from streamwatch.errors import CheckpointError
+
+    readings, _ = icu_readings(patients=2, minutes=6)
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    service = {"checkpoint_dir": tmp_path, "metrics_port": 0, "poll_timeout_s": 0.2,
+               "max_poll_records": 100, "state_store": store}
+
+    def settings(**more: Any) -> Any:
+        model = more.pop("model", {})
+        return load_settings(overrides={"service": {**service, **more}, "model": model})
+
+    first = build_service(settings(), transport, instance="a").run(timeout=60, count=total // 2)
+    assert first.final_checkpoint
+    with pytest.raises(CheckpointError, match=r"cell.*--fresh-start.*committed offsets"):
+        build_service(settings(model={"cell": "lstm"}), transport, instance="b").run(
+            timeout=60, count=total - first.readings)
+    caplog.set_level("WARNING", logger="streamwatch.pipeline")
+    fresh = build_service(settings(model={"cell": "lstm"}, fresh_start=True), transport,
+                          instance="c").run(timeout=60, count=total - first.readings)
+    assert fresh.readings == total - first.readings  # from the committed offsets on
+    assert any(r.getMessage().startswith("checkpoint does not fit these settings")
+               for r in caplog.records)
+    # the fresh run's checkpoint is now the one a restart with the new settings finds
+    again = build_service(settings(model={"cell": "lstm"}), transport, instance="d")
+    assert again.run(timeout=5).readings == 0
+    scored = _drain(transport, SCORES, "score")
+    assert {(s.stream_id, s.ts) for s in scored} == {(r.stream_id, r.ts) for r in readings}
+
+
+def test_a_checkpoint_directory_lost_mid_run_is_logged_and_scoring_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failed background save (the directory replaced by a file, as a lost mount or a
+    full disk fail) does not stop the detector: alerts must go on. Nothing is committed
+    past the last written checkpoint, and the stop says it could not write its own."""
+    import shutil
+
+    readings, _ = icu_readings(patients=8, minutes=8)  # streams on every partition
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    directory = tmp_path / "ckpt"
+    settings = service_settings(directory, checkpoint_every_batches=2, max_poll_records=100,
+                                state_store="directory")
+    service = build_service(settings, transport, instance="a")
+    caplog.set_level("WARNING", logger="streamwatch.pipeline")
+    save = service.store.save
+
+    def failing_after_first(global_state: Any, partitions: Any, *, background: bool = False) -> None:
+        if directory.is_dir() and any(directory.iterdir()):  # one checkpoint written
+            shutil.rmtree(directory)
+            directory.write_text("the mount is gone")
+        save(global_state, partitions, background=background)
+
+    service.store.save = failing_after_first  # type: ignore[method-assign]
+    stats = service.run(timeout=120, count=total)
+    assert stats.readings == total and stats.checkpoints == 1 and not stats.final_checkpoint
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("checkpoint not written") for m in messages), messages
+    assert any(m.startswith("could not checkpoint on shutdown") for m in messages)
+    consumer = transport.consumer(settings.service.group_id)
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    ends = consumer.end_offsets(parts)
+    committed = {tp: consumer.committed(tp) or 0 for tp in parts}
+    assert all(committed[tp] < ends[tp] for tp in parts if ends[tp]), committed  # the 1st's
