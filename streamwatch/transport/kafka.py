@@ -59,10 +59,11 @@ CLOSE_TIMEOUT_MS = 5_000
 #: Seconds past ``bootstrap_timeout_ms`` that ``KafkaTransport.connect`` waits in all.
 CONNECT_GRACE_S = 5.0
 
-_stuck_connects: dict[str, threading.Thread] = {}
-"""Per bootstrap address, the last first-contact thread that outlived its wait: the next
-``connect`` to that address waits for it instead of starting another, so a retry loop
-leaves at most one thread (and its socket) behind, not one per attempt."""
+_stuck_connects: dict[tuple[str, str], threading.Thread] = {}
+"""Per bootstrap address and client settings, the last first-contact thread that outlived
+its wait: the next ``connect`` with both the same waits for it instead of starting another,
+so a retry loop leaves at most one thread (and its socket) behind, not one per attempt.
+(Another client, e.g. a plaintext one at the address a TLS one hangs on, is not held up.)"""
 _stuck_lock = threading.Lock()
 
 
@@ -112,13 +113,14 @@ class KafkaTransport:
         stuck then is left behind (a daemon thread, blocked on its socket), and the next
         ``connect`` to the same address waits for that one rather than adding another."""
         waited_s = self.admin_config.get("bootstrap_timeout_ms", 5000) / 1000
+        key = (self.bootstrap_servers, repr(sorted(self.admin_config.items())))
         with _stuck_lock:
-            stuck = _stuck_connects.pop(self.bootstrap_servers, None)
+            stuck = _stuck_connects.pop(key, None)
         if stuck is not None:
             stuck.join(waited_s + CONNECT_GRACE_S)
             if stuck.is_alive():
                 with _stuck_lock:
-                    _stuck_connects.setdefault(self.bootstrap_servers, stuck)
+                    _stuck_connects.setdefault(key, stuck)
                 raise unreachable(self.bootstrap_servers, waited_s + CONNECT_GRACE_S)
         outcome: dict[str, BaseException | None] = {}
 
@@ -135,7 +137,7 @@ class KafkaTransport:
         thread.join(waited_s + CONNECT_GRACE_S)
         if "error" not in outcome:
             with _stuck_lock:
-                _stuck_connects[self.bootstrap_servers] = thread
+                _stuck_connects[key] = thread
             raise unreachable(self.bootstrap_servers, waited_s + CONNECT_GRACE_S)
         if outcome["error"] is not None:
             raise outcome["error"]

@@ -175,4 +175,6 @@ def test_connect_retries_at_a_hanging_listener_leave_one_thread_behind_not_one_e
         with pytest.raises(BrokerUnavailableError, match="security protocol is the listener's"):
             open_transport(kafka_bootstrap, "kafka-python", client_config={
                 "security_protocol": "SSL", "bootstrap_timeout_ms": 500})
-    assert stuck() <= max(before, 1)
+    assert stuck() <= before + 1  # three attempts: one thread (each used to leave its own)
+    # a plaintext client at the same address is not held up by the stuck TLS one
+    open_transport(kafka_bootstrap, "kafka-python").close()
