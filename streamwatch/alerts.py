@@ -232,10 +232,22 @@ class AlertMachine:
         scale = max(abs(self.reported_peak - ref), 1e-9)
         return self.peak - self.reported_peak >= self.config.update_peak_ratio * scale
 
-    def _close(self, ts: float, end: float, model_version: int, *, regime: bool) -> Alert:
-        event = self._event("close", ts, end, model_version, regime=regime)
+    def close_on_clock_reset(self, back_s: float, model_version: int) -> Alert:
+        """Close the open alert of a stream whose clock stepped back by ``back_s`` seconds
+        (its state starts afresh): at the last event time it reached, saying why. A
+        condition that persists opens a new alert on the new clock."""
+        ts = self.last_abnormal if math.isfinite(self.last_abnormal) else self.onset
+        ts = max(ts, self.last_update_ts) if math.isfinite(self.last_update_ts) else ts
+        return self._close(ts, ts, model_version, regime=False, clock_back_s=back_s)
+
+    def _close(self, ts: float, end: float, model_version: int, *, regime: bool,
+               clock_back_s: float | None = None) -> Alert:  # fmt: skip
+        event = self._event("close", ts, end, model_version, regime=regime,
+                            clock_back_s=clock_back_s)
+        reason = ("regime_accepted" if regime else
+                  "quiet" if clock_back_s is None else "clock_reset")  # fmt: skip
         log.info("alert closed stream=%s alert_id=%s reason=%s", self.stream_id,
-                 self.alert_id, "regime_accepted" if regime else "quiet")  # fmt: skip
+                 self.alert_id, reason)
         self._reset_open()
         self.anom.clear()
         self.extreme_run = 0
@@ -244,7 +256,7 @@ class AlertMachine:
         return event
 
     def _event(self, event: str, ts: float, end: float | None, model_version: int,
-               *, regime: bool = False) -> Alert:  # fmt: skip
+               *, regime: bool = False, clock_back_s: float | None = None) -> Alert:  # fmt: skip
         assert self.alert_id is not None
         if event != "open":
             self.event_seq += 1
@@ -263,7 +275,7 @@ class AlertMachine:
             end_ts=end,
             severity=_SEVERITY[self.severity],  # type: ignore[arg-type]
             peak_score=self.peak if math.isfinite(self.peak) else 0.0,
-            explanation=self.explain(ts if end is None else end, event, regime),
+            explanation=self.explain(ts if end is None else end, event, regime, clock_back_s),
             model_version=int(model_version),
             seq=self.event_seq,
         )
@@ -298,7 +310,8 @@ class AlertMachine:
             direction=direction,
         )
 
-    def explain(self, until: float, event: str = "open", regime: bool = False) -> Explanation:
+    def explain(self, until: float, event: str = "open", regime: bool = False,
+                clock_back_s: float | None = None) -> Explanation:
         """The explanation of the current alert, as of ``until``."""
         entries: list[ChannelExplanation] = []
         used: set[str] = set()
@@ -321,14 +334,14 @@ class AlertMachine:
         reasons: list[Any] = (["model"] if self.model else []) + (
             ["hard_limit"] if self.hard else [])  # fmt: skip
         return Explanation(
-            summary=self._summary(entries, duration, event, regime),
+            summary=self._summary(entries, duration, event, regime, clock_back_s),
             channels=entries,
             duration_s=duration,
             reasons=reasons,
         )
 
     def _summary(self, entries: list[ChannelExplanation], duration: float, event: str,
-                 regime: bool) -> str:  # fmt: skip
+                 regime: bool, clock_back_s: float | None = None) -> str:  # fmt: skip
         parts = []
         for e in entries[:4]:
             text = f"{e.channel} {e.direction or 'abnormal'}"
@@ -344,6 +357,9 @@ class AlertMachine:
             what += f"; NEWS2 {_SEVERITY.get(self.hl_level, 'warning')} limit"
         if regime:
             return f"regime change accepted after {_duration(duration)}: {what}"
+        if clock_back_s is not None:
+            return (f"closed after {_duration(duration)}: the stream's clock stepped back "
+                    f"{_duration(clock_back_s)}, its state starts afresh: {what}")
         if event == "close":
             return f"resolved after {_duration(duration)}: {what}"
         return f"{_SEVERITY[self.severity]} for {_duration(duration)}: {what}"

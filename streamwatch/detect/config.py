@@ -332,6 +332,14 @@ class DetectorConfig(BaseModel):
     )
     hard_limits: HardLimitConfig = Field(default_factory=lambda: HardLimitConfig())
     drift: DriftConfig = Field(default_factory=lambda: DriftConfig())
+    clock_reset_s: float = Field(
+        default=300.0, gt=0, description="A reading this many seconds or more before its "
+        "stream's latest is a clock that stepped back (a device reset, a replaced monitor), "
+        "not a late reading: the stream starts afresh (an open alert is closed, saying so) "
+        "so that its readings are stepped again, hard limits included, instead of being "
+        "scored but ignored as late until event time catches up. It takes "
+        "clock_reset_after such readings in a row: one stale reading is only late.")
+    clock_reset_after: int = Field(default=3, ge=1, le=1000)
 
     def __init__(self, **data: Any) -> None:
         try:

@@ -45,6 +45,9 @@ Late or duplicate timestamps: a reading whose ``ts`` is not after the stream's l
 processed reading is scored against the current state and gets its ``Score`` (never
 ``anomalous``), but changes nothing: no model step, no learning, no threshold or alert
 update. Counted in ``counters['late_readings']`` / ``counters['duplicate_readings']``.
+``clock_reset_after`` readings in a row ``clock_reset_s`` or more behind their stream's
+last are a clock that stepped back, not late readings: the stream starts afresh (``_restart_streams``: an open alert closed,
+saying so; ``counters['clock_resets']``), so that its readings are stepped again.
 
 Probe-off: for kinds under the hard-limit layer, a value of exactly 0 in a
 ``probe_off_zero`` channel (SpO2) is shown to the scorer as missing. ``Score.hard_limit``
@@ -474,6 +477,16 @@ class StreamDetector(DetectorState):
         if len(ks.table) != known:
             self._kind_of.update(dict.fromkeys(sids, ks.spec.name))
         last = arrays["last_ts"][slots]
+        far = last - ts >= cfg.clock_reset_s  # NaN (a new stream): False
+        behind = arrays["behind"]
+        behind[slots] = np.where(far, behind[slots] + 1, 0)
+        stepped_back = far & (behind[slots] >= cfg.clock_reset_after)
+        if stepped_back.any():
+            self._restart_streams(ks, sids, np.flatnonzero(stepped_back), last - ts, alerts)
+            slots = ks.table.slots(sids)
+            self._kind_of.update(dict.fromkeys(sids, ks.spec.name))
+            arrays = ks.table.arrays
+            last = arrays["last_ts"][slots]
         late = ts <= last
         batch = KindBatch(kind=ks.spec, stream_ids=sids, ts=ts, values=values)
         sb = scorer.score_many(batch)
@@ -566,6 +579,25 @@ class StreamDetector(DetectorState):
             if acc:
                 accepted.append(sids[r])
         return accepted
+
+    def _restart_streams(self, ks: KindState, sids: list[str], rows: np.ndarray,
+                         back: np.ndarray, alerts: list[Alert]) -> None:  # fmt: skip
+        """Streams whose clock stepped back by ``clock_reset_s`` or more: each open alert
+        is closed (saying why) and the stream's state is dropped, so its readings from now
+        on are stepped again, hard limits included, as a new stream's. Left as late
+        readings they would be scored but ignored, no alert at all, until event time
+        caught up with the old clock: for a patient, up to hours of critical values."""
+        ids = [sids[r] for r in rows.tolist()]
+        version = int(ks.scorer.version)
+        for r, sid in zip(rows.tolist(), ids, strict=True):
+            machine = ks.alerts.machines.get(sid)
+            if machine is not None and machine.is_open:
+                alerts.append(machine.close_on_clock_reset(float(back[r]), version))
+                self._counters["alerts_closed"] += 1
+            log.warning("stream clock stepped back; the stream starts afresh",
+                        extra={"stream": sid, "back_s": round(float(back[r]), 1)})
+        self._counters["clock_resets"] += len(ids)
+        self.forget_streams(ids)
 
     def _count_late(self, ts: np.ndarray, last: np.ndarray, late: np.ndarray) -> None:
         dup = int((late & (ts == last)).sum())

@@ -35,7 +35,7 @@ FORMAT, FORMAT_VERSION = "streamwatch.detector", 1
 COUNTERS = (
     "readings", "anomalous", "warming_up", "hard_limit_readings", "late_readings",
     "duplicate_readings", "unscored_readings", "ignored_channels", "alerts_opened",
-    "alerts_updated", "alerts_closed", "regimes_accepted", "burst_readings",
+    "alerts_updated", "alerts_closed", "regimes_accepted", "burst_readings", "clock_resets",
 )  # fmt: skip
 
 
@@ -61,9 +61,12 @@ class KindState:
         self.observe_during_alert = alert_config.observe_during_alert
         self.alerts = AlertBook(spec.name, spec.channels, alert_config, config.drift,
                                 self.hard.direction if self.hard is not None else None)
+        # behind: consecutive readings clock_reset_s or more behind the stream's last
         self.table = SlotTable({"last_ts": ((), np.float64, np.nan),
                                 "n_seen": ((), np.int64, 0),
-                                "active": ((), np.bool_, False)})  # fmt: skip
+                                "active": ((), np.bool_, False),
+                                "behind": ((), np.int64, 0)},
+                               optional=frozenset({"behind"}))  # fmt: skip
         lo = [spec.plausible.get(c, (-math.inf, math.inf))[0] for c in spec.channels]
         hi = [spec.plausible.get(c, (-math.inf, math.inf))[1] for c in spec.channels]
         self.low, self.high = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)

@@ -48,10 +48,14 @@ def to_numpy(value: Any) -> np.ndarray:
 class SlotTable:
     """Stream id -> row of named arrays, with free-list reuse and doubling growth."""
 
-    def __init__(self, spec: ArraySpec, capacity: int = 64) -> None:
+    def __init__(self, spec: ArraySpec, capacity: int = 64,
+                 optional: frozenset[str] = frozenset()) -> None:  # fmt: skip
+        """``optional``: arrays a checkpoint may lack (added later): filled with their
+        default on ``import_rows``."""
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.spec = spec
+        self.optional = optional
         self._index: dict[str, int] = {}
         self._ids: list[str | None] = []
         self._free: list[int] = []
@@ -135,10 +139,12 @@ class SlotTable:
     def import_rows(self, state: dict[str, Any]) -> list[int]:
         """Write exported rows back (creating or overwriting those streams); returns slots."""
         ids = list(state.get("ids", []))
-        missing = [name for name in self.spec if name not in state]
+        missing = [name for name in self.spec if name not in state and name not in self.optional]
         if missing:
             raise CheckpointError(f"per-stream state lacks the arrays {missing}")
-        data = {name: to_numpy(state[name]) for name in self.spec}
+        data = {name: to_numpy(state[name]) if name in state
+                else np.full((len(ids), *shape), fill, dtype=dtype)
+                for name, (shape, dtype, fill) in self.spec.items()}  # fmt: skip
         for name, (shape, _, _) in self.spec.items():
             if data[name].shape != (len(ids), *shape):
                 raise CheckpointError(
