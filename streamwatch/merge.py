@@ -76,6 +76,9 @@ class EventTimeMerge:
         self._count = 0
         self._latest: dict[TopicPartition, float] = {}
         self._seen: dict[TopicPartition, float] = {}  # wall time of the last data
+        # the entries the last ``release`` let go, in its order: (ts, stream_id, offset,
+        # (partition, topic), reading); kept (no copy) for ``released_position``
+        self._released: list[_Entry] = []
 
     def assign(self, partitions: set[TopicPartition], now: float) -> None:
         for tp in partitions:
@@ -244,7 +247,14 @@ class EventTimeMerge:
         for part, cut in cuts:
             self._cut(part, cut)
         self._count -= n
+        self._released = chosen
         return list(map(_READING, chosen))
+
+    def released_position(self, i: int) -> tuple[str, int, int]:
+        """(topic, partition, offset) of the ``i``-th reading the last ``release`` returned
+        (a dead letter must name where its record lies)."""
+        _ts, _sid, offset, (partition, topic), _r = self._released[i]
+        return topic, partition, offset
 
     @staticmethod
     def _cut(part: _Held, cut: int) -> None:

@@ -604,7 +604,7 @@ class DetectorService:
         self._next_offsets = self._merge.safe_offsets(self._polled_next)
         size = self.options.max_poll_records
         for start in range(0, max(len(accepted), 1 if dead else 0), size):
-            self._score_and_emit(accepted[start:start + size], dead, now, started)
+            self._score_and_emit(accepted[start:start + size], dead, now, started, start)
             dead, started = [], time.perf_counter()
 
     def _decode_each(self, messages: Sequence[Message], start: int, end: int, at: list[int],
@@ -648,9 +648,10 @@ class DetectorService:
                 self._merge.add_many(tp, offsets, readings, wall)
 
     def _score_and_emit(self, accepted: list[Reading], dead: list[DeadLetter], now: float,
-                        started: float) -> None:
-        """One micro-batch: score, deliver outputs, count."""
-        scores, alerts, failed = self._score(accepted, now)
+                        started: float, first: int = 0) -> None:  # fmt: skip
+        """One micro-batch (readings ``first`` on of the merge's last release): score,
+        deliver outputs, count."""
+        scores, alerts, failed = self._score(accepted, now, first)
         dead = dead + failed
         self._deliver(self._outputs(scores, alerts, dead))
         self.stats.readings += len(scores)
@@ -670,9 +671,10 @@ class DetectorService:
         m.last_batch_ms = elapsed * 1000.0
 
     def _score(
-        self, readings: list[Reading], now: float
+        self, readings: list[Reading], now: float, first: int = 0
     ) -> tuple[EncodedScores, list[Alert], list[DeadLetter]]:
-        """Score the batch; should the detector fail on a record, isolate and dead-letter it."""
+        """Score the batch; should the detector fail on a record, isolate and dead-letter it
+        (``first``: where the batch starts in the merge's last release, for its position)."""
         if not readings:
             return EncodedScores([], [], []), [], []
         try:
@@ -684,18 +686,18 @@ class DetectorService:
         except Exception:  # a bug must not kill the loop: find the record that triggers it
             log.exception("detector failed on a batch; retrying record by record")
         scores, alerts, dead = EncodedScores([], [], []), [], []
-        for reading in readings:
+        for i, reading in enumerate(readings):
             try:
                 s, a = self.detector.process_encoded([reading], emit=self.options.emit_scores,
                                                      watched=self._watched)  # fmt: skip
             except Exception as exc:  # reported as a dead letter with its reason
                 log.exception("detector failed on one reading", extra={"stream": reading.stream_id})
-                tp = self._stream_partition[reading.stream_id]
+                topic, partition, offset = self._merge.released_position(first + i)
                 dead.append(schema.dead_letter(
                     schema.encode(reading), "internal_error",
                     f"detector error: {type(exc).__name__}: {exc}", field=None,
-                    topic=tp.topic, partition=tp.partition, offset=-1, ts=now,
-                    cap=self.options.payload_cap))
+                    topic=topic, partition=partition, offset=offset, ts=now,
+                    key=reading.stream_id.encode(), cap=self.options.payload_cap))
                 continue
             scores.extend(s)
             alerts.extend(a)

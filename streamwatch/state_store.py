@@ -472,14 +472,17 @@ class KafkaStateStore:
                              _checksum(raw), float(raw["saved_at"]),
                              {TopicPartition(str(t), int(p)): int(o) for t, p, o in raw["partitions"]},
                              encoding)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
                 error = CheckpointError(
                     f"checkpoint head {self.topic}:{key.decode(errors='replace')} is not "
-                    f"readable ({exc}); {_KAFKA_FIX}")
+                    f"readable ({type(exc).__name__}: {str(exc)[:200]}); {_KAFKA_FIX}")
                 if not fresh_start:
                     raise error from None
-                log.warning("ignoring unreadable checkpoint (fresh start asked)",
+                # removed, not only skipped: the next start without the flag would stop on it
+                log.warning("removing an unreadable checkpoint (fresh start asked)",
                             extra={"error": str(error)})
+                self._send().send(self.topic, None, key)
+                self._heads.pop(key, None)
                 continue
             heads.append(head)
         return heads
@@ -554,8 +557,9 @@ class KafkaStateStore:
             except CheckpointError as exc:
                 if not fresh_start:
                     raise
-                log.warning("ignoring unreadable checkpoint (fresh start asked)",
+                log.warning("removing an unreadable checkpoint (fresh start asked)",
                             extra={"error": str(exc)})
+                self._forget(head.instance, head.set_id, head.chunks, head=True)
         return out
 
     def load(self, partitions: set[TopicPartition], *, fresh_start: bool = False) -> Snapshot:

@@ -650,3 +650,39 @@ def test_a_checkpoint_directory_lost_mid_run_is_logged_and_scoring_goes_on(
     ends = consumer.end_offsets(parts)
     committed = {tp: consumer.committed(tp) or 0 for tp in parts}
     assert all(committed[tp] < ends[tp] for tp in parts if ends[tp]), committed  # the 1st's
+
+
+def test_a_reading_the_detector_fails_on_is_dead_lettered_at_its_position(tmp_path: Path) -> None:
+    """A detector bug on one reading must not stop the loop nor lose the others: the batch
+    is retried reading by reading, and the one that fails becomes an ``internal_error``
+    dead letter naming its partition and offset, like any refused record."""
+    readings, _ = icu_readings(patients=3, minutes=4)
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    poison = readings[len(readings) // 2]
+    service = build_service(service_settings(tmp_path, max_poll_records=50), transport,
+                            instance="a")  # fmt: skip
+    factory = service.detector_factory
+
+    def failing_on_poison() -> Any:
+        detector = factory()
+        process = detector.process_encoded
+
+        def process_encoded(batch: list[Reading], **kwargs: Any) -> Any:
+            if poison in batch:
+                raise RuntimeError("a bug on this reading")
+            return process(batch, **kwargs)
+
+        detector.process_encoded = process_encoded
+        return detector
+
+    service.detector_factory = failing_on_poison
+    stats = service.run(timeout=60, count=total)
+    assert (stats.readings, stats.dead_letters) == (total - 1, 1)
+    (letter,) = _drain(transport, DEADLETTER, "deadletter")
+    assert letter.code == "internal_error" and "a bug on this reading" in letter.reason
+    raw = _positions(transport, READINGS)
+    assert raw[(letter.partition, letter.offset)] == schema.encode(poison)
+    assert letter.key == poison.stream_id
+    scored = {(s.stream_id, s.ts) for s in _drain(transport, SCORES, "score")}
+    assert scored == {(r.stream_id, r.ts) for r in readings} - {(poison.stream_id, poison.ts)}

@@ -219,9 +219,25 @@ def test_a_damaged_checkpoint_is_a_clear_error_or_a_logged_fresh_start(
         KafkaStateStore(transport, TOPIC, "reader").load({A, B})
     assert "--fresh-start" in str(err.value)
     with caplog.at_level(logging.WARNING, logger="streamwatch.state_store"):
-        snap = KafkaStateStore(transport, TOPIC, "reader2").load({A, B}, fresh_start=True)
+        fresh = KafkaStateStore(transport, TOPIC, "reader2")
+        snap = fresh.load({A, B}, fresh_start=True)
+        fresh.close()  # sends the tombstones
     assert set(snap.partitions) == {B}  # the damaged one skipped, the other restored
-    assert any("ignoring unreadable checkpoint" in r.getMessage() for r in caplog.records)
+    assert any("removing an unreadable checkpoint" in r.getMessage() for r in caplog.records)
+    # removed, not only skipped: the next start needs no flag (it used to stop again)
+    again = KafkaStateStore(transport, TOPIC, "reader3").load({A, B})
+    assert set(again.partitions) == {B}
+
+
+def test_a_head_nested_past_the_parser_depth_is_a_clear_error_not_a_crash() -> None:
+    transport = MemoryTransport()
+    KafkaStateStore(transport, TOPIC, "one", chunk_bytes=1024).save(
+        _global(1, rows=5), {A: PartitionState(7, _streams("a"))})
+    _damage(transport, b"ckpt/one/head", b"[" * 200_000)
+    with pytest.raises(CheckpointError, match="RecursionError"):
+        KafkaStateStore(transport, TOPIC, "reader").load({A})
+    snap = KafkaStateStore(transport, TOPIC, "reader2").load({A}, fresh_start=True)
+    assert snap.partitions == {}
 
 
 def test_an_instance_name_with_a_slash_is_refused() -> None:
