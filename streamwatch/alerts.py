@@ -320,6 +320,7 @@ class AlertMachine:
                 entries.append(self._channel(self.hl_snap, self.channels.index(name),
                                              hard=True))
                 used.add(name)
+        hard_names = frozenset(used)
         snap = self.peak_snap
         if snap is not None and (self.model or not entries):
             ranked = sorted(
@@ -334,20 +335,28 @@ class AlertMachine:
         reasons: list[Any] = (["model"] if self.model else []) + (
             ["hard_limit"] if self.hard else [])  # fmt: skip
         return Explanation(
-            summary=self._summary(entries, duration, event, regime, clock_back_s),
+            summary=self._summary(entries, duration, event, regime, clock_back_s,
+                                  hard=hard_names),
             channels=entries,
             duration_s=duration,
             reasons=reasons,
         )
 
     def _summary(self, entries: list[ChannelExplanation], duration: float, event: str,
-                 regime: bool, clock_back_s: float | None = None) -> str:  # fmt: skip
+                 regime: bool, clock_back_s: float | None = None,
+                 hard: frozenset[str] = frozenset()) -> str:  # fmt: skip
+        """One line. A hard-limit channel (``hard``) is set against its NEWS2 normal range:
+        the forecast may have learned the abnormal level already ("spo2 low 82 (expected 82,
+        ...)" told a clinician nothing)."""
         parts = []
         for e in entries[:4]:
             text = f"{e.channel} {e.direction or 'abnormal'}"
             if e.observed is not None:
                 text += f" {_fmt(e.observed)}"
-            if e.expected is not None:
+            if e.channel in hard and e.channel in NEWS2_NORMAL:
+                lo, hi = NEWS2_NORMAL[e.channel]
+                text += f" (normal {_fmt(lo)}-{_fmt(hi)})"
+            elif e.expected is not None:
                 band = (f", band {_fmt(e.lower)}-{_fmt(e.upper)}"
                         if e.lower is not None and e.upper is not None else "")  # fmt: skip
                 text += f" (expected {_fmt(e.expected)}{band})"

@@ -256,7 +256,7 @@ class DetectorService:
         return frozenset(self._assigned)
 
     def install_signal_handlers(self) -> None:
-        """SIGINT/SIGTERM: a graceful stop. A second one while it is under way exits at
+        """SIGINT/SIGTERM/SIGHUP: a graceful stop. A second one while it is under way exits at
         once, as a kill would (the next start replays from the last checkpoint)."""
         def handle(signum: int, _frame: Any) -> None:
             if not self._stop.is_set():
@@ -270,7 +270,7 @@ class DetectorService:
             logging.shutdown()
             os._exit(128 + signum)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: a closed terminal
             signal.signal(sig, handle)
 
     def run(self, *, timeout: float | None = None, count: int | None = None) -> RunStats:

@@ -643,6 +643,29 @@ def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_it_did_not_checkpo
         assert took < 60
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
+def test_sigint_or_a_hangup_stops_gracefully_with_a_final_checkpoint(
+    kafka_bootstrap: str, topics: dict[str, str], tmp_path: Path, sig: int
+) -> None:
+    readings, _ = icu_readings(patients=2, minutes=3)
+    _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
+    s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", checkpoint_every_s=3600.0)
+    log = tmp_path / "detector.log"
+    proc = _spawn_detector(s, log)
+    try:
+        _wait_until(lambda: _count(kafka_bootstrap, topics["scores"]) >= len(readings)
+                    or proc.poll() is not None, 120, "a score per reading")
+        proc.send_signal(sig)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "msg='checkpoint written'" in text and "final_checkpoint=True" in text
+
+
 # --------------------------------------------------------------------------- flow control
 @pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_a_partition_running_ahead_is_paused_and_every_reading_comes_in_event_time_order(

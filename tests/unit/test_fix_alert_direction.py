@@ -31,7 +31,9 @@ def test_hard_limit_channels_take_their_direction_from_the_breached_limit() -> N
                                lambda: snap, 0)  # fmt: skip
     directions = {c.channel: c.direction for c in event.explanation.channels}
     assert directions["spo2"] == "low" and directions["hr"] == "high"
-    assert event.explanation.summary.startswith("critical for 15 s: spo2 low 82")
+    # set against the normal range, not the forecast that learned the abnormal level
+    assert event.explanation.summary.startswith(
+        "critical for 15 s: spo2 low 82 (normal 96-100); hr high 190 (normal 51-90)")
 
 
 def test_a_patient_critical_from_the_first_reading_gets_low_spo2_and_high_hr() -> None:
