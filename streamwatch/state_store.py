@@ -43,7 +43,7 @@ from streamwatch.checkpoint import (
     parse_checkpoint,
     save_checkpoint,
 )
-from streamwatch.errors import CheckpointError, TransportError
+from streamwatch.errors import CheckpointError, StreamwatchError, TransportError
 from streamwatch.transport.base import Consumer, Message, Producer, TopicPartition, Transport
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,8 @@ class KafkaStateStore:
 
     def __init__(self, transport: Transport, topic: str, instance: str, *,
                  chunk_bytes: int = 512 * 1024, read_timeout_s: float = 60.0,
-                 forget_after_s: float = 3600.0, write_bytes_per_s: float = 0.0) -> None:
+                 forget_after_s: float = 3600.0, write_bytes_per_s: float = 0.0,
+                 flush_timeout_s: float = 30.0) -> None:  # fmt: skip
         if "/" in instance:
             raise CheckpointError(f"instance name {instance!r} must not contain '/'")
         if chunk_bytes < 1024:
@@ -331,6 +332,10 @@ class KafkaStateStore:
         self.read_timeout_s = read_timeout_s
         self.forget_after_s = forget_after_s
         self.write_bytes_per_s = write_bytes_per_s
+        # the longest a save (or close) waits for the broker to acknowledge its records:
+        # with the broker gone it raises (FlushTimeoutError) instead of blocking a stop for
+        # the client's delivery timeout (librdkafka: 300 s)
+        self.flush_timeout_s = flush_timeout_s
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None  # tails the topic
         self._fetcher: Consumer | None = None  # reads chosen chunks back
@@ -388,14 +393,14 @@ class KafkaStateStore:
                 time.sleep(ahead)  # the chunks sent so far are due at `rate`
             producer.send(self.topic, chunk, self._chunk_key(self.instance, set_id, i))
             sent += len(chunk)
-        producer.flush()
+        producer.flush(self.flush_timeout_s)
         head = {"format": HEAD_FORMAT, "instance": self.instance, "set": set_id,
                 "chunks": len(chunks), "encoding": ENCODING, "bytes": len(data),
                 "raw_bytes": raw_bytes, "crc32c": _crc(data), "saved_at": time.time(),
                 "partitions": [[tp.topic, tp.partition, ps.offset]
                                for tp, ps in sorted(partitions.items())]}
         producer.send(self.topic, json.dumps(head).encode(), self._head_key(self.instance))
-        producer.flush()
+        producer.flush(self.flush_timeout_s)
         if self._previous is not None:
             self._forget(self.instance, *self._previous)
         self._previous = (set_id, len(chunks))
@@ -605,11 +610,18 @@ class KafkaStateStore:
 
     def close(self) -> None:
         """Flush pending tombstones, close the clients."""
+        errors: list[StreamwatchError] = []
         try:
             if self._producer is not None:
-                self._producer.flush()
-        finally:
-            for client in (self._producer, self._consumer, self._fetcher):
-                if client is not None:
+                self._producer.flush(self.flush_timeout_s)
+        except StreamwatchError as exc:
+            errors.append(exc)
+        for client in (self._producer, self._consumer, self._fetcher):
+            if client is not None:
+                try:  # each one closed, whatever the others do
                     client.close()
-            self._producer = self._consumer = self._fetcher = None
+                except StreamwatchError as exc:
+                    errors.append(exc)
+        self._producer = self._consumer = self._fetcher = None
+        if errors:
+            raise errors[0]

@@ -133,7 +133,8 @@ def build_service(settings: Any, transport: Any, *, instance: str | None = None)
         store = KafkaStateStore(transport, topics.state, options.instance,
                                 chunk_bytes=svc.state_chunk_bytes,
                                 forget_after_s=svc.state_forget_after_s,
-                                write_bytes_per_s=svc.state_write_bytes_per_s)
+                                write_bytes_per_s=svc.state_write_bytes_per_s,
+                                flush_timeout_s=svc.flush_timeout_s)
     else:
         store = FileStateStore(svc.checkpoint_dir, options.instance)
         try:  # now, not at the first checkpoint after a whole run's scoring

@@ -56,6 +56,10 @@ def _from_k(tps: Iterable[Any]) -> set[TopicPartition]:
 #: The longest a consumer's ``close`` waits for the broker (leaving the group), ms.
 CLOSE_TIMEOUT_MS = 5_000
 
+#: The longest an offset commit waits for the broker, ms (it then fails: the next
+#: checkpoint commits again).
+COMMIT_TIMEOUT_MS = 10_000
+
 #: Seconds past ``bootstrap_timeout_ms`` that ``KafkaTransport.connect`` waits in all.
 CONNECT_GRACE_S = 5.0
 
@@ -301,10 +305,30 @@ class KafkaProducerTransport:
         self._errors.raise_if_any()
 
     def close(self) -> None:
+        """Flush (10 s), then close. Records the broker did not take by then are dropped,
+        and the flush's error says so."""
         try:
             self.flush(timeout=10)
         finally:
-            self._producer.close(timeout=5)
+            try:
+                self._producer.close(timeout=5)
+            except kerrors.KafkaTimeoutError:
+                _force_close(self._producer)
+
+
+def _force_close(producer: KafkaProducer) -> None:
+    """kafka-python 3.0's ``close`` raises when records are still queued, before it
+    force-closes its sender, and leaves the producer open: its ``__del__`` then raises the
+    same again at exit (a traceback after a clean error line). Force the sender closed (it
+    aborts what is queued) and close again, as ``close`` meant to."""
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
+    try:
+        producer.close(timeout=1)
+    except kerrors.KafkaError as exc:  # still not closed: say so, once
+        logger.warning("producer not closed cleanly", extra={"error": str(exc)})
 
 
 class _Listener(AsyncConsumerRebalanceListener):
@@ -470,8 +494,8 @@ class KafkaConsumerTransport:
         if self.group_id is None:
             raise TransportError("commit() needs a group_id: this consumer has none")
         native = {_to_k(tp): OffsetAndMetadata(int(off), "", -1) for tp, off in offsets.items()}
-        try:
-            self.native.commit(native)
+        try:  # bounded: with the broker gone it waited the request timeout (30 s)
+            self.native.commit(native, timeout_ms=COMMIT_TIMEOUT_MS)
         except kerrors.KafkaError as exc:
             raise TransportError(
                 f"commit failed ({exc}); if the group rebalanced, the new owner resumes from "

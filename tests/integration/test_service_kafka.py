@@ -86,6 +86,7 @@ def _env(s: Any) -> dict[str, str]:
     env.update({
         "STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS": s.kafka.bootstrap_servers,
         "STREAMWATCH_KAFKA__SESSION_TIMEOUT_MS": str(s.kafka.session_timeout_ms),
+        "STREAMWATCH_KAFKA__CLIENT": s.kafka.client,
         "STREAMWATCH_SERVICE__GROUP_ID": s.service.group_id,
         "STREAMWATCH_SERVICE__CHECKPOINT_DIR": str(s.service.checkpoint_dir),
         "STREAMWATCH_SERVICE__STATE_STORE": s.service.state_store,
@@ -596,9 +597,11 @@ def test_a_detector_started_before_its_broker_waits_for_it(
     assert scored == {(r.stream_id, r.ts) for r in readings}
 
 
-@pytest.mark.parametrize("second_signal", [False, True])
+@pytest.mark.parametrize(("client", "second_signal"), [
+    ("kafka-python", False), ("kafka-python", True), ("confluent", False)])
 def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_it_did_not_checkpoint(
-    private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path, second_signal: bool
+    private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path, client: str,
+    second_signal: bool,
 ) -> None:
     """SIGTERM with the broker gone: the last flush gives up after ``flush_timeout_s``, the
     exit status says there was no final checkpoint (the next start replays), and a second
@@ -606,7 +609,7 @@ def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_it_did_not_checkpo
     bootstrap = private_broker.bootstrap
     readings, _ = icu_readings(patients=2, minutes=4)
     _produce(bootstrap, topics["readings"], _readings_records(readings))
-    s = _settings(bootstrap, topics, tmp_path / "ckpt")
+    s = _settings(bootstrap, topics, tmp_path / "ckpt", client=client)
     log = tmp_path / "detector.log"
     env = {**_env(s), "STREAMWATCH_SERVICE__FLUSH_TIMEOUT_S": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "streamwatch.cli", "detect"], env=env,
