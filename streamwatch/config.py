@@ -39,7 +39,7 @@ class KafkaSettings(BaseModel):
         default=None, description="host:port[,host:port]; none = in-memory transport (tests)"
     )
     client: Literal["kafka-python", "confluent"] = "kafka-python"
-    session_timeout_ms: int = Field(default=6000, ge=500, le=300_000)
+    session_timeout_ms: int = Field(default=6000, ge=1000, le=300_000)  # the transports' range
     client_config: dict[str, str | int | bool] = Field(
         default_factory=dict,
         description="Passed through to the client: security_protocol, sasl_mechanism, "

@@ -973,13 +973,25 @@ class DetectorService:
         self._outage_since = None
 
     def _lag(self) -> int | None:
+        """Records of this process's partitions not scored yet: each log end (the client's
+        cached high watermark, else the end asked once per assignment) minus the next
+        offset to score (``_next_offsets``: what the event-time merge still holds is not
+        done; else the position at assignment). None when no end is known yet.
+
+        No request to the broker: ``end_offsets`` stalled the loop 0.25-0.5 s per
+        partition on Tansu (confluent), and so did confluent's ``position`` of a partition
+        with nothing consumed, every health tick. Counting only partitions with a cached
+        watermark, from the consumer's position, read 3,300 of a 57,600 backlog."""
         assert self._consumer is not None
-        assigned = self._consumer.assignment()
-        if not assigned:
-            return None
-        # the client's cached high watermarks: end_offsets() asks the broker and, on Tansu,
-        # stalled the loop 0.25-0.5 s per partition (confluent) every health tick
-        ends = self._consumer.highwater(assigned)
-        if not ends:
-            return None
-        return sum(max(0, end - self._consumer.position(tp)) for tp, end in ends.items())
+        if not self._assigned:
+            return 0  # this process holds no partition: no lag of its own
+        high = self._consumer.highwater(self._assigned)
+        total, known = 0, False
+        for tp in self._assigned:
+            end = high.get(tp, self._end_hints.get(tp))
+            at = self._next_offsets.get(tp, self._start_positions.get(tp))
+            if end is None or at is None:
+                continue
+            known = True
+            total += max(0, end - at)
+        return total if known else None

@@ -33,8 +33,11 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     k = p.add_argument_group("Kafka")
     k.add_argument("--bootstrap-servers", metavar="HOST:PORT",
                    help="Kafka cluster (default: $STREAMWATCH_KAFKA__BOOTSTRAP_SERVERS)")
-    k.add_argument("--kafka-client", choices=["kafka-python", "confluent"])
-    k.add_argument("--session-timeout-ms", type=int)
+    k.add_argument("--kafka-client", choices=["kafka-python", "confluent"],
+                   help="Kafka client library (default kafka-python)")
+    k.add_argument("--session-timeout-ms", type=int,
+                   help="consumer group session timeout, 1000-300000 (default 6000; a group "
+                   "join takes about half of it on Tansu)")
     k.add_argument("--group-id", help="consumer group (default streamwatch-detector)")
     s = p.add_argument_group("service")
     s.add_argument("--state-store", choices=["kafka", "directory"],
@@ -43,17 +46,21 @@ def add_service_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--state-topic", help="changelog topic (default streamwatch.detector-state)")
     s.add_argument("--checkpoint-dir", type=Path,
                    help="state directory for --state-store directory (default runs/detector)")
-    s.add_argument("--checkpoint-every-batches", type=int)
-    s.add_argument("--checkpoint-every-s", type=float)
+    s.add_argument("--checkpoint-every-batches", type=int,
+                   help="checkpoint after this many micro-batches (default 1000)")
+    s.add_argument("--checkpoint-every-s", type=float,
+                   help="or after at most this many seconds (default 30)")
     s.add_argument("--max-poll-records", type=int, help="micro-batch size (default 2000)")
     s.add_argument("--emit-scores", choices=["all", "alerts"],
-                   help="produce a Score for every reading (default) or only around alerts")
+                   help="produce a Score for every reading (default) or only for the "
+                   "anomalous, hard-limited or in-alert ones")
     s.add_argument("--watch-stream", action="append", metavar="ID_OR_PATTERN",
                    help="with --emit-scores alerts, this stream still gets a Score for every "
                    "reading (a stream id or fnmatch pattern such as 'icu/bed-0*'; repeat for "
                    "more)")
     s.add_argument("--fresh-start", action="store_true", default=None,
-                   help="ignore (and log) unreadable checkpoints instead of failing")
+                   help="skip (log, and remove) unreadable checkpoints and those of other "
+                   "model settings instead of failing; go on from the committed offsets")
     s.add_argument("--metrics-host", help="Prometheus endpoint address (default 127.0.0.1)")
     s.add_argument("--metrics-port", type=int, help="Prometheus endpoint port (default 9308, 0 = off)")
     s.add_argument("--cell", choices=["gru", "lstm"], help="recurrent cell (default gru)")

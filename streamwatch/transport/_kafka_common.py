@@ -139,6 +139,43 @@ def unreachable(bootstrap: str, waited_s: float) -> BrokerUnavailableError:
     )
 
 
+_TRUE, _FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
+
+
+def typed_client_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with text values turned into the type of kafka-python's default for the
+    key (bool, int, float). A ``STREAMWATCH_KAFKA__CLIENT_CONFIG__LINGER_MS=20`` arrives as
+    the text "20": kafka-python then failed deep inside (``linger_ms``) or, worse, took
+    ``enable_idempotence="false"`` for true. A value that is not of that type is a
+    ConfigError naming the key. Keys with no typed default (passwords, paths) and
+    librdkafka names (with a dot) are left as they are.
+
+    >>> typed_client_config({"linger_ms": "20", "enable_idempotence": "false", "acks": "all"})
+    {'linger_ms': 20, 'enable_idempotence': False, 'acks': 'all'}
+    """
+    from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+
+    out = dict(config)
+    for key, value in config.items():
+        if not isinstance(value, str):
+            continue
+        default = next((cls.DEFAULT_CONFIG[key] for cls in (KafkaProducer, KafkaConsumer,
+                                                           KafkaAdminClient)
+                        if key in cls.DEFAULT_CONFIG), None)  # fmt: skip
+        text = value.strip().lower()
+        if isinstance(default, bool):
+            if text not in _TRUE | _FALSE:
+                raise ConfigError(f"client_config[{key!r}] must be true or false, got {value!r}")
+            out[key] = text in _TRUE
+        elif isinstance(default, int | float) and not (key == "acks" and text == "all"):
+            try:
+                number = float(text)
+            except ValueError:
+                raise ConfigError(f"client_config[{key!r}] must be a number, got {value!r}") from None
+            out[key] = int(number) if isinstance(default, int) and number.is_integer() else number
+    return out
+
+
 def split_kafka_python_config(
     config: Mapping[str, Any],
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -153,7 +190,7 @@ def split_kafka_python_config(
         dict(CONSUMER_DEFAULTS),
         dict(ADMIN_DEFAULTS),
     )
-    for key, value in config.items():
+    for key, value in typed_client_config(config).items():
         if key in MANAGED_KEYS:
             raise ConfigError(f"client_config[{key!r}] is set by streamwatch; remove it")
         targets = [
@@ -182,7 +219,7 @@ def to_librdkafka(config: Mapping[str, Any], role: str) -> dict[str, Any]:
     as librdkafka names and passed through unchanged.
     """
     out: dict[str, Any] = {}
-    for key, value in config.items():
+    for key, value in typed_client_config(config).items():
         if key in MANAGED_KEYS:
             raise ConfigError(f"client_config[{key!r}] is set by streamwatch; remove it")
         if "." in key:

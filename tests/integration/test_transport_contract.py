@@ -355,6 +355,20 @@ def test_create_topics_is_idempotent(transport: Transport, unique_topic: str) ->
         transport.partitions_for(unique_topic + "-missing")
 
 
+def _sent_then_paused(broker: TansuBroker, client: str, topic: str,
+                      config: dict[str, Any]) -> tuple[Transport, Any]:  # fmt: skip
+    """A producer that had b"before" acknowledged, then the broker paused and b"during
+    outage" sent. The caller resumes the broker."""
+    bus = open_transport(broker.bootstrap, client, client_config=config)  # type: ignore[arg-type]
+    bus.create_topics({topic: 1})
+    producer = bus.producer()
+    producer.send(topic, b"before")
+    producer.flush(timeout=10)
+    broker.pause()
+    producer.send(topic, b"during outage")
+    return bus, producer
+
+
 @pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
 def test_a_flush_that_times_out_leaves_the_records_queued_and_says_so(
     kafka_client: str, unique_topic: str
@@ -362,14 +376,8 @@ def test_a_flush_that_times_out_leaves_the_records_queued_and_says_so(
     """Not acknowledged in time is not failed: FlushTimeoutError, and the records still go
     out once the broker answers (the service then waits again instead of sending twice)."""
     with TansuBroker() as broker:  # a broker of its own: this test pauses it
-        bus = open_transport(broker.bootstrap, kafka_client)  # type: ignore[arg-type]
-        bus.create_topics({unique_topic: 1})
-        producer = bus.producer()
-        producer.send(unique_topic, b"before")
-        producer.flush(timeout=10)
-        broker.pause()
+        bus, producer = _sent_then_paused(broker, kafka_client, unique_topic, {})
         try:
-            producer.send(unique_topic, b"during outage")
             with pytest.raises(FlushTimeoutError, match="not acknowledged within 1"):
                 producer.flush(timeout=1)
         finally:
@@ -397,14 +405,8 @@ def test_flush_raises_when_records_are_not_delivered(client: str, unique_topic: 
         return
     with TansuBroker() as broker:  # a broker of its own: this test pauses it
         config: dict[str, Any] = {"delivery_timeout_ms": 1500, "request_timeout_ms": 1000}
-        bus = open_transport(broker.bootstrap, client, client_config=config)  # type: ignore[arg-type]
-        bus.create_topics({unique_topic: 1})
-        producer = bus.producer()
-        producer.send(unique_topic, b"before")
-        producer.flush(timeout=10)
-        broker.pause()
+        bus, producer = _sent_then_paused(broker, client, unique_topic, config)
         try:
-            producer.send(unique_topic, b"during outage")
             started = time.monotonic()
             with pytest.raises(TransportError, match=r"not delivered|not acknowledged"):
                 producer.flush(timeout=10)

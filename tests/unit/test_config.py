@@ -139,3 +139,25 @@ def test_a_streamwatch_variable_that_names_no_setting_is_an_error_naming_it(
     monkeypatch.setenv(name, "127.0.0.1:9092")
     with pytest.raises(ConfigError, match=f"environment variable {name} names no setting"):
         load_settings()
+
+
+def test_client_config_from_environment_variables_gets_the_clients_types(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An environment variable is text: linger_ms "20" crashed kafka-python's producer,
+    and enable_idempotence "false" turned idempotence on (a non-empty string is true)."""
+    from streamwatch.transport._kafka_common import split_kafka_python_config, to_librdkafka
+
+    for key, value in {"LINGER_MS": "20", "ENABLE_IDEMPOTENCE": "false", "ACKS": "all",
+                       "SSL_CHECK_HOSTNAME": "False", "SASL_PLAIN_PASSWORD": "1234"}.items():
+        monkeypatch.setenv(f"STREAMWATCH_KAFKA__CLIENT_CONFIG__{key}", value)
+    config = load_settings().kafka.client_config
+    producer, _consumer, _admin = split_kafka_python_config(config)
+    assert producer["linger_ms"] == 20 and producer["enable_idempotence"] is False
+    assert producer["acks"] == "all" and producer["sasl_plain_password"] == "1234"
+    native = to_librdkafka(config, "producer")
+    assert native["linger.ms"] == 20 and native["enable.idempotence"] is False
+    assert native["ssl.endpoint.identification.algorithm"] == "none"
+    monkeypatch.setenv("STREAMWATCH_KAFKA__CLIENT_CONFIG__ENABLE_IDEMPOTENCE", "maybe")
+    with pytest.raises(ConfigError, match=r"client_config\['enable_idempotence'\] must be true or false"):
+        split_kafka_python_config(load_settings().kafka.client_config)
