@@ -42,7 +42,7 @@ class ServiceMetrics:
         self.transport_errors = Counter(
             "streamwatch_transport_errors_total", "Broker errors survived (retried)", registry=r
         )
-        self.consumer_lag = Gauge("streamwatch_consumer_lag", "Readings behind the log end", registry=r)
+        self.consumer_lag = Gauge("streamwatch_consumer_lag", "Records of this process's partitions not scored yet (held in the merge or not fetched)", registry=r)
         self.paused_partitions = Gauge(
             "streamwatch_paused_partitions", "Partitions paused because they ran ahead in "
             "event time", registry=r)
