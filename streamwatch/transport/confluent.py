@@ -41,10 +41,6 @@ FETCH_QUEUE_BACKOFF_MS = 10
 ``ConfluentTransport``); 10 ms, as other librdkafka users who drain backlogs set it."""
 
 
-CONSUMER_REQUEST_TIMEOUT_MS = 10_000
-"""The consumer's ``socket.timeout.ms`` unless ``client_config`` sets it (librdkafka: 60 s)."""
-
-
 def _to_c(tp: TopicPartition, offset: int = OFFSET_INVALID) -> CTP:
     return CTP(tp.topic, tp.partition, offset)
 
@@ -138,10 +134,6 @@ class ConfluentTransport:
             # of a core; +4 % to +30 % readings/s with 5-10 ms in five back-to-back pairs,
             # docs/bench.md)
             "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
-            # a request's longest wait (fetches: fetch.wait.max.ms more), 60 s by default:
-            # a synchronous offset commit with the broker gone held a stop that long; 10 s,
-            # as kafka-python's commit here (client_config request_timeout_ms overrides)
-            "socket.timeout.ms": CONSUMER_REQUEST_TIMEOUT_MS,
             **to_librdkafka(config, "consumer"),
         }
         self.admin_config = {**base, **to_librdkafka(config, "admin")}
