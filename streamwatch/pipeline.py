@@ -730,7 +730,7 @@ class DetectorService:
         for alert in alerts:
             out.append((opts.alerts_topic, schema.encode(alert), alert.stream_id.encode()))
         for letter in dead:
-            key = letter.key.encode() if letter.key is not None else None
+            key = schema.dead_letter_key(letter)  # the refused record's own key bytes
             out.append((opts.deadletter_topic, schema.encode(letter), key))
         return out
 

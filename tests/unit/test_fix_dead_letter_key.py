@@ -73,3 +73,4 @@ def test_the_service_dead_letters_a_non_utf8_key_with_its_bytes(tmp_path: Path) 
     letter = schema.decode("deadletter", msg.value)
     assert letter.code == "not_json" and letter.key_encoding == "base64"
     assert schema.dead_letter_key(letter) == b"\xffbed\x80"
+    assert msg.key == b"\xffbed\x80"  # the dead letter's Kafka key: the record's own bytes
