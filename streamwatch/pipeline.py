@@ -348,7 +348,10 @@ class DetectorService:
                       "last checkpoint", extra={"error": str(exc)})
         finally:
             self._closing = True
-            self._consumer.close()
+            try:
+                self._consumer.close()
+            except StreamwatchError as exc:  # the group's session timeout frees the partitions
+                log.warning("consumer did not close cleanly", extra={"error": str(exc)})
             try:
                 self._producer.close()
             except StreamwatchError as exc:  # outputs of uncommitted batches: replayed

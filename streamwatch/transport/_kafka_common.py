@@ -13,6 +13,14 @@ from streamwatch.transport._common import BROKER_HINT
 logger = logging.getLogger(__name__)
 
 #: Settings streamwatch owns; passing them in ``client_config`` is an error.
+#: The longest a consumer's ``close`` waits for the broker (leaving the group), s.
+CLOSE_TIMEOUT_S = 5.0
+
+#: The longest an offset commit waits for the broker, s (it then fails: the next
+#: checkpoint commits again). Both clients: kafka-python by its own timeout, confluent-kafka
+#: (whose synchronous commit has none) by waiting on the thread that makes it.
+COMMIT_TIMEOUT_S = 10.0
+
 MANAGED_KEYS = frozenset(
     {
         "bootstrap_servers",

@@ -10,6 +10,7 @@ so both clients place a key on the same partition.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -25,6 +26,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamwatch.errors import ConfigError, FlushTimeoutError, TransportError
 from streamwatch.transport._common import check_partitions, check_poll_args, check_record
 from streamwatch.transport._kafka_common import (
+    CLOSE_TIMEOUT_S,
+    COMMIT_TIMEOUT_S,
     DeliveryErrors,
     check_offset_reset,
     check_session_timeout,
@@ -39,6 +42,45 @@ _SEEK_RETRY_S = 10.0
 FETCH_QUEUE_BACKOFF_MS = 10
 """The consumer's ``fetch.queue.backoff.ms`` unless ``client_config`` sets it (see
 ``ConfluentTransport``); 10 ms, as other librdkafka users who drain backlogs set it."""
+
+
+class _Waited:
+    """A blocking client call made on its own daemon thread, waited for at most a while.
+
+    librdkafka's synchronous commit and its consumer close wait for the group coordinator
+    with no bound: with the broker paused, a commit was still waiting after 20 s and a
+    close after 30 s (measured on Tansu), and a stop waited as long as the outage. The call
+    goes on in the background when the wait ends, and a daemon thread does not hold up the
+    interpreter's exit.
+    """
+
+    def __init__(self, name: str, call: Any) -> None:
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.thread: threading.Thread | None = threading.Thread(
+            target=self._run, args=(call,), name=name, daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def inline(cls, call: Any) -> _Waited:
+        """The call made on this thread, unbounded."""
+        done = cls.__new__(cls)
+        done.result, done.error, done.thread = None, None, None
+        done._run(call)
+        return done
+
+    def _run(self, call: Any) -> None:
+        try:
+            self.result = call()
+        except BaseException as exc:  # handed to the waiting thread
+            self.error = exc
+
+    def wait(self, timeout: float) -> bool:
+        """True once the call has returned or raised."""
+        if self.thread is None:
+            return True
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
 
 def _to_c(tp: TopicPartition, offset: int = OFFSET_INVALID) -> CTP:
@@ -288,6 +330,11 @@ class ConfluentConsumerTransport:
         self._assigning: dict[TopicPartition, int] | None = None
         self._manual: list[TopicPartition] = []
         self._paused: set[TopicPartition] = set()
+        self._commit: _Waited | None = None  # the last commit, while it may be in flight
+        self._closing = False
+        self._in_callback = 0  # inside on_assign / on_revoke
+        self.commit_timeout_s = COMMIT_TIMEOUT_S
+        self.close_timeout_s = CLOSE_TIMEOUT_S
 
     def subscribe(
         self,
@@ -301,10 +348,12 @@ class ConfluentConsumerTransport:
         def assigned(native: Consumer, partitions: list[CTP]) -> None:
             tps = _from_c(partitions)
             self._assigning = {}
+            self._in_callback += 1
             try:
                 if on_assign is not None:
                     on_assign(tps)
             finally:
+                self._in_callback -= 1
                 seeks, self._assigning = self._assigning, None
                 native.assign([_to_c(tp, seeks.get(tp, OFFSET_INVALID)) for tp in sorted(tps)])
                 # librdkafka keeps a partition's paused flag across a rebalance; the
@@ -318,10 +367,12 @@ class ConfluentConsumerTransport:
 
         def revoked(native: Consumer, partitions: list[CTP]) -> None:
             tps = _from_c(partitions)
+            self._in_callback += 1
             try:
                 if tps and on_revoke is not None:
                     on_revoke(tps)
             finally:
+                self._in_callback -= 1
                 for tp in tps:
                     self._positions.pop(tp, None)
 
@@ -387,19 +438,44 @@ class ConfluentConsumerTransport:
         return out
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit synchronously, waiting at most ``commit_timeout_s`` (as kafka-python's
+        ``commit`` does): librdkafka's own wait has no bound. A commit that times out goes
+        on in the background, and the next one fails at once while it does, so commits
+        reach the broker in order (a late one never overwrites newer offsets). Inside a
+        rebalance callback the commit is unbounded (below)."""
         if self.group_id is None:
             raise TransportError("commit() needs a group_id: this consumer has none")
         if not offsets:
             return
-        native = [_to_c(tp, int(off)) for tp, off in offsets.items()]
-        try:
-            result = self.native.commit(offsets=native, asynchronous=False)
-        except KafkaException as exc:
+        earlier = self._commit
+        if earlier is not None and not earlier.wait(0):
             raise TransportError(
-                f"commit failed ({exc}); if the group rebalanced, the new owner resumes from "
-                "the last committed offsets"
-            ) from exc
-        failed = [tp for tp in result or [] if tp.error is not None]
+                "commit not attempted: the previous one is still waiting for the broker "
+                "(unreachable?); the next checkpoint commits again")
+        native = [_to_c(tp, int(off)) for tp, off in offsets.items()]
+        commit = partial(self.native.commit, offsets=native, asynchronous=False)
+        if self._in_callback or self._closing:
+            # librdkafka holds a commit made elsewhere until the rebalance callback returns
+            # (measured: another thread's commit never finished), so a callback commits on
+            # its own thread, unbounded. close() runs on a thread that close waits for.
+            call = _Waited.inline(commit)
+        else:
+            call = _Waited("streamwatch-commit", commit)
+        self._commit = call
+        if not call.wait(self.commit_timeout_s):
+            raise TransportError(
+                f"commit not acknowledged within {self.commit_timeout_s:g} s (broker "
+                "unreachable?); it goes on in the background, and the next checkpoint "
+                "commits again")
+        self._commit = None
+        if isinstance(call.error, KafkaException):
+            raise TransportError(
+                f"commit failed ({call.error}); if the group rebalanced, the new owner resumes "
+                "from the last committed offsets"
+            ) from call.error
+        if call.error is not None:  # a rebalance callback's own exception: unchanged
+            raise call.error
+        failed = [tp for tp in call.result or [] if tp.error is not None]
         if failed:
             raise TransportError(f"commit failed for {failed[0]}: {failed[0].error}")
 
@@ -538,7 +614,16 @@ class ConfluentConsumerTransport:
         return result
 
     def close(self) -> None:
-        try:
-            self.native.close()
-        except KafkaException as exc:
-            raise TransportError(f"close failed: {exc}") from exc
+        """Leave the group and close, waiting at most ``close_timeout_s``; then the close
+        goes on in the background and this raises. The revoke callback runs on the closing
+        thread (the caller waits meanwhile)."""
+        self._closing = True
+        call = _Waited("streamwatch-consumer-close", self.native.close)
+        if not call.wait(self.close_timeout_s):
+            raise TransportError(
+                f"consumer close not finished within {self.close_timeout_s:g} s (broker "
+                "unreachable?); the group's session timeout hands its partitions on")
+        if isinstance(call.error, KafkaException):
+            raise TransportError(f"close failed: {call.error}") from call.error
+        if call.error is not None:
+            raise call.error

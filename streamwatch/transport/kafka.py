@@ -31,6 +31,8 @@ from kafka.structs import OffsetAndMetadata
 from streamwatch.errors import ConfigError, FlushTimeoutError, TransportError
 from streamwatch.transport._common import check_partitions, check_poll_args, check_record
 from streamwatch.transport._kafka_common import (
+    CLOSE_TIMEOUT_S,
+    COMMIT_TIMEOUT_S,
     CallbackErrors,
     DeliveryErrors,
     check_offset_reset,
@@ -52,13 +54,6 @@ def _to_k(tp: TopicPartition) -> KTP:
 def _from_k(tps: Iterable[Any]) -> set[TopicPartition]:
     return {TopicPartition(tp.topic, tp.partition) for tp in tps}
 
-
-#: The longest a consumer's ``close`` waits for the broker (leaving the group), ms.
-CLOSE_TIMEOUT_MS = 5_000
-
-#: The longest an offset commit waits for the broker, ms (it then fails: the next
-#: checkpoint commits again).
-COMMIT_TIMEOUT_MS = 10_000
 
 #: Seconds past ``bootstrap_timeout_ms`` that ``KafkaTransport.connect`` waits in all.
 CONNECT_GRACE_S = 5.0
@@ -449,6 +444,8 @@ class KafkaConsumerTransport:
         self.group_id = group_id
         self.callback_errors = CallbackErrors()
         self._probe_factory = probe_factory
+        self.commit_timeout_s = COMMIT_TIMEOUT_S
+        self.close_timeout_s = CLOSE_TIMEOUT_S
         self._probe: Any = None
         fetcher = getattr(native, "_fetcher", None)  # for unpark_resumed
         self._parked: Any = fetcher if hasattr(fetcher, "_paused_partition_records") else None
@@ -495,7 +492,7 @@ class KafkaConsumerTransport:
             raise TransportError("commit() needs a group_id: this consumer has none")
         native = {_to_k(tp): OffsetAndMetadata(int(off), "", -1) for tp, off in offsets.items()}
         try:  # bounded: with the broker gone it waited the request timeout (30 s)
-            self.native.commit(native, timeout_ms=COMMIT_TIMEOUT_MS)
+            self.native.commit(native, timeout_ms=round(self.commit_timeout_s * 1000))
         except kerrors.KafkaError as exc:
             raise TransportError(
                 f"commit failed ({exc}); if the group rebalanced, the new owner resumes from "
@@ -604,7 +601,7 @@ class KafkaConsumerTransport:
             try:
                 # bounded: with the broker gone, leaving the group waited for the whole
                 # request timeout (30 s) at every stop
-                self.native.close(autocommit=False, timeout_ms=CLOSE_TIMEOUT_MS)
+                self.native.close(autocommit=False, timeout_ms=round(self.close_timeout_s * 1000))
             except kerrors.KafkaError as exc:
                 self.callback_errors.raise_if_any(exc)
                 raise TransportError(f"close failed: {exc}") from exc

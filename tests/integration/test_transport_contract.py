@@ -6,6 +6,7 @@ fail, against a broker of their own that the test pauses).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -391,6 +392,62 @@ def test_a_flush_that_times_out_leaves_the_records_queued_and_says_so(
         drain([consumer], lambda: len(got) >= 2, sink={0: got})
         assert [m.value for m in got] == [b"before", b"during outage"]
         consumer.close()
+        bus.close()
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_a_commit_and_a_close_with_the_broker_paused_end_in_time_and_commits_stay_in_order(
+    kafka_client: str, unique_topic: str, unique_group: str
+) -> None:
+    """With the coordinator gone, a commit fails after ``commit_timeout_s`` (librdkafka's
+    own synchronous commit waited with no bound), and so does the next (confluent-kafka: at
+    once, while the first is still waiting). Once the broker
+    answers, a commit succeeds and is what the group reads (a commit left waiting landed
+    before it, not after); with the broker gone again, close ends within its bounds."""
+    with TansuBroker() as broker:  # a broker of its own: this test pauses it
+        bus = open_transport(broker.bootstrap, kafka_client)  # type: ignore[arg-type]
+        bus.create_topics({unique_topic: 1})
+        tp = TopicPartition(unique_topic, 0)
+        consumer: Any = bus.consumer(unique_group)
+        consumer.assign([tp])
+        consumer.commit({tp: 4})
+        assert consumer.committed(tp) == 4
+        consumer.commit_timeout_s, consumer.close_timeout_s = 2.0, 2.0
+        broker.pause()
+        try:
+            took = []
+            for offset in (7, 9):
+                started = time.monotonic()
+                with pytest.raises(TransportError, match="commit"):
+                    consumer.commit({tp: offset})
+                took.append(time.monotonic() - started)
+        finally:
+            broker.resume()
+        assert 1.5 < took[0] < 6 and took[1] < 6, took  # the second: at once, or its own wait
+        deadline = time.monotonic() + 30
+        while True:  # confluent-kafka: refused while the commit of 7 is still waiting
+            try:
+                consumer.commit({tp: 10})
+                break
+            except TransportError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        assert consumer.committed(tp) == 10
+        time.sleep(2)  # room for a late commit to land over it, were the order not kept
+        assert consumer.committed(tp) == 10
+        consumer.commit_timeout_s = 2.0
+        broker.pause()
+        try:
+            with contextlib.suppress(TransportError):
+                consumer.commit({tp: 11})
+            started = time.monotonic()
+            with contextlib.suppress(TransportError):
+                consumer.close()
+            closing = time.monotonic() - started
+        finally:
+            broker.resume()
+        assert closing < 2.0 + 3, closing
         bus.close()
 
 
