@@ -509,10 +509,7 @@ class DetectorService:
             log.debug("partition ends unknown this time: %s", exc)
             return frozenset()
         now, pending = time.monotonic(), set()
-        for tp in self._assigned:
-            end = high.get(tp, self._end_hints.get(tp))
-            if end is None:
-                continue
+        for tp, end in self._partition_ends(high).items():
             at = self._polled_next.get(tp)
             if at is None:
                 at = self._start_positions.get(tp)
@@ -524,6 +521,16 @@ class DetectorService:
             if end > at and now - self._merge.last_seen(tp, now) < PENDING_HOLD_S:
                 pending.add(tp)
         return frozenset(pending)
+
+    def _partition_ends(self, high: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """The log end of each assigned partition that has one known: its cached high
+        watermark ``high``, else the end asked of the broker once per assignment."""
+        ends = {}
+        for tp in self._assigned:
+            end = high.get(tp, self._end_hints.get(tp))
+            if end is not None:
+                ends[tp] = end
+        return ends
 
     def _flow_control(self) -> None:
         """Pause the partitions that run ahead in event time; resume them when drained.
@@ -988,12 +995,10 @@ class DetectorService:
         assert self._consumer is not None
         if not self._assigned:
             return 0  # this process holds no partition: no lag of its own
-        high = self._consumer.highwater(self._assigned)
         total, known = 0, False
-        for tp in self._assigned:
-            end = high.get(tp, self._end_hints.get(tp))
+        for tp, end in self._partition_ends(self._consumer.highwater(self._assigned)).items():
             at = self._next_offsets.get(tp, self._start_positions.get(tp))
-            if end is None or at is None:
+            if at is None:
                 continue
             known = True
             total += max(0, end - at)
