@@ -135,6 +135,9 @@ class TansuBroker:
     die_with_parent
         Kill the broker if the starting process dies (Linux; it follows the starting
         *thread*, so start it from a thread that lives as long as the broker).
+    advertised
+        ``host:port`` the broker tells clients to connect to, when that is not where it
+        listens (a proxy in front of it, such as a TLS terminator); default: the listener.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class TansuBroker:
         binary: str | Path | None = None,
         startup_timeout: float = 15.0,
         die_with_parent: bool = True,
+        advertised: str | None = None,
     ) -> None:
         if port is not None and not 1 <= port <= 65535:
             raise ConfigError(f"port must be in 1..65535, got {port}")
@@ -155,6 +159,7 @@ class TansuBroker:
         self.binary = Path(binary) if binary is not None else None
         self.startup_timeout = startup_timeout
         self.die_with_parent = die_with_parent
+        self.advertised = advertised
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path: Path | None = None
         self._paused = False
@@ -197,7 +202,7 @@ class TansuBroker:
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            url if self.advertised is None else f"tcp://{self.advertised}",
             "--storage-engine",
             "memory://tansu/",
             "--silent",

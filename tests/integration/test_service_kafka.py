@@ -10,6 +10,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +43,7 @@ from tests.scenarios import (
     opened,
     record_feed_order,
 )
+from tests.tls_proxy import TlsProxy
 
 pytestmark = pytest.mark.kafka
 PARTITIONS = 4
@@ -63,16 +66,18 @@ def topics() -> dict[str, str]:
 CLIENT_CONFIG = {"fetch_max_wait_ms": 50}
 
 
-def _transport(bootstrap: str, client: str = "kafka-python") -> Any:
+def _transport(bootstrap: str, client: str = "kafka-python",
+               client_config: dict[str, Any] | None = None) -> Any:  # fmt: skip
     return open_transport(bootstrap, client, session_timeout_ms=2000,  # type: ignore[arg-type]
-                          client_config=CLIENT_CONFIG)
+                          client_config=client_config or CLIENT_CONFIG)
 
 
 def _settings(bootstrap: str, topics: dict[str, str], ckpt: Path, *,
-              client: str = "kafka-python", **service: Any) -> Any:  # fmt: skip
+              client: str = "kafka-python", client_config: dict[str, Any] | None = None,
+              **service: Any) -> Any:  # fmt: skip
     return load_settings(overrides={
         "kafka": {"bootstrap_servers": bootstrap, "session_timeout_ms": 2000, "client": client,
-                  "client_config": CLIENT_CONFIG},
+                  "client_config": client_config or CLIENT_CONFIG},
         "topics": {**topics, "partitions": PARTITIONS},
         "service": {"group_id": f"g-{uuid.uuid4().hex[:10]}", "checkpoint_dir": ckpt,
                     "metrics_port": 0, "poll_timeout_s": 0.2, "checkpoint_every_s": 0.5,
@@ -117,9 +122,9 @@ def _readings_records(readings: list[Reading]) -> list[tuple[bytes | None, bytes
 
 
 def _read_all(bootstrap: str, topic: str, name: str, *, expect: int | None = None,
-              timeout: float = 60.0) -> list[Any]:
+              timeout: float = 60.0, client_config: dict[str, Any] | None = None) -> list[Any]:
     """Everything on ``topic`` (decoded), read with assign(); waits for ``expect`` records."""
-    transport = _transport(bootstrap)
+    transport = _transport(bootstrap, client_config=client_config)
     consumer = transport.consumer(None)
     consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
     out: list[Any] = []
@@ -342,6 +347,17 @@ def _count(bootstrap: str, topic: str) -> int:
     consumer.close()
     transport.close()
     return sum(ends.values())
+
+
+def _has_topic(bootstrap: str, topic: str, client_config: dict[str, Any]) -> bool:
+    transport = _transport(bootstrap, client_config=client_config)
+    try:
+        transport.partitions_for(topic)
+        return True
+    except TransportError:
+        return False
+    finally:
+        transport.close()
 
 
 def _scored(bootstrap: str, topic: str) -> set[tuple[str, float]]:
@@ -662,6 +678,53 @@ def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_what_it_could_not_
         assert "offset commit failed" in text and "final_checkpoint=True" in text
         assert "could not checkpoint on shutdown" not in text
         assert took < 60
+
+
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
+def test_the_detector_runs_over_tls_with_the_client_settings_passed_through(
+    topics: dict[str, str], tmp_path: Path, client: str
+) -> None:
+    """``kafka.client_config`` (``security_protocol``, ``ssl_cafile``; librdkafka's names
+    for confluent-kafka) reaches every client the detector opens: consumer, producer, state
+    store, admin. The broker is reachable only through TLS (``tests/tls_proxy.py``), so a
+    reading gets its Score and the stop its final checkpoint only if all of them use it."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    cafile = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(cafile))
+    tls = {**CLIENT_CONFIG, "security_protocol": "SSL", "ssl_cafile": str(cafile)}
+    readings, _ = icu_readings(patients=2, minutes=3)
+    with TlsProxy(context) as proxy, TansuBroker(advertised=proxy.address) as broker:
+        proxy.upstream = broker.bootstrap
+        bus = _transport(proxy.address, client, tls)
+        bus.create_topics({topics["readings"]: PARTITIONS})
+        producer = bus.producer()
+        for key, value in _readings_records(readings):
+            producer.send(topics["readings"], value, key)
+        producer.flush(30)
+        producer.close()
+        bus.close()
+        s = _settings(proxy.address, topics, tmp_path / "ckpt", client=client,
+                      client_config=tls)
+        log = tmp_path / "detector.log"
+        proc = _spawn_detector(s, log)
+        try:
+            _wait_until(lambda: _has_topic(proxy.address, topics["scores"], tls)
+                        or proc.poll() is not None, 60, "the detector to create its topics")
+            scores = _read_all(proxy.address, topics["scores"], "score", expect=len(readings),
+                               timeout=120, client_config=tls)
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert {(x.stream_id, x.ts) for x in scores} == {(r.stream_id, r.ts) for r in readings}
+    assert "final_checkpoint=True" in text and "ssl_cafile" in text  # the effective config
+    assert proxy.handshakes >= 2
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP])
