@@ -540,9 +540,10 @@ def private_broker() -> Iterator[TansuBroker]:
         yield broker
 
 
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])
 def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, client: str,
 ) -> None:
     """Paused with work in flight: a backlog left to read and outputs to deliver, and
     readings produced only after the pause. All of them end with a Score."""
@@ -552,8 +553,8 @@ def test_broker_paused_20s_then_resumed_the_detector_carries_on_by_itself(
     early = len(records) * 3 // 4
     bootstrap = private_broker.bootstrap
     _produce(bootstrap, topics["readings"], records[:early])
-    s = _settings(bootstrap, topics, tmp_path / "ckpt", max_poll_records=50)
-    transport = _transport(bootstrap)
+    s = _settings(bootstrap, topics, tmp_path / "ckpt", client=client, max_poll_records=50)
+    transport = _transport(bootstrap, client)
     service = build_service(s, transport)
     result: dict[str, Any] = {}
     worker = threading.Thread(target=lambda: result.update(stats=service.run(timeout=240, count=len(records))))
