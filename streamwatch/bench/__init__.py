@@ -76,33 +76,68 @@ def _effective_config(opts: BenchOptions, settings: Any, producer_client: str,
 
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
-    """Run both phases for each client; returns the JSON-ready result (see module doc)."""
+    """Run both phases for each client, ``opts.repeat`` rounds; returns the JSON-ready
+    result (see module doc)."""
     import torch
 
-    from streamwatch.bench.runner import ClientBench, new_workdir
-    from streamwatch.broker import TansuBroker
+    from streamwatch.bench.runner import new_workdir
 
     machine = machine_info()
     producer_client = opts.producer_client or (
         "confluent" if importlib.util.find_spec("confluent_kafka") else "kafka-python")
+    workdir = new_workdir()
+    rounds: list[dict[str, dict[str, Any]]] = []
+    state: dict[str, Any] = {"config": {}, "alone": None}
+    try:
+        for i in range(opts.repeat):
+            if opts.repeat > 1:
+                log.info("bench round %d of %d", i + 1, opts.repeat)
+            rounds.append(_round(opts, producer_client, workdir, state))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    machine["load_average_end"] = load_average()
+    machine["torch_threads"] = torch.get_num_threads()
+    alone = state["alone"]
+    verdicts = [verdict(runs, alone, machine["cores"]) for runs in rounds]
+    runs = {client: rounds[i][client] for client, i in _median_rounds(rounds).items()}
+    result = {"machine": machine, "config": state["config"], "runs": runs,
+              "targets": dict(TARGETS), "verdict": verdict(runs, alone, machine["cores"])}
+    if opts.repeat > 1:
+        result["rounds"] = [{"round": i + 1, "runs": r, "verdict": v}
+                            for i, (r, v) in enumerate(zip(rounds, verdicts, strict=True))]
+        for client, v in result["verdict"].items():
+            v["median_of_rounds"] = opts.repeat
+            v["round"] = _median_rounds(rounds)[client] + 1
+            v["met_in_rounds"] = sum(bool(rv.get(client, {}).get("met")) for rv in verdicts)
+    if alone is not None:
+        result["detector_alone"] = alone
+    return result
+
+
+def _round(opts: BenchOptions, producer_client: str, workdir: Any,
+           state: dict[str, Any]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """One round: each client's phases, on a broker of the round's own unless
+    ``opts.bootstrap_servers`` (Tansu's in-memory log slows as it fills)."""
+    import torch
+
+    from streamwatch.bench.runner import ClientBench
+    from streamwatch.broker import TansuBroker
+
     broker = None
     if opts.bootstrap_servers is None:
         broker = TansuBroker().start()
     bootstrap = opts.bootstrap_servers or broker.bootstrap  # type: ignore[union-attr]
-    workdir = new_workdir()
     runs: dict[str, dict[str, Any]] = {}
-    config: dict[str, Any] = {}
-    alone: dict[str, Any] | None = None
     try:
         for client in opts.clients:
             bench = ClientBench(opts, client, bootstrap, workdir,
                                 broker.pid if broker is not None else None, producer_client)  # fmt: skip
             settings = bench.settings("config")
             torch.set_num_threads(settings.service.torch_threads)
-            config = config or _effective_config(opts, settings, producer_client,
-                                                 opts.bootstrap_servers)  # fmt: skip
-            if opts.detector_alone and alone is None:
-                alone = _detector_alone(opts, settings, bench.start_ts)
+            state["config"] = state["config"] or _effective_config(
+                opts, settings, producer_client, opts.bootstrap_servers)
+            if opts.detector_alone and state["alone"] is None:
+                state["alone"] = _detector_alone(opts, settings, bench.start_ts)
             try:
                 throughput, phase1 = bench.throughput()
                 runs[client] = {"throughput": throughput}
@@ -113,14 +148,27 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     finally:
         if broker is not None:
             broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-    machine["load_average_end"] = load_average()
-    machine["torch_threads"] = torch.get_num_threads()
-    result = {"machine": machine, "config": config, "runs": runs, "targets": dict(TARGETS),
-              "verdict": verdict(runs, alone, machine["cores"])}  # fmt: skip
-    if alone is not None:
-        result["detector_alone"] = alone
-    return result
+    return runs
+
+
+def _median_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, int]:
+    """Per client, the round of the median throughput (the lower one of an even count;
+    a failed run counts as the lowest).
+
+    >>> r = lambda x: {"c": {"throughput": {"readings_per_s": x}}}
+    >>> _median_rounds([r(5.0), r(9.0), r(7.0)]), _median_rounds([r(5.0), r(9.0)])
+    ({'c': 2}, {'c': 0})
+    >>> _median_rounds([{"c": {"error": "x"}}, r(1.0), r(2.0)])
+    {'c': 1}
+    """
+    out: dict[str, int] = {}
+    for client in rounds[0]:
+        def rate(i: int, client: str = client) -> float:
+            return float((rounds[i][client].get("throughput") or {}).get("readings_per_s")
+                         or float("-inf"))
+        order = sorted(range(len(rounds)), key=rate)
+        out[client] = order[(len(order) - 1) // 2]
+    return out
 
 
 def _detector_alone(opts: BenchOptions, settings: Any, start_ts: float) -> dict[str, Any]:

@@ -108,6 +108,12 @@ class BenchOptions:
         (:func:`~streamwatch.bench.alone.detector_alone`: validate and process poll-sized
         batches of the same simulated readings, with one process's share of the streams):
         with the relay, the verdict's ``ceiling_readings_per_s``.
+    repeat
+        Rounds, 1-20: each runs every client's phases again, on a fresh broker when the
+        bench starts its own. ``runs`` and ``verdict`` are then the median round's per
+        client (by throughput), ``rounds`` holds every round, and the verdict says in how
+        many rounds the targets were met (``met_in_rounds``): one run on a shared 2-core
+        machine moved by 25 % from one minute to the next.
     detectors
         Detector processes in the consumer group, 1-16 (``bench.group``): 1 runs the service
         in a thread of the bench process (profiled with ``profile``), more run one process
@@ -142,6 +148,7 @@ class BenchOptions:
     state_store: str | None = None
     relay: bool = True
     detector_alone: bool = True
+    repeat: int = 1
 
     def __post_init__(self) -> None:
         if not self.clients or any(c not in CLIENTS for c in self.clients):
@@ -186,6 +193,8 @@ class BenchOptions:
         if self.state_store not in (None, "kafka", "directory"):
             raise ConfigError(f"state_store must be 'kafka' or 'directory', got "
                               f"{self.state_store!r}")  # fmt: skip
+        if not 1 <= self.repeat <= 20:
+            raise ConfigError(f"repeat must be in 1..20 rounds, got {self.repeat}")
         if not 1 <= self.detectors <= 16:
             raise ConfigError(f"detectors must be in 1..16, got {self.detectors}")
         if self.profile and self.detectors > 1:

@@ -197,7 +197,7 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
 
 def table(result: dict[str, Any]) -> str:
     """A short side-by-side table of the runs."""
-    head = (f"{'client':<13} {'readings/s':>11} {'relay rd/s':>10} {'ceiling':>8} {'target':>8} "
+    head = (f"{'client':<16} {'readings/s':>11} {'relay rd/s':>10} {'ceiling':>8} {'target':>8} "
             f"{'thr cpu us/rd':>13} {'train':>6} "
             f"{'lat rate':>9} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} "
             f"{'joined':>14} {'verdict':>8}")  # fmt: skip
@@ -206,14 +206,17 @@ def table(result: dict[str, Any]) -> str:
     def f(x: Any, spec: str = ".0f") -> str:
         return "-" if x is None else format(x, spec)
 
-    for client, run in result["runs"].items():
+    rows = [(f"{client} #{r['round']}", run, r["verdict"][client])
+            for r in result.get("rounds", []) for client, run in r["runs"].items()]
+    rows += [(client if "rounds" not in result else f"{client} med", run,
+              result["verdict"][client]) for client, run in result["runs"].items()]
+    for label, run, v in rows:
         tp, lat = run.get("throughput") or {}, run.get("latency") or {}
-        v = result["verdict"][client]
         joined = f"{lat.get('joined', '-')}/{lat.get('readings', '-')}" if lat else "-"
         if lat.get("emit_scores", "all") != "all":
             joined += "*"
         lines.append(
-            f"{client:<13} {f(tp.get('readings_per_s')):>11} "
+            f"{label:<16} {f(tp.get('readings_per_s')):>11} "
             f"{f(v.get('relay_readings_per_s')):>10} {f(v.get('ceiling_readings_per_s')):>8} "
             f"{f(v['target_readings_per_s']):>8} "
             f"{f(tp.get('detector_thread_cpu_us_per_reading'), '.1f'):>13} "
@@ -227,6 +230,11 @@ def table(result: dict[str, Any]) -> str:
         lines.append("* latency phase with Scores only around alerts (and every Score of "
                      "the watched streams): the percentiles are those readings'; the others "
                      "were processed without a Score")
+    for client, v in result["verdict"].items():
+        if "met_in_rounds" in v:
+            lines.append(f"{client}: targets met in {v['met_in_rounds']} of "
+                         f"{v['median_of_rounds']} rounds; 'med' is the median round by "
+                         f"readings/s (#{v['round']})")  # fmt: skip
     alone = result.get("detector_alone")
     if alone:
         lines.append(f"detector alone (no Kafka, {alone['streams']} streams, emit "

@@ -100,6 +100,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--profile", action="store_true",
                    help="sample the detector thread with py-spy during the throughput window "
                    "(pip install -e .[bench]); raw stacks kept next to --json")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="rounds (1-20): the table shows each, the verdict the median round's "
+                        "and in how many rounds the targets were met (default 1)")
     p.add_argument("--json", type=Path, metavar="PATH", help="write the full result here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         latency_watch_every=args.latency_watch_every,
         detectors=args.detectors, state_store=args.state_store,
         load_linger_ms=args.load_linger_ms, relay=args.relay, detector_alone=args.detector_alone,
+        repeat=args.repeat,
     )  # fmt: skip
     result = run_bench(opts)
     _write_json(result, args.json)

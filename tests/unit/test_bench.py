@@ -193,3 +193,37 @@ def test_bench_measures_a_group_of_detector_processes_as_one(
     # both held partitions before the paced load began, so both scored some of it
     assert len(lat["per_detector_scored"]) == 2 and all(n > 0 for n in lat["per_detector_scored"])
     assert lat["training_steps"] > 0
+
+
+@pytest.mark.timeout(280)
+def test_bench_repeat_reports_every_round_and_the_median_one(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--repeat 2``: each round runs the phases again on topics of its own; ``runs`` is
+    the median round's (of two, the slower), and the verdict counts the rounds that met."""
+    out = tmp_path / "bench.json"
+    code = main(["--log-level", "warning", "bench", "kafka", "--clients", "confluent",
+                 "--repeat", "2", "--streams", "40", "--seconds", "2", "--warmup-s", "0.5",
+                 "--prefill-rate", "4000", "--train-every", "128", "--partitions", "3",
+                 "--session-timeout-ms", "2000", "--bootstrap-servers", kafka_bootstrap,
+                 "--no-relay", "--no-detector-alone", "--json", str(out), "--no-progress"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    result = json.loads(out.read_text())
+    rounds = result["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    runs = [r["runs"]["confluent"] for r in rounds]
+    assert runs[0]["throughput"]["topic"] != runs[1]["throughput"]["topic"]
+    for run in runs:  # each round a real run: its Scores are on its own topic
+        tp = run["throughput"]
+        assert tp["readings"] > 0 and run["latency"]["missing"] == 0
+        assert len(_records(kafka_bootstrap, tp["scores_topic"], 3)) == tp["scored_total"]
+    slower = min((0, 1), key=lambda i: runs[i]["throughput"]["readings_per_s"])
+    assert result["runs"]["confluent"] == runs[slower]
+    v = result["verdict"]["confluent"]
+    assert v["round"] == slower + 1 and v["median_of_rounds"] == 2
+    assert v["met_in_rounds"] == sum(r["verdict"]["confluent"]["met"] for r in rounds)
+    assert v["readings_per_s"] == runs[slower]["throughput"]["readings_per_s"]
+    for label in ("confluent #1", "confluent #2", "confluent med"):
+        assert label in printed
+    assert f"confluent: targets met in {v['met_in_rounds']} of 2 rounds" in printed
