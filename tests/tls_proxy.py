@@ -14,8 +14,6 @@ import ssl
 import threading
 from types import TracebackType
 
-from streamwatch.broker import free_port
-
 
 class TlsProxy:
     """``start()`` listens on a loopback port (``address``); set ``upstream`` (the
@@ -24,7 +22,7 @@ class TlsProxy:
     def __init__(self, context: ssl.SSLContext, host: str = "127.0.0.1") -> None:
         self.context = context
         self.host = host
-        self.port = free_port(host)
+        self.port = 0  # bound in start()
         self.upstream: str | None = None
         self.handshakes = 0  # TLS connections accepted (the handshake succeeded)
         self._loop = asyncio.new_event_loop()
@@ -39,7 +37,8 @@ class TlsProxy:
     def start(self) -> TlsProxy:
         self._thread.start()
         self._server = asyncio.run_coroutine_threadsafe(asyncio.start_server(
-            self._handle, self.host, self.port, ssl=self.context), self._loop).result(10)
+            self._handle, self.host, 0, ssl=self.context), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -65,6 +64,7 @@ class TlsProxy:
         asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
 
     def __enter__(self) -> TlsProxy:
         return self.start()

@@ -125,7 +125,11 @@ def _round(opts: BenchOptions, producer_client: str, workdir: Any,
 
     broker = None
     if opts.bootstrap_servers is None:
-        broker = TansuBroker().start()
+        try:
+            broker = TansuBroker().start()
+        except StreamwatchError as exc:  # this round fails; the others stand
+            log.error("bench round failed: %s", exc)
+            return {client: {"error": str(exc)} for client in opts.clients}
     bootstrap = opts.bootstrap_servers or broker.bootstrap  # type: ignore[union-attr]
     runs: dict[str, dict[str, Any]] = {}
     try:
@@ -153,19 +157,24 @@ def _round(opts: BenchOptions, producer_client: str, workdir: Any,
 
 def _median_rounds(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, int]:
     """Per client, the round of the median throughput (the lower one of an even count;
-    a failed run counts as the lowest).
+    a run with an error, in either phase, counts as the lowest).
 
     >>> r = lambda x: {"c": {"throughput": {"readings_per_s": x}}}
     >>> _median_rounds([r(5.0), r(9.0), r(7.0)]), _median_rounds([r(5.0), r(9.0)])
     ({'c': 2}, {'c': 0})
     >>> _median_rounds([{"c": {"error": "x"}}, r(1.0), r(2.0)])
     {'c': 1}
+    >>> late = {"c": {"throughput": {"readings_per_s": 9.0}, "error": "latency failed"}}
+    >>> _median_rounds([late, r(1.0), r(2.0)])
+    {'c': 1}
     """
     out: dict[str, int] = {}
     for client in rounds[0]:
         def rate(i: int, client: str = client) -> float:
-            return float((rounds[i][client].get("throughput") or {}).get("readings_per_s")
-                         or float("-inf"))
+            run = rounds[i].get(client) or {"error": "no run"}
+            if "error" in run:
+                return float("-inf")
+            return float((run.get("throughput") or {}).get("readings_per_s") or float("-inf"))
         order = sorted(range(len(rounds)), key=rate)
         out[client] = order[(len(order) - 1) // 2]
     return out

@@ -111,7 +111,10 @@ class Relay:
         finally:
             if frozen:
                 gc.unfreeze()
-            consumer.close()
+            try:
+                consumer.close()
+            except TransportError as exc:  # bounded: the group's session timeout frees them
+                log.warning("relay: consumer did not close cleanly", extra={"error": str(exc)})
             producer.close()
         return self.stats
 

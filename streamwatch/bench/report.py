@@ -182,7 +182,9 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
             "watched_scores_joined": (None if not lat.get("watched_streams")
                                       else lat.get("watched_missing") == 0),
             "latency_met": l_met,
-            "trained": trained, "met": bool(t_met) and bool(l_met) and trained,
+            # a run that ended in an error met nothing, whatever it measured before
+            "trained": trained,
+            "met": bool(t_met) and bool(l_met) and trained and "error" not in run,
             "relay_readings_per_s": relay,
             "target_above_relay": None if relay is None or target is None else target > relay,
         }  # fmt: skip

@@ -441,12 +441,17 @@ class ClientBench:
                                    f"{text.decode(errors='replace')[-500:]}")  # fmt: skip
         with out.open() as f:
             counts = parse_raw(f, "streamwatch-bench-detector")
+        summary = summarise(counts, readings, cpu_s)
         if self.opts.profile_dir is not None:
             self.opts.profile_dir.mkdir(parents=True, exist_ok=True)
-            kept = self.opts.profile_dir / out.name
+            kept, n = self.opts.profile_dir / out.name, 1
+            while kept.exists():  # another round's (--repeat): keep both
+                n += 1
+                kept = self.opts.profile_dir / f"{out.stem}-{n}{out.suffix}"
             shutil.copyfile(out, kept)
+            summary["stacks_file"] = str(kept)
             log.info("py-spy stacks kept", extra={"path": str(kept)})
-        return summarise(counts, readings, cpu_s)
+        return summary
 
 
 def _windowed(run: Any, window: Callable[[Any, int], dict[str, Any]], prefilled: int

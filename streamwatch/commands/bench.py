@@ -210,13 +210,16 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(opts)
     _write_json(result, args.json)
     print(table(result))
-    for client, run_ in result["runs"].items():
+    every = [(f"{client} #{r['round']}", run_) for r in result.get("rounds", [])
+             for client, run_ in r["runs"].items()] or list(result["runs"].items())
+    for label, run_ in every:
         if "error" in run_:
-            print(f"{client}: FAILED: {run_['error']}")
+            print(f"{label}: FAILED: {run_['error']}")
+    for client, run_ in result["runs"].items():
         profile = (run_.get("throughput") or {}).get("profile")
         if profile:
             print(f"\n{client}: detector thread CPU per reading by stage (us; "
                   f"{profile['samples']} py-spy samples)")  # fmt: skip
             for cat, fig in profile["categories"].items():
                 print(f"  {cat:<45} {fig['us_per_reading']:>8.2f}  {fig['share']:>6.1%}")
-    return 0 if all("error" not in r for r in result["runs"].values()) else 1
+    return 0 if all("error" not in run_ for _, run_ in every) else 1

@@ -330,5 +330,8 @@ class AlertPrinter:
             self._thread.join(5)
             self._thread = None
         if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
+            consumer, self._consumer = self._consumer, None
+            try:
+                consumer.close()
+            except StreamwatchError as exc:  # the demo is ending: say so, go on
+                log.warning("alert printer: consumer did not close cleanly: %s", exc)

@@ -12,7 +12,6 @@ from streamwatch.transport._common import BROKER_HINT
 
 logger = logging.getLogger(__name__)
 
-#: Settings streamwatch owns; passing them in ``client_config`` is an error.
 #: The longest a consumer's ``close`` waits for the broker (leaving the group), s.
 CLOSE_TIMEOUT_S = 5.0
 
@@ -21,6 +20,7 @@ CLOSE_TIMEOUT_S = 5.0
 #: (whose synchronous commit has none) by waiting on the thread that makes it.
 COMMIT_TIMEOUT_S = 10.0
 
+#: Settings streamwatch owns; passing them in ``client_config`` is an error.
 MANAGED_KEYS = frozenset(
     {
         "bootstrap_servers",

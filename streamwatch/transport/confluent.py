@@ -332,6 +332,7 @@ class ConfluentConsumerTransport:
         self._paused: set[TopicPartition] = set()
         self._commit: _Waited | None = None  # the last commit, while it may be in flight
         self._closing = False
+        self._abandoned = False  # close() gave up waiting: no more application callbacks
         self._in_callback = 0  # inside on_assign / on_revoke
         self.commit_timeout_s = COMMIT_TIMEOUT_S
         self.close_timeout_s = CLOSE_TIMEOUT_S
@@ -350,7 +351,7 @@ class ConfluentConsumerTransport:
             self._assigning = {}
             self._in_callback += 1
             try:
-                if on_assign is not None:
+                if on_assign is not None and not self._abandoned:
                     on_assign(tps)
             finally:
                 self._in_callback -= 1
@@ -369,7 +370,7 @@ class ConfluentConsumerTransport:
             tps = _from_c(partitions)
             self._in_callback += 1
             try:
-                if tps and on_revoke is not None:
+                if tps and on_revoke is not None and not self._abandoned:
                     on_revoke(tps)
             finally:
                 self._in_callback -= 1
@@ -620,6 +621,9 @@ class ConfluentConsumerTransport:
         self._closing = True
         call = _Waited("streamwatch-consumer-close", self.native.close)
         if not call.wait(self.close_timeout_s):
+            # the close goes on in the background; a callback it runs later must not act
+            # for a caller that has moved on (one already running cannot be stopped)
+            self._abandoned = True
             raise TransportError(
                 f"consumer close not finished within {self.close_timeout_s:g} s (broker "
                 "unreachable?); the group's session timeout hands its partitions on")

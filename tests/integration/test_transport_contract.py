@@ -423,7 +423,10 @@ def test_a_commit_and_a_close_with_the_broker_paused_end_in_time_and_commits_sta
                 took.append(time.monotonic() - started)
         finally:
             broker.resume()
-        assert 1.5 < took[0] < 6 and took[1] < 6, took  # the second: at once, or its own wait
+        assert 1.5 < took[0] < 6, took
+        # confluent-kafka: the second is refused at once while the first still waits;
+        # kafka-python's commit has its own bound
+        assert took[1] < (0.5 if kafka_client == "confluent" else 6), took
         deadline = time.monotonic() + 30
         while True:  # confluent-kafka: refused while the commit of 7 is still waiting
             try:

@@ -74,3 +74,31 @@ def test_the_needed_rate_is_none_without_a_target_or_a_rate() -> None:
 def test_the_latency_rate_is_capped_at_the_target_by_default_and_not_with_max() -> None:
     assert BenchOptions().latency_rate_cap is True
     assert BenchOptions(latency_rate_cap=False).as_json()["latency_rate_cap"] is False
+
+
+def test_repeat_picks_the_median_round_and_a_failed_round_fails_the_command(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rounds scripted (no broker): the median of the clean rounds is the result, a round
+    that failed is printed and sets the exit code, whichever round is the median."""
+    import streamwatch.bench as bench
+    from streamwatch.cli import main
+
+    scripted = iter([{"confluent": _run(120_000.0, 50_000.0, 120.0)},
+                     {"confluent": {**_run(130_000.0, 50_000.0, 120.0), "error": "latency failed"}},
+                     {"confluent": _run(90_000.0, 45_000.0, 120.0)},
+                     {"confluent": _run(110_000.0, 50_000.0, 300.0)}])
+    monkeypatch.setattr(bench, "_round", lambda *args: next(scripted))
+    code = main(["bench", "kafka", "--clients", "confluent", "--repeat", "4",
+                 "--no-detector-alone", "--no-progress", "--bootstrap-servers", "unused:1"])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "confluent #2: FAILED: latency failed" in printed
+    # the failed round met nothing and ranks lowest, under 90,000 < 110,000 < 120,000: of
+    # four, the lower middle one is 90,000 (#3)
+    assert "confluent: targets met in 1 of 4 rounds; 'med' is the median round by " \
+           "readings/s (#3)" in printed
+    med = [line for line in printed.splitlines() if line.startswith("confluent med")]
+    assert len(med) == 1 and " 90000 " in med[0] and med[0].endswith("NOT met")
+    failed = [line for line in printed.splitlines() if line.startswith("confluent #2")]
+    assert failed[0].endswith("NOT met")
