@@ -535,9 +535,6 @@ def test_two_detectors_in_one_group_one_killed_mid_stream_every_reading_scored(
                 proc.wait(30)
     assert a.returncode == -signal.SIGKILL, log.read_text()[-3000:]  # killed, not died
     assert b.returncode == 0, log.read_text()[-3000:]
-    # the survivor's revokes (when the other joined, and at its stop) committed: with
-    # confluent-kafka such a commit is made on the callback's own thread
-    assert "offset commit failed" not in log.read_text()
 
 
 # --------------------------------------------------------------------------- outage
