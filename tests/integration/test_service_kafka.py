@@ -3,6 +3,7 @@ broker outage. Every test uses its own topics and group (uuid) on the session br
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -412,6 +413,17 @@ def _restart_until_every_reading_is_scored(s: Any, log: Path, bootstrap: str, to
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[bytes]) -> Iterator[subprocess.Popen[bytes]]:
+    """The process, killed on the way out if it is still running (a failed test)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -600,8 +612,7 @@ def test_a_detector_started_before_its_broker_waits_for_it(
     bootstrap = f"127.0.0.1:{port}"
     s = _settings(bootstrap, topics, tmp_path / "ckpt")
     log = tmp_path / "detector.log"
-    proc = _spawn_detector(s, log)
-    try:
+    with _reaped(_spawn_detector(s, log)) as proc:
         _wait_until(lambda: log.read_text().count("no broker answers yet; retrying") >= 2
                     or proc.poll() is not None, 60, "two retry lines")
         assert proc.poll() is None, log.read_text()[-3000:]
@@ -614,10 +625,6 @@ def test_a_detector_started_before_its_broker_waits_for_it(
             scored = _scored(bootstrap, topics["scores"])
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert scored == {(r.stream_id, r.ts) for r in readings}
 
@@ -644,9 +651,8 @@ def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_what_it_could_not_
     log = tmp_path / "detector.log"
     env = {**_env(s), "STREAMWATCH_SERVICE__FLUSH_TIMEOUT_S": "2",
            "STREAMWATCH_SERVICE__HEALTH_EVERY_S": "3600"}  # nothing left to flush at the stop
-    proc = subprocess.Popen([sys.executable, "-m", "streamwatch.cli", "detect"], env=env,
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    try:
+    with _reaped(subprocess.Popen([sys.executable, "-m", "streamwatch.cli", "detect"], env=env,
+                                  stdout=log.open("ab"), stderr=subprocess.STDOUT)) as proc:
         _wait_until(lambda: _count(bootstrap, topics["scores"]) >= len(readings)
                     or proc.poll() is not None, 120, "a score per reading")
         private_broker.pause()
@@ -665,10 +671,6 @@ def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_what_it_could_not_
             took = time.monotonic() - started
         finally:
             private_broker.resume()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
     if second_signal:
@@ -714,18 +716,13 @@ def test_the_detector_runs_over_tls_with_the_client_settings_passed_through(
         s = _settings(proxy.address, topics, tmp_path / "ckpt", client=client,
                       client_config=tls)
         log = tmp_path / "detector.log"
-        proc = _spawn_detector(s, log)
-        try:
+        with _reaped(_spawn_detector(s, log)) as proc:
             _wait_until(lambda: _has_topic(proxy.address, topics["scores"], tls)
                         or proc.poll() is not None, 60, "the detector to create its topics")
             scores = _read_all(proxy.address, topics["scores"], "score", expect=len(readings),
                                timeout=120, client_config=tls)
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert {(x.stream_id, x.ts) for x in scores} == {(r.stream_id, r.ts) for r in readings}
@@ -741,16 +738,11 @@ def test_sigint_or_a_hangup_stops_gracefully_with_a_final_checkpoint(
     _produce(kafka_bootstrap, topics["readings"], _readings_records(readings))
     s = _settings(kafka_bootstrap, topics, tmp_path / "ckpt", checkpoint_every_s=3600.0)
     log = tmp_path / "detector.log"
-    proc = _spawn_detector(s, log)
-    try:
+    with _reaped(_spawn_detector(s, log)) as proc:
         _wait_until(lambda: _count(kafka_bootstrap, topics["scores"]) >= len(readings)
                     or proc.poll() is not None, 120, "a score per reading")
         proc.send_signal(sig)
         proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     assert "msg='checkpoint written'" in text and "final_checkpoint=True" in text
