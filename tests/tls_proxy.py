@@ -10,9 +10,12 @@ connections its metadata names, is then TLS, as it would be to a TLS listener.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
 from types import TracebackType
+
+log = logging.getLogger(__name__)
 
 
 class TlsProxy:
@@ -25,6 +28,7 @@ class TlsProxy:
         self.port = 0  # bound in start()
         self.upstream: str | None = None
         self.handshakes = 0  # TLS connections accepted (the handshake succeeded)
+        self.errors: list[str] = []  # connections dropped on an error, and why
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="tls-proxy",
                                         daemon=True)
@@ -49,10 +53,26 @@ class TlsProxy:
         host, port = self.upstream.rsplit(":", 1)
         try:
             up_reader, up_writer = await asyncio.open_connection(host, int(port))
-        except OSError:
+        except OSError as exc:
+            self._broken(f"upstream {self.upstream} refused: {exc}")
             writer.close()
             return
-        await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ssl.SSLError) as exc:  # a peer went away: this connection ends
+            self._broken(f"connection ended: {exc!r}")
+        finally:
+            writer.close()
+
+    def _broken(self, what: str) -> None:
+        """Count and log a connection the proxy had to drop (a test can check ``errors``)."""
+        self.errors.append(what)
+        log.info("tls proxy: %s", what)
 
     def stop(self) -> None:
         async def close() -> None:
@@ -73,13 +93,3 @@ class TlsProxy:
                  tb: TracebackType | None) -> None:  # fmt: skip
         self.stop()
 
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    except (OSError, ssl.SSLError):
-        pass
-    finally:
-        writer.close()

@@ -99,7 +99,8 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     machine["torch_threads"] = torch.get_num_threads()
     alone = state["alone"]
     verdicts = [verdict(runs, alone, machine["cores"]) for runs in rounds]
-    runs = {client: rounds[i][client] for client, i in _median_rounds(rounds).items()}
+    median = _median_rounds(rounds)
+    runs = {client: rounds[i][client] for client, i in median.items()}
     result = {"machine": machine, "config": state["config"], "runs": runs,
               "targets": dict(TARGETS), "verdict": verdict(runs, alone, machine["cores"])}
     if opts.repeat > 1:
@@ -107,7 +108,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
                             for i, (r, v) in enumerate(zip(rounds, verdicts, strict=True))]
         for client, v in result["verdict"].items():
             v["median_of_rounds"] = opts.repeat
-            v["round"] = _median_rounds(rounds)[client] + 1
+            v["round"] = median[client] + 1
             v["met_in_rounds"] = sum(bool(rv.get(client, {}).get("met")) for rv in verdicts)
     if alone is not None:
         result["detector_alone"] = alone

@@ -197,6 +197,16 @@ def verdict(runs: dict[str, dict[str, Any]], alone: dict[str, Any] | None = None
     return out
 
 
+def labelled_runs(result: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """Every run of ``result`` as (label, run, verdict): ``client #k`` for each round of
+    ``--repeat``, else the client's name."""
+    if "rounds" not in result:
+        return [(client, run, result["verdict"][client])
+                for client, run in result["runs"].items()]
+    return [(f"{client} #{r['round']}", run, r["verdict"][client])
+            for r in result["rounds"] for client, run in r["runs"].items()]
+
+
 def table(result: dict[str, Any]) -> str:
     """A short side-by-side table of the runs."""
     head = (f"{'client':<16} {'readings/s':>11} {'relay rd/s':>10} {'ceiling':>8} {'target':>8} "
@@ -208,10 +218,10 @@ def table(result: dict[str, Any]) -> str:
     def f(x: Any, spec: str = ".0f") -> str:
         return "-" if x is None else format(x, spec)
 
-    rows = [(f"{client} #{r['round']}", run, r["verdict"][client])
-            for r in result.get("rounds", []) for client, run in r["runs"].items()]
-    rows += [(client if "rounds" not in result else f"{client} med", run,
-              result["verdict"][client]) for client, run in result["runs"].items()]
+    rows = labelled_runs(result)
+    if "rounds" in result:  # and the median round's, as the result
+        rows += [(f"{client} med", run, result["verdict"][client])
+                 for client, run in result["runs"].items()]
     for label, run, v in rows:
         tp, lat = run.get("throughput") or {}, run.get("latency") or {}
         joined = f"{lat.get('joined', '-')}/{lat.get('readings', '-')}" if lat else "-"

@@ -189,6 +189,7 @@ def run_dashboard(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from streamwatch.bench import BenchOptions, run_bench, table
+    from streamwatch.bench.report import labelled_runs
 
     opts = BenchOptions(
         clients=args.clients, streams=args.streams, seconds=args.seconds,
@@ -210,9 +211,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_bench(opts)
     _write_json(result, args.json)
     print(table(result))
-    every = [(f"{client} #{r['round']}", run_) for r in result.get("rounds", [])
-             for client, run_ in r["runs"].items()] or list(result["runs"].items())
-    for label, run_ in every:
+    every = labelled_runs(result)
+    for label, run_, _verdict in every:
         if "error" in run_:
             print(f"{label}: FAILED: {run_['error']}")
     for client, run_ in result["runs"].items():
@@ -222,4 +222,4 @@ def run(args: argparse.Namespace) -> int:
                   f"{profile['samples']} py-spy samples)")  # fmt: skip
             for cat, fig in profile["categories"].items():
                 print(f"  {cat:<45} {fig['us_per_reading']:>8.2f}  {fig['share']:>6.1%}")
-    return 0 if all("error" not in run_ for _, run_ in every) else 1
+    return 0 if all("error" not in run_ for _, run_, _ in every) else 1

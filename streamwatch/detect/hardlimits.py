@@ -215,10 +215,6 @@ class HardLimitBank:
     def state_dict(self) -> dict[str, Any]:
         return {"streams": self._table.export_rows()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.clear()
-        self.import_streams(state)
-
     def export_streams(self, stream_ids: Sequence[str]) -> dict[str, Any]:
         return {"streams": self._table.export_rows(stream_ids)}
 
