@@ -218,6 +218,9 @@ class DetectorService:
         # outputs sent since the last acknowledged flush (sent again if a flush fails)
         self._unflushed: list[tuple[str, bytes, bytes | None]] = []
         self._unflushed_batches = 0
+        # a delivery failed since the last flush: every flush first sends all of
+        # ``_unflushed`` again (the client dropped the failed records, and says so once)
+        self._resend = False
         self._last_ckpt = 0.0
         self._ckpt_rng = random.Random()  # from OS entropy: differs across processes
         self._ckpt_interval = self._next_interval()
@@ -403,6 +406,15 @@ class DetectorService:
         log.info("partitions assigned", extra={
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
             "restored": len(snapshot.partitions)})
+        if snapshot.partitions and not self._closing:
+            # The restored state may be in another process's checkpoint only (the previous
+            # owner's), which that process's next one replaces without these partitions:
+            # until this process writes its own, a crash would leave no state for them.
+            try:
+                self._checkpoint_and_commit()
+            except StreamwatchError as exc:
+                log.error("could not checkpoint the restored partitions; the next checkpoint "
+                          "writes them", extra={"error": str(exc)})
 
     def _unfit(self, exc: CheckpointError, what: str) -> None:
         """A checkpoint this configuration cannot take (another cell, window, threshold
@@ -683,35 +695,68 @@ class DetectorService:
     def _score(
         self, readings: list[Reading], now: float, first: int = 0
     ) -> tuple[EncodedScores, list[Alert], list[DeadLetter]]:
-        """Score the batch; should the detector fail on a record, isolate and dead-letter it
-        (``first``: where the batch starts in the merge's last release, for its position)."""
+        """Score the batch; should the detector refuse or fail on a record, dead-letter it
+        and score the others (``first``: where the batch starts in the merge's last
+        release, for each record's position)."""
         if not readings:
             return EncodedScores([], [], []), [], []
+        emit, watched = self.options.emit_scores, self._watched
         try:
-            scores, alerts = self.detector.process_encoded(
-                readings, emit=self.options.emit_scores, watched=self._watched)
+            scores, alerts = self.detector.process_encoded(readings, emit=emit, watched=watched)
             return scores, alerts, []
         except SchemaError:
-            raise
+            # Validated when polled, refused now: a stream's reading of another kind than
+            # its first one, which the merge still held then (the detector did not know
+            # the stream's kind yet). Nothing of the batch was processed (the detector
+            # validates a whole batch first): refuse what it refuses, score the rest.
+            errors = self.detector.validate_many(readings)
+            dead = [self._refused(readings[i], first + i, exc, now)
+                    for i, exc in enumerate(errors) if exc is not None]  # fmt: skip
+            keep = [i for i, exc in enumerate(errors) if exc is None]
+            if dead:
+                log.warning("readings refused when scored; dead-lettered",
+                            extra={"count": len(dead), "codes": sorted({d.code for d in dead})})
+                try:
+                    scores, alerts = self.detector.process_encoded(
+                        [readings[i] for i in keep], emit=emit, watched=watched)
+                    return scores, alerts, dead
+                except Exception:  # (handled below, one reading at a time)
+                    log.exception("detector failed on a batch; retrying record by record")
+            else:
+                log.exception("detector refused a batch it had accepted; retrying record by record")
         except Exception:  # a bug must not kill the loop: find the record that triggers it
             log.exception("detector failed on a batch; retrying record by record")
-        scores, alerts, dead = EncodedScores([], [], []), [], []
-        for i, reading in enumerate(readings):
+            dead, keep = [], list(range(len(readings)))
+        # One at a time. After a failure other than a refusal, readings of the batch the
+        # detector had processed before it failed are processed again: as late readings
+        # (scored, changing nothing), so their Scores may differ from the first pass.
+        scores = EncodedScores([], [], [])
+        alerts = []
+        for i in keep:
+            reading = readings[i]
             try:
-                s, a = self.detector.process_encoded([reading], emit=self.options.emit_scores,
-                                                     watched=self._watched)  # fmt: skip
+                s, a = self.detector.process_encoded([reading], emit=emit, watched=watched)
+            except SchemaError as exc:
+                dead.append(self._refused(reading, first + i, exc, now))
+                continue
             except Exception as exc:  # reported as a dead letter with its reason
                 log.exception("detector failed on one reading", extra={"stream": reading.stream_id})
-                topic, partition, offset = self._merge.released_position(first + i)
-                dead.append(schema.dead_letter(
-                    schema.encode(reading), "internal_error",
-                    f"detector error: {type(exc).__name__}: {exc}", field=None,
-                    topic=topic, partition=partition, offset=offset, ts=now,
-                    key=reading.stream_id.encode(), cap=self.options.payload_cap))
+                dead.append(self._refused(reading, first + i, SchemaError(
+                    f"detector error: {type(exc).__name__}: {exc}", code="internal_error"), now))
                 continue
             scores.extend(s)
             alerts.extend(a)
         return scores, alerts, dead
+
+    def _refused(self, reading: Reading, position: int, exc: SchemaError, now: float
+                 ) -> DeadLetter:  # fmt: skip
+        """The dead letter of a released reading (``position`` in the merge's last release),
+        refused or failed on when scored: its bytes re-encoded, at its Kafka position."""
+        topic, partition, offset = self._merge.released_position(position)
+        return schema.dead_letter(
+            schema.encode(reading), exc.code, str(exc), field=exc.field, topic=topic,
+            partition=partition, offset=offset, ts=now, key=reading.stream_id.encode(),
+            cap=self.options.payload_cap)
 
     def _dead_letter(
         self, msg: Message, code: str, reason: str, fld: str | None, now: float
@@ -767,9 +812,9 @@ class DetectorService:
                 send = self._producer.send
                 for topic, value, key in records:
                     send(topic, value, key)
+                records = ()
                 if wait:
-                    self._producer.flush(self.options.flush_timeout_s)
-                    self._flushed()
+                    self._flush_once(self.options.flush_timeout_s)
                 return
             except FlushTimeoutError as exc:
                 # still queued in the client, none failed: wait again, sending nothing twice
@@ -782,13 +827,35 @@ class DetectorService:
                     return  # uncommitted: the next start (or owner) produces them again
                 records, wait = (), True
             except TransportError as exc:
+                self._resend = True
                 self.metrics.transport_errors.inc()
                 log.warning("could not deliver the outputs; resending", extra={
                     "error": str(exc), "records": len(self._unflushed), "retry_in_s": backoff})
                 if self._stop.wait(backoff):
-                    return  # uncommitted: the next start (or owner) produces them again
+                    return  # the shutdown's flush sends them again, or it commits nothing
                 backoff = min(backoff * 2, self.options.retry_backoff_s[1])
-                records, wait = list(self._unflushed), True
+                records, wait = (), True
+
+    def _flush_once(self, timeout: float) -> None:
+        """One flush of every output since the last one, sending first again those of a
+        failed delivery (``_resend``): a flush that returns has them all acknowledged. A
+        failed delivery raises ``TransportError`` (once: the client forgets it) and marks
+        them all to be sent again, so no later flush (a checkpoint's, a revoke's, the
+        shutdown's, the health tick's) passes over them and lets a commit cover them."""
+        assert self._producer is not None
+        try:
+            if self._resend:
+                send = self._producer.send
+                for topic, value, key in self._unflushed:
+                    send(topic, value, key)
+                self._resend = False
+            self._producer.flush(timeout)
+        except FlushTimeoutError:
+            raise  # still queued in the client: nothing to send again
+        except TransportError:
+            self._resend = True
+            raise
+        self._flushed()
 
     def _flushed(self) -> None:
         """The broker has acknowledged every output sent so far."""
@@ -909,8 +976,7 @@ class DetectorService:
         (rebalance, shutdown). One flush attempt: a failure raises, unlike the loop's
         resending ``_flush_outputs``, so a shutdown with the broker gone still ends."""
         assert self._consumer is not None and self._producer is not None
-        self._producer.flush(self.options.flush_timeout_s)
-        self._flushed()
+        self._flush_once(self.options.flush_timeout_s)
         self._finish_pending(block=True)
         snap = self._snapshot()
         if snap is None:
@@ -969,8 +1035,7 @@ class DetectorService:
             # answering (paused, partitioned away), which polls alone cannot tell apart.
             # The health record's acknowledgement does: a TransportError here is logged by
             # the loop, which retries with backoff until the broker answers again.
-            self._producer.flush(timeout=self.options.health_every_s)
-            self._flushed()
+            self._flush_once(self.options.health_every_s)
             if self._outage_since is not None:
                 self._broker_answered()
         self._polled_since_health = False

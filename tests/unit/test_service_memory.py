@@ -686,3 +686,154 @@ def test_a_reading_the_detector_fails_on_is_dead_lettered_at_its_position(tmp_pa
     assert letter.key == poison.stream_id
     scored = {(s.stream_id, s.ts) for s in _drain(transport, SCORES, "score")}
     assert scored == {(r.stream_id, r.ts) for r in readings} - {(poison.stream_id, poison.ts)}
+
+
+def _stream_on(partition: int, prefix: str, partitions: int = 3) -> str:
+    """A stream id whose key hashes to ``partition``."""
+    from streamwatch.transport._common import partition_for_key
+
+    i = 0
+    while partition_for_key(f"{prefix}-{i}".encode(), partitions) != partition:
+        i += 1
+    return f"{prefix}-{i}"
+
+
+def test_a_reading_refused_only_when_scored_is_dead_lettered_and_the_loop_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A stream's second reading, of another kind than its first, passes the poll's
+    validation while the first is still held in the event-time merge (the detector does
+    not know the stream's kind yet); the detector refuses it when the two are scored. It
+    becomes a dead letter at its own position, the others are scored, the loop goes on and
+    the commit covers every record (no record skipped, none lost)."""
+    transport = MemoryTransport()
+    transport.create_topics({READINGS: 3})
+    dev, other = _stream_on(0, "dev"), _stream_on(1, "other")
+    second = Reading(stream_id=dev, kind="machine", ts=101.0, values={"temperature": 20.0})
+    records = [Reading(stream_id=dev, kind="univariate", ts=100.0, values={"value": 1.0}),
+               second,
+               Reading(stream_id=other, kind="univariate", ts=10.0, values={"value": 1.0}),
+               Reading(stream_id=other, kind="univariate", ts=200.0, values={"value": 1.0})]
+    producer = transport.producer()
+    for r in records:
+        producer.send(READINGS, schema.encode(r), r.stream_id.encode())
+    producer.flush()
+    settings = service_settings(tmp_path, max_poll_records=1, state_store="directory")
+    stats = build_service(settings, transport, instance="a").run(timeout=30, count=len(records))
+    assert (stats.readings, stats.dead_letters) == (3, 1)
+    (letter,) = _drain(transport, DEADLETTER, "deadletter")
+    assert (letter.code, letter.field, letter.partition, letter.offset) == ("schema", "kind", 0, 1)
+    assert "keeps its kind" in letter.reason
+    assert _positions(transport, READINGS)[(0, 1)] == schema.encode(second)
+    scored = {(s.stream_id, s.ts) for s in _drain(transport, SCORES, "score")}
+    assert scored == {(r.stream_id, r.ts) for r in records} - {(dev, 101.0)}
+    consumer = transport.consumer(settings.service.group_id)
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    ends = consumer.end_offsets(parts)
+    assert {tp: consumer.committed(tp) or 0 for tp in parts} == ends
+
+
+def test_outputs_of_a_failed_delivery_are_sent_again_before_any_later_commit(
+    tmp_path: Path,
+) -> None:
+    """A delivery fails (the client reports it once, at the flush, and forgets it) and a
+    stop comes during the retry's backoff. The shutdown's flush must send those outputs
+    again before it commits: every reading the commit covers has its Score."""
+    readings, _ = icu_readings(patients=2, minutes=3)
+    transport = MemoryTransport()
+    _fill(transport, readings)
+    settings = service_settings(tmp_path, max_poll_records=50, checkpoint_every_s=3600.0,
+                                checkpoint_every_batches=10_000, state_store="directory")
+    service = build_service(settings, transport, instance="a")
+    make = transport.producer
+    state = {"flushes": 0, "failing": False, "dropped": 0}
+
+    def producer() -> Any:
+        p = make()
+        send, flush = p.send, p.flush
+
+        def failing_send(topic: str, value: bytes | None, key: bytes | None = None) -> None:
+            if state["failing"] and topic == SCORES:  # the broker refuses these records
+                state["dropped"] += 1
+                p._errors.append("simulated: the broker refused the record")
+                return
+            send(topic, value, key)
+
+        def flush_then_stop(timeout: float | None = None) -> None:
+            state["flushes"] += 1
+            if state["flushes"] == 3:
+                state["failing"] = True  # the next batch's Scores fail
+            try:
+                flush(timeout)
+            except Exception:
+                state["failing"] = False
+                service.stop()  # a SIGTERM during the outage's backoff
+                raise
+
+        p.send, p.flush = failing_send, flush_then_stop  # type: ignore[method-assign]
+        return p
+
+    transport.producer = producer  # type: ignore[method-assign]
+    stats = service.run(timeout=60)
+    assert state["dropped"] > 0 and stats.final_checkpoint
+    consumer = transport.consumer(settings.service.group_id)
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    committed = {tp: consumer.committed(tp) or 0 for tp in parts}
+    covered = {(m.partition, m.offset) for m in _raw_messages(transport, READINGS)
+               if m.offset < committed[TopicPartition(READINGS, m.partition)]}
+    assert covered
+    raw = _positions(transport, READINGS)
+    want = {(r.stream_id, r.ts) for r in map(lambda pos: schema.decode("reading", raw[pos]),
+                                               covered)}  # fmt: skip
+    scored = {(s.stream_id, s.ts) for s in _drain(transport, SCORES, "score")}
+    assert want <= scored, f"{len(want - scored)} committed readings have no Score"
+
+
+def _raw_messages(transport: MemoryTransport, topic: str) -> list[Any]:
+    consumer = transport.consumer(None)
+    consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
+    out: list[Any] = []
+    while batch := consumer.poll(0.05, 100_000):
+        out.extend(batch)
+    consumer.close()
+    return out
+
+
+def test_a_new_owner_checkpoints_the_partitions_it_restored_at_once(tmp_path: Path) -> None:
+    """A moved partition's state is in the old owner's checkpoint, which that owner's next
+    one replaces without it. The new owner writes its own checkpoint as soon as it has
+    restored the partition, so the store never lacks it: a crash of the new owner before
+    its first scheduled checkpoint leaves the state for whoever comes next."""
+    from streamwatch.state_store import FileStateStore
+
+    readings, _ = icu_readings(patients=6, minutes=6)
+    half = len(readings) // 2
+    transport = MemoryTransport()
+    _fill(transport, readings[:half])
+    a = build_service(service_settings(tmp_path, max_poll_records=100, checkpoint_every_s=0.5,
+                                       checkpoint_jitter=0.0, state_store="directory"),
+                      transport, instance="a")  # fmt: skip
+    b = build_service(service_settings(tmp_path, max_poll_records=100, checkpoint_every_s=3600.0,
+                                       checkpoint_every_batches=10**6, state_store="directory"),
+                      transport, instance="b")  # fmt: skip
+    runs = [threading.Thread(target=svc.run, kwargs={"timeout": 120}) for svc in (a, b)]
+    runs[0].start()
+    try:
+        _until(lambda: a.stats.readings >= half, "a to score the first half")
+        runs[1].start()
+        _until(lambda: a.assigned_partitions and b.assigned_partitions, "both to hold partitions")
+        moved = set(b.assigned_partitions)
+        written = a.stats.checkpoints
+        producer = transport.producer()
+        for r in readings[half:]:  # more to score: a checkpoints again, without them
+            producer.send(READINGS, schema.encode(r), r.stream_id.encode())
+        producer.flush()
+        _until(lambda: a.stats.checkpoints > written, "a's next checkpoint")
+        assert b.stats.checkpoints >= 1  # the one right after its restore
+        stored = FileStateStore(tmp_path, "probe").load(moved).partitions
+        assert set(stored) == moved, sorted(stored)
+    finally:
+        a.stop()
+        b.stop()
+        for t in runs:
+            t.join(60)
