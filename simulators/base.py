@@ -33,6 +33,9 @@ CHUNK_READINGS = 100_000
 """At most this many readings per chunk, so memory stays bounded with many streams."""
 
 MAX_RATE_HZ = 100.0
+MIN_RATE_HZ = 1e-4
+"""One reading per ~2.8 h. Below ~2e-5 Hz the vital-sign processes' step over so long a gap
+gave null values only (exit 0, with numpy warnings); the simulators model ~1 Hz monitors."""
 MAX_STREAMS = 100_000
 DAY_S = 86_400.0
 
@@ -45,8 +48,9 @@ def check_common(streams: int, seed: int, start_ts: float, rate_hz: float, what:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     if not (math.isfinite(start_ts) and start_ts >= 0):
         raise ConfigError(f"start_ts must be finite epoch seconds >= 0, got {start_ts!r}")
-    if not (math.isfinite(rate_hz) and 0 < rate_hz <= MAX_RATE_HZ):
-        raise ConfigError(f"rate_hz must be in (0, {MAX_RATE_HZ:g}], got {rate_hz!r}")
+    if not (math.isfinite(rate_hz) and MIN_RATE_HZ <= rate_hz <= MAX_RATE_HZ):
+        raise ConfigError(f"rate_hz must be in [{MIN_RATE_HZ:g}, {MAX_RATE_HZ:g}] readings per "
+                          f"second per stream, got {rate_hz!r}")
 
 
 def check_rate(name: str, value: float) -> None:

@@ -166,9 +166,12 @@ def read_config_file(path: Path) -> dict[str, Any]:
     fmt = "TOML" if path.suffix == ".toml" else "JSON"
     try:
         data = tomllib.loads(text) if fmt == "TOML" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, ValueError, RecursionError) as exc:
+        # (json's own errors are ValueErrors, and so is an integer past Python's 4,300
+        # digits; RecursionError: nested ~1,000 deep)
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise ConfigError(
-            f"config file {path} could not be parsed as {fmt}: {exc} (streamwatch reads "
+            f"config file {path} could not be parsed as {fmt}: {why} (streamwatch reads "
             "TOML from a *.toml file and JSON from any other name)"
         ) from None
     if not isinstance(data, dict):
@@ -282,6 +285,9 @@ def load_settings(
         return Settings(**merged)
     except SettingsError as exc:
         raise _env_error(exc) from None
+    except RecursionError:  # a STREAMWATCH_ value of JSON nested ~1,000 deep
+        raise ConfigError("a STREAMWATCH_ environment variable holds JSON nested too deeply: "
+                          "check the variables that hold lists or objects") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()

@@ -23,11 +23,18 @@ MACHINE = "machine"
 UNIVARIATE = "univariate"
 
 
+MAX_MAGNITUDE = 1e15
+"""The range of a channel that ``plausible`` gives none: ``[-1e15, 1e15]``. A larger value
+overflowed the model's float32 state to infinity (a single 1e308 left a stream with no
+forecast for good), and no sensor reading needs it."""
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """A stream kind: ordered channels and, per channel, the physically plausible range.
 
-    A value outside ``plausible`` is refused as bad input (dead letter), not scored.
+    A value outside ``plausible`` (``[-MAX_MAGNITUDE, MAX_MAGNITUDE]`` for a channel it
+    does not name) is refused as bad input (dead letter), not scored.
     ``groups`` lists channels that one sensor measures together and that share most of
     their variation (blood pressure: systolic, diastolic and the MAP computed from them);
     the joint anomaly score counts each group once, not once per channel. Channels in no
@@ -47,6 +54,14 @@ class KindSpec:
 
     def index(self, channel: str) -> int:
         return self.channels.index(channel)
+
+    def range_of(self, channel: str) -> tuple[float, float]:
+        """The values ``channel`` accepts (``plausible``, else +-``MAX_MAGNITUDE``).
+
+        >>> get_kind("univariate").range_of("value")
+        (-1000000000000000.0, 1000000000000000.0)
+        """
+        return self.plausible.get(channel, (-MAX_MAGNITUDE, MAX_MAGNITUDE))
 
     def group_index(self) -> tuple[int, ...]:
         """Per channel, in channel order, the number of its group (0, 1, ...)."""

@@ -106,5 +106,8 @@ class ServiceMetrics:
                 "this host?): give each process its own --metrics-port, or 0 to turn the "
                 "endpoint off"
             ) from None
+        except (UnicodeError, ValueError) as exc:  # a host name the resolver refuses
+            raise ConfigError(f"cannot serve metrics on {host!r}: not a valid host name "
+                              f"({exc}); use an address such as 127.0.0.1") from None
         log.info("metrics endpoint started", extra={"url": f"http://{host}:{port}/metrics"})
         return server

@@ -596,7 +596,11 @@ class DetectorService:
             tp = self._tp(topic, partition)
             at, rds = groups.setdefault(tp, ([], []))
             polled[tp] = messages[end - 1].offset + 1
-            fast = self._decoder.decode_many(list(map(_VALUE, messages[start:end])))
+            try:
+                fast = self._decoder.decode_many(list(map(_VALUE, messages[start:end])))
+            except Exception:  # a decoder bug: record by record, which dead-letters it
+                log.exception("decoding a poll's records at once failed; one at a time")
+                fast = None
             if fast is not None:
                 at.extend(range(start, end))
                 rds.extend(fast)
@@ -639,6 +643,11 @@ class DetectorService:
                 rds.append(decode(messages[i].value))
             except SchemaError as exc:
                 refused[i] = exc
+                continue
+            except Exception as exc:  # a decoder bug must not kill the loop: a dead letter
+                log.exception("decoder failed on a record", extra={"offset": messages[i].offset})
+                refused[i] = SchemaError(f"decoder error: {type(exc).__name__}: {exc}",
+                                         code="internal_error")
                 continue
             at.append(i)
 

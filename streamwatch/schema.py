@@ -40,6 +40,7 @@ SCHEMA_VERSION = 1
 STREAM_ID_MAX = 128
 STREAM_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$"
 CHANNEL_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.-]*$"
+KIND_PATTERN = r"^[a-z][a-z0-9_]*$"
 MAX_CHANNELS = 64
 MAX_RECORD_BYTES = 64 * 1024
 """A Reading larger than this is refused before it is parsed."""
@@ -56,7 +57,7 @@ StreamId = Annotated[
 Channel = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=CHANNEL_PATTERN)]
 Kind = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$"),
+    msgspec.Meta(min_length=1, max_length=64, pattern=KIND_PATTERN),
 ]
 EpochSeconds = Annotated[float, msgspec.Meta(ge=0, description="Epoch seconds (UTC).")]
 Severity = Literal["warning", "critical"]
@@ -312,7 +313,32 @@ def decode(name: str, data: bytes | str) -> Any:
         record = _decoders[name].decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _schema_error(exc) from None
+    except RecursionError:
+        raise _too_deep() from None
     return _held(record) if name == "reading" else record
+
+
+def _too_deep() -> SchemaError:
+    """msgspec and the stdlib parser raise ``RecursionError`` on deeply nested JSON (~1,000
+    levels fit in a 2 KB record): a bad record like any other, not a crash."""
+    return SchemaError("not valid JSON for this record: nested too deeply", code="not_json")
+
+
+_NAME_FIELDS = (("stream_id", STREAM_ID_PATTERN), ("kind", KIND_PATTERN))
+
+
+def _check_line_end(reading: Reading) -> None:
+    """The name patterns end in ``$``, which also matches before a final newline (Python's
+    rule; JSON Schema's regex, where the contract's consumers check them, has no such
+    exception): a stream id, kind or channel name ending in one is refused here."""
+    for name, pattern in _NAME_FIELDS:
+        if getattr(reading, name).endswith("\n"):
+            raise SchemaError(f"Expected `str` matching regex {pattern!r} (it ends in a "
+                              "newline)", field=name)
+    for channel in reading.values:
+        if channel.endswith("\n"):
+            raise SchemaError(f"bad channel name: Expected `str` matching regex "
+                              f"{CHANNEL_PATTERN!r} (it ends in a newline)", field="values")
 
 
 def _held(checked: _CheckedReading) -> Reading:
@@ -324,7 +350,7 @@ def _bad_value_key(data: bytes | str) -> str:
     """On the error path only: name the channel whose value has the wrong type."""
     try:  # the stdlib parser reads 1e999 as inf where msgspec refuses it
         values = json.loads(data).get("values", {})
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return "values"
     for channel, value in values.items() if isinstance(values, dict) else ():
         if value is None:
@@ -358,6 +384,8 @@ def decode_reading(data: bytes | str) -> Reading:
         raise SchemaError(
             f"record is {len(data)} bytes, more than the {MAX_RECORD_BYTES} allowed", code="oversize"
         )
+    if not data:
+        raise SchemaError("record value is empty (0 bytes)", code="empty")
     try:
         reading = _held(_decoders["reading"].decode(data))
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -365,6 +393,9 @@ def decode_reading(data: bytes | str) -> Reading:
         if error.field == "values.<key>":
             error = SchemaError(error.problem, field=_bad_value_key(data), code=error.code)
         raise error from None
+    except RecursionError:
+        raise _too_deep() from None
+    _check_line_end(reading)
     if not math.isfinite(reading.ts):
         raise SchemaError("must be a finite number", field="ts", code="non_finite")
     for channel, value in reading.values.items():
@@ -415,7 +446,7 @@ class ReadingDecoder:
             return decode_reading(data)  # raises the oversize error
         try:
             r = self._unchecked.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return decode_reading(data)  # raises the precise error
         # JSON has no NaN or infinity and msgspec refuses numbers that overflow a float,
         # so the finiteness checks of decode_reading cannot fail here
@@ -457,7 +488,7 @@ class ReadingDecoder:
             return None
         try:
             rs = list(map(self._unchecked.decode, data))
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
             return None
         if not (self._ids.issuperset(map(_SID, rs)) and self._kinds.issuperset(map(_KIND, rs))
                 and self._channels.issuperset(chain.from_iterable(map(_VALUES, rs)))):

@@ -227,7 +227,7 @@ class StreamDetector(DetectorState):
 
     @staticmethod
     def _out_of_range(spec: KindSpec, channel: str, value: float) -> SchemaError:
-        lo, hi = spec.plausible[channel]
+        lo, hi = spec.range_of(channel)
         return SchemaError(f"{value:g} is outside the plausible range [{lo:g}, {hi:g}] of "
                            f"{channel!r} for kind {spec.name!r}", field=f"values.{channel}",
                            code="out_of_range")  # fmt: skip

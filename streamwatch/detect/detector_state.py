@@ -12,7 +12,6 @@ loading it into a second detector.
 from __future__ import annotations
 
 import logging
-import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -67,8 +66,8 @@ class KindState:
                                 "active": ((), np.bool_, False),
                                 "behind": ((), np.int64, 0)},
                                optional=frozenset({"behind"}))  # fmt: skip
-        lo = [spec.plausible.get(c, (-math.inf, math.inf))[0] for c in spec.channels]
-        hi = [spec.plausible.get(c, (-math.inf, math.inf))[1] for c in spec.channels]
+        lo = [spec.range_of(c)[0] for c in spec.channels]
+        hi = [spec.range_of(c)[1] for c in spec.channels]
         self.low, self.high = np.array(lo, dtype=np.float64), np.array(hi, dtype=np.float64)
         self.scorer_warming: Callable[[Sequence[str]], np.ndarray] | None = getattr(
             scorer, "warming_up", None)  # fmt: skip

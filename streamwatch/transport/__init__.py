@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from streamwatch.errors import ConfigError
-from streamwatch.transport._common import partition_for_key
+from streamwatch.transport._common import check_bootstrap_servers, partition_for_key
 from streamwatch.transport.base import (
     ALERTS,
     ALL_TOPICS,
@@ -129,6 +129,7 @@ def open_transport(
             f"the {client} transport needs bootstrap servers (--bootstrap-servers HOST:PORT); "
             "run `streamwatch demo` to start a local broker, or use --transport memory"
         )
+    check_bootstrap_servers(bootstrap_servers)
     if client == "kafka-python":
         from streamwatch.transport.kafka import KafkaTransport
 

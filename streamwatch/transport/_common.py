@@ -88,3 +88,26 @@ def check_record(value: bytes | None, key: bytes | None, max_bytes: int) -> None
     size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
     if size > max_bytes:
         raise TransportError(f"record of {size} bytes exceeds the limit of {max_bytes} bytes")
+
+
+_SERVER = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s,:\[\]]+)):(?P<port>\d{1,5})")
+
+
+def check_bootstrap_servers(servers: str) -> str:
+    """``servers`` if it is ``host:port[,host:port...]`` (an IPv6 host in brackets, a port
+    from 1 to 65535), else a ``ConfigError`` saying which part is wrong (the clients raised
+    a bare ``ValueError`` on a bad port).
+
+    >>> check_bootstrap_servers("kafka-1:9092,[::1]:9093")
+    'kafka-1:9092,[::1]:9093'
+    >>> check_bootstrap_servers("localhost:notaport")
+    Traceback (most recent call last):
+    ...
+    streamwatch.errors.ConfigError: bootstrap server 'localhost:notaport' is not HOST:PORT with a port from 1 to 65535 (e.g. localhost:9092)
+    """
+    for part in servers.split(","):
+        match = _SERVER.fullmatch(part.strip())
+        if match is None or not 1 <= int(match.group("port")) <= 65535:
+            raise ConfigError(f"bootstrap server {part.strip()!r} is not HOST:PORT with a port "
+                              "from 1 to 65535 (e.g. localhost:9092)")
+    return servers

@@ -130,7 +130,12 @@ def test_speedup_paces_simulated_time_against_the_wall_clock(tmp_path: Path) -> 
         (["simulate", "sensors", "--dropouts"], "are for 'simulate icu'"),
         (["simulate", "icu", "--patients", "0"], r"patients must be an integer in \[1, 100000\]"),
         (["simulate", "icu", "--bootstrap-servers", "h:1", "--output", "x"], "not both"),
-        (["simulate", "icu", "--rate-hz", "1000"], r"rate_hz must be in \(0, 100\]"),
+        (["simulate", "icu", "--rate-hz", "1000"], r"rate_hz must be in \[0.0001, 100\]"),
+        # all-null readings and exit 0 before the lower bound
+        (["simulate", "icu", "--rate-hz", "1e-300"], r"rate_hz must be in \[0.0001, 100\]"),
+        # a ValueError traceback from the client before the check
+        (["simulate", "icu", "--bootstrap-servers", "localhost:notaport"],
+         "bootstrap server 'localhost:notaport' is not HOST:PORT"),
     ],
 )
 def test_bad_simulate_options_are_clear_errors(

@@ -161,3 +161,28 @@ def test_client_config_from_environment_variables_gets_the_clients_types(
     monkeypatch.setenv("STREAMWATCH_KAFKA__CLIENT_CONFIG__ENABLE_IDEMPOTENCE", "maybe")
     with pytest.raises(ConfigError, match=r"client_config\['enable_idempotence'\] must be true or false"):
         split_kafka_python_config(load_settings().kafka.client_config)
+
+
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("big.json", '{"service": {"max_poll_records": ' + "9" * 5000 + "}}", "could not be parsed as JSON"),
+    ("big.toml", "[service]\nmax_poll_records = " + "9" * 5000 + "\n", "could not be parsed as TOML"),
+    ("deep.json", '{"x": ' + "[" * 5000 + "]" * 5000 + "}", "nested too deeply"),
+    ("deep.toml", "x = " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+])
+def test_a_config_file_too_big_or_too_deep_for_the_parser_is_an_error_not_a_traceback(
+    tmp_path: Path, name: str, text: str, says: str
+) -> None:
+    """A 5,000-digit integer (ValueError) and nesting ~5,000 deep (RecursionError) escaped
+    as tracebacks."""
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=says):
+        load_settings(cfg)
+
+
+def test_an_environment_variable_nested_too_deep_is_an_error_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STREAMWATCH_SERVICE__WATCH_STREAMS", "[" * 5000 + "]" * 5000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_settings()

@@ -649,3 +649,23 @@ def test_emit_alerts_builds_the_scores_inside_an_open_alert_and_of_flagged_readi
         else:
             assert kept == {("icu/bed-5", 1040.5)}  # late, not flagged: inside the alert
     assert selected.in_alert("icu/bed-5") and not selected.in_alert("icu/bed-6")
+
+
+def test_a_value_too_large_for_the_model_is_refused_on_a_kind_with_no_range() -> None:
+    """``univariate`` declares no plausible range; a value past +-1e15 (here 1e308, which
+    overflowed the float32 state and left the stream without a forecast for good) is
+    refused as out of range, names its channel, and changes nothing; the stream then
+    scores on with a forecast."""
+    det = detector()
+    calm = [Reading("u/1", UNIVARIATE, float(t), {"value": 10.0 + (t % 3) * 0.1})
+            for t in range(80)]
+    det.process(calm)
+    for value in (1e308, -2e15):
+        with pytest.raises(SchemaError) as err:
+            det.validate(Reading("u/1", UNIVARIATE, 80.0, {"value": value}))
+        assert (err.value.field, err.value.code) == ("values.value", "out_of_range")
+        assert "[-1e+15, 1e+15]" in err.value.problem
+    assert det.validate_many([Reading("u/1", UNIVARIATE, 80.0, {"value": 1e308}),
+                              Reading("u/1", UNIVARIATE, 80.0, {"value": 1e14})])[1] is None
+    scores, _ = det.process([Reading("u/1", UNIVARIATE, 80.0, {"value": 10.1})])
+    assert scores[0].forecast and np.isfinite(scores[0].score)

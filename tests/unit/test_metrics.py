@@ -50,3 +50,10 @@ def test_a_fresh_endpoint_has_a_zero_sample_for_every_fixed_label_value() -> Non
     assert len(expected) == 10 + 3 + 2
     for name in expected:
         assert samples.get(name) == 0.0, name
+
+
+def test_a_host_name_the_resolver_refuses_is_a_config_error_not_a_traceback() -> None:
+    """A 64-character label is refused by the idna codec with a UnicodeError, which
+    escaped as a traceback."""
+    with pytest.raises(ConfigError, match="not a valid host name"):
+        ServiceMetrics().serve(0, "a" * 64 + ".com")

@@ -224,3 +224,30 @@ def test_reading_decoder_refuses_a_bad_name_even_after_the_rest_was_seen_valid(
     bad = _reading(**change)
     assert _outcome(decoder.decode, bad) == _outcome(schema.decode_reading, bad)
     assert isinstance(_outcome(schema.decode_reading, bad), tuple)
+
+
+_GOOD = b'{"stream_id":"u/1","kind":"univariate","ts":5,"values":{"value":1}}'
+
+
+@pytest.mark.parametrize(("data", "code", "field", "says"), [
+    (b"", "empty", None, "empty"),
+    # nested ~1,000 deep in 2 KB: msgspec and json raise RecursionError, which escaped
+    (_GOOD[:-1] + b',"x":' + b"[" * 1000 + b"]" * 1000 + b"}", "not_json", None, "nested"),
+    (_GOOD.replace(b'{"value":1}', b'{"value":' + b"[" * 3000 + b"]" * 3000 + b"}"),
+     "schema", "values", "got `array`"),
+    # the patterns end in `$`, which Python also matches before a final newline
+    (_GOOD.replace(b'"u/1"', b'"u/1\\n"'), "schema", "stream_id", "newline"),
+    (_GOOD.replace(b'"univariate"', b'"univariate\\n"'), "schema", "kind", "newline"),
+    (_GOOD.replace(b'"value"', b'"value\\n"'), "schema", "values", "newline"),
+])
+def test_records_that_broke_the_decoders_are_refused_alike_by_both(
+    data: bytes, code: str, field: str | None, says: str
+) -> None:
+    fast = schema.ReadingDecoder()
+    fast.decode(_GOOD)  # its names known: the fast path is tried first
+    for decoder in (schema.decode_reading, fast.decode):
+        with pytest.raises(SchemaError) as err:
+            decoder(data)
+        assert (err.value.code, err.value.field) == (code, field)
+        assert says in str(err.value)
+    assert fast.decode_many([_GOOD, data]) is None  # declined: record by record

@@ -88,6 +88,11 @@ BAD_RECORDS: list[tuple[bytes | None, bytes | None, str]] = [
     (b"icu/bed-01", b'{"v":1,"stream_id":"icu/bed-01","kind":"icu_vitals","ts":9e12,"values":{"hr":80}}', "future_timestamp"),
     (b"icu/bed-02", b'{"v":1,"stream_id":"icu/bed-01","kind":"icu_vitals","ts":5,"values":{"hr":80}}', "key_mismatch"),
     (b"icu/bed-01", b'{"v":1,"stream_id":"icu/bed-01","kind":"icu_vitals","ts":5,"values":{"hr":1e999}}', "non_finite"),
+    (b"icu/bed-01", b"", "empty"),
+    # ~2 KB nested 1,000 deep: the parsers raise RecursionError (it once killed the loop)
+    (b"icu/bed-01", b'{"v":1,"stream_id":"icu/bed-01","kind":"icu_vitals","ts":5,"values":{"hr":80},"x":'
+     + b"[" * 1000 + b"]" * 1000 + b"}", "not_json"),
+    (b"icu/bed-01\n", b'{"v":1,"stream_id":"icu/bed-01\\n","kind":"icu_vitals","ts":5,"values":{"hr":80}}', "schema"),
 ]
 
 
@@ -105,7 +110,9 @@ def test_every_record_ends_as_one_score_or_one_dead_letter_with_its_reason(tmp_p
     for letter in letters:
         assert letter.reason and letter.topic == READINGS
     _check_positions(transport, letters)
-    by_code = {d.code: d for d in letters}
+    newline = [d for d in letters if (d.code, d.field) == ("schema", "stream_id")]
+    assert len(newline) == 1 and "ends in a newline" in newline[0].reason
+    by_code = {d.code: d for d in letters if d not in newline}
     assert by_code["out_of_range"].field == "values.hr"
     assert by_code["schema"].field == "values.hr"
     assert json.loads(by_code["key_mismatch"].payload)["stream_id"] == "icu/bed-01"
@@ -143,7 +150,7 @@ def test_bad_records_amid_good_ones_in_small_polls_each_become_one_dead_letter(
     stats = service.run(timeout=60, count=len(readings) + len(BAD_RECORDS))
     scores = _drain(transport, SCORES, "score")
     letters = _drain(transport, DEADLETTER, "deadletter")
-    assert runs["at_once"] > 10 and runs["declined"] > 0
+    assert runs["at_once"] > 5 and runs["declined"] > 0
     assert stats.readings == len(readings) and stats.dead_letters == len(BAD_RECORDS)
     assert sorted((s.stream_id, s.ts) for s in scores) == sorted(
         (r.stream_id, r.ts) for r in readings)

@@ -241,7 +241,7 @@ def test_switches_turn_episodes_and_artefacts_off() -> None:
     [
         ({"patients": 0}, r"patients must be an integer in \[1, 100000\]"),
         ({"seed": -1}, "seed must be a non-negative integer"),
-        ({"rate_hz": 0.0}, r"rate_hz must be in \(0, 100\]"),
+        ({"rate_hz": 0.0}, r"rate_hz must be in \[0.0001, 100\]"),
         ({"clinical_per_day": -1.0}, r"clinical_per_day must be in \[0, 1000\]"),
         ({"clinical_weights": {"flu": 1.0}}, "unknown type"),
     ],
