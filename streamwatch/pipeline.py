@@ -971,7 +971,10 @@ class DetectorService:
         finally:  # the write is over, whatever its end: its tensors are free again
             self._copies.release(*written)
         self._wrote(snapshot_s, write_s, synchronous=False)
-        self._saved(offsets)
+        # only partitions still held: one revoked meanwhile (its revoke's checkpoint
+        # failed, so this one stayed pending) has a new owner, whose committed offset a
+        # commit made now could move back
+        self._saved({tp: off for tp, off in offsets.items() if tp in self._assigned})
         return True
 
     def _wrote(self, snapshot_s: float, write_s: float, *, synchronous: bool) -> None:

@@ -844,3 +844,29 @@ def test_a_new_owner_checkpoints_the_partitions_it_restored_at_once(tmp_path: Pa
         b.stop()
         for t in runs:
             t.join(60)
+
+
+def test_a_background_checkpoint_finished_after_a_revoke_commits_only_what_is_still_held(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint written in the background covers the partitions held when it was taken.
+    If one was revoked meanwhile (its revoke's own checkpoint failed, so this one stayed
+    pending), its new owner may have committed further: committing it now moved that back.
+    (Rule-level: a rebalance and a failing flush at the right moments are hard to stage.)"""
+    from concurrent.futures import Future
+
+    service = build_service(service_settings(tmp_path), MemoryTransport(), instance="a")
+    commits: list[dict[TopicPartition, int]] = []
+
+    class Recording:
+        def commit(self, offsets: dict[TopicPartition, int]) -> None:
+            commits.append(dict(offsets))
+
+    kept, revoked = TopicPartition(READINGS, 0), TopicPartition(READINGS, 1)
+    service._consumer = Recording()  # type: ignore[assignment]
+    service._assigned = {kept}
+    written: Future[float] = Future()
+    written.set_result(0.01)
+    service._pending = (written, {kept: 5, revoked: 7}, 0.001, ({}, {}))
+    assert service._finish_pending(block=True)
+    assert commits == [{kept: 5}]
