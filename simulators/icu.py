@@ -124,7 +124,7 @@ class IcuSimulator(Simulator):
     patients : number of beds, 1-100000.
     seed : non-negative integer; same seed and arguments give identical output.
     start_ts : epoch seconds of the first reading (default 2026-01-01T00:00:00Z).
-    rate_hz : readings per second per bed, in (0, 100].
+    rate_hz : readings per second per bed, in [1e-4, 100].
     episodes : inject labelled clinical episodes.
     artefacts : inject labelled artefacts (probe off, flatline, spikes).
     dropouts : also drop samples (readings missing entirely); off by default so a run

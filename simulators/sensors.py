@@ -97,7 +97,7 @@ class SensorSimulator(Simulator):
     machines : number of machines, 1-100000.
     seed : non-negative integer; same seed and arguments give identical output.
     start_ts : epoch seconds of the first reading (default 2026-01-01T00:00:00Z).
-    rate_hz : readings per second per machine, in (0, 100].
+    rate_hz : readings per second per machine, in [1e-4, 100].
     faults : inject labelled faults.
     faults_per_day : Poisson rate per machine-day after warm-up.
     fault_weights : relative frequency of each fault type (default ``FAULT_WEIGHTS``).

@@ -226,6 +226,9 @@ class DetectorService:
         self._ckpt_interval = self._next_interval()
         self._last_health = 0.0
         self._restored_global = False
+        # The partitions of this process's current checkpoint (None: none saved in this
+        # run; the store then tells what an earlier run under this name saved)
+        self._saved_tps: frozenset[TopicPartition] | None = None
         self._gc_frozen = False
         self._closing = False  # the consumer is closing: its revoke needs no checkpoint
         self._polled_since_health = False  # records came in since the last health tick
@@ -406,10 +409,16 @@ class DetectorService:
         log.info("partitions assigned", extra={
             "partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in partitions),
             "restored": len(snapshot.partitions)})
-        if snapshot.partitions and not self._closing:
+        saved = snapshot.own if self._saved_tps is None else self._saved_tps
+        if (snapshot.partitions and not self._closing
+                and saved <= self._assigned):
             # The restored state may be in another process's checkpoint only (the previous
             # owner's), which that process's next one replaces without these partitions:
             # until this process writes its own, a crash would leave no state for them.
+            # Not when this save would drop a partition of this process's own checkpoint
+            # that it no longer holds (it kept some in an eager rebalance, or restarted
+            # under its old name with fewer): the new owner may be loading it from there
+            # at this moment (every member of an eager rebalance is assigned at once).
             try:
                 self._checkpoint_and_commit()
             except StreamwatchError as exc:
@@ -815,6 +824,8 @@ class DetectorService:
         outputs must not be lost: on a failed send or flush all of them are sent again
         (consumers see at-least-once duplicates, same alert ids)."""
         backoff = self.options.retry_backoff_s[0]
+        if self._resend:  # ``records`` are in ``_unflushed``: sent with the rest, in order
+            records, wait = (), True
         while True:
             assert self._producer is not None
             try:
@@ -970,6 +981,7 @@ class DetectorService:
             return True
         finally:  # the write is over, whatever its end: its tensors are free again
             self._copies.release(*written)
+        self._saved_tps = frozenset(written[1])
         self._wrote(snapshot_s, write_s, synchronous=False)
         # only partitions still held: one revoked meanwhile (its revoke's checkpoint
         # failed, so this one stayed pending) has a new owner, whose committed offset a
@@ -998,6 +1010,7 @@ class DetectorService:
             write_s = self._timed_save(global_state, partitions)
         finally:
             self._copies.release(global_state, partitions)
+        self._saved_tps = frozenset(partitions)
         self._wrote(snapshot_s, write_s, synchronous=True)
         self._saved(offsets)
 

@@ -315,7 +315,11 @@ def decode(name: str, data: bytes | str) -> Any:
         raise _schema_error(exc) from None
     except RecursionError:
         raise _too_deep() from None
-    return _held(record) if name == "reading" else record
+    if name != "reading":
+        return record
+    reading = _held(record)
+    _check_line_end(reading)
+    return reading
 
 
 def _too_deep() -> SchemaError:

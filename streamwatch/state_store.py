@@ -80,6 +80,9 @@ class Snapshot:
 
     global_state: dict[str, Any] | None
     partitions: dict[TopicPartition, PartitionState]
+    own: frozenset[TopicPartition] = frozenset()
+    """The partitions this process's own current checkpoint holds (one written under its
+    instance name, perhaps by an earlier run): its next save replaces them all."""
 
 
 class StateStore(Protocol):
@@ -218,7 +221,18 @@ class FileStateStore:
         A corrupt file raises ``CheckpointError`` unless ``fresh_start``, in which case it
         is logged and ignored (never silently).
         """
-        return select(self._checkpoints(fresh_start), partitions)
+        own: set[TopicPartition] = set()
+
+        def noting_own() -> Iterable[tuple[str, dict[str, Any], dict[str, Any]]]:
+            for source, state, meta in self._checkpoints(fresh_start):
+                if meta.get("instance") == self.instance:
+                    own.update(TopicPartition(e["topic"], int(e["partition"]))
+                               for e in state["partitions"].values())
+                yield source, state, meta
+
+        snap = select(noting_own(), partitions)
+        snap.own = frozenset(own)
+        return snap
 
     def remove(self) -> None:
         """Delete this instance's file (tests, explicit reset)."""
@@ -590,6 +604,7 @@ class KafkaStateStore:
         if fresh_start and furthest is not None and snap.global_state is None:
             log.warning("no readable model checkpoint on the state topic; starting the model "
                         "fresh (fresh start asked)", extra={"topic": self.topic})
+        snap.own = frozenset(mine.offsets) if mine is not None else frozenset()
         return snap
 
     def _forget_gone(self, heads: list[_Head], furthest: _Head | None) -> None:

@@ -90,24 +90,34 @@ def check_record(value: bytes | None, key: bytes | None, max_bytes: int) -> None
         raise TransportError(f"record of {size} bytes exceeds the limit of {max_bytes} bytes")
 
 
-_SERVER = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s,:\[\]]+)):(?P<port>\d{1,5})")
+_SERVER = re.compile(r"(?:[A-Za-z_]+://)?(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[^\s,:\[\]/]+))"
+                     r"(?::(?P<port>\d{1,5}))?")
 
 
 def check_bootstrap_servers(servers: str) -> str:
-    """``servers`` if it is ``host:port[,host:port...]`` (an IPv6 host in brackets, a port
-    from 1 to 65535), else a ``ConfigError`` saying which part is wrong (the clients raised
-    a bare ``ValueError`` on a bad port).
+    """``servers`` if it is ``host[:port][,host[:port]...]`` as the clients read it (an
+    optional ``PLAINTEXT://``-style prefix, an IPv6 host in brackets, a port from 1 to
+    65535, 9092 when left out), else a ``ConfigError`` saying which part is wrong (the
+    clients raised a bare ``ValueError`` on a bad port).
 
-    >>> check_bootstrap_servers("kafka-1:9092,[::1]:9093")
-    'kafka-1:9092,[::1]:9093'
+    >>> check_bootstrap_servers("kafka-1:9092, [::1]:9093,SSL://b:9094,localhost")
+    'kafka-1:9092, [::1]:9093,SSL://b:9094,localhost'
     >>> check_bootstrap_servers("localhost:notaport")
     Traceback (most recent call last):
     ...
     streamwatch.errors.ConfigError: bootstrap server 'localhost:notaport' is not HOST:PORT with a port from 1 to 65535 (e.g. localhost:9092)
+    >>> check_bootstrap_servers("a:9092,")
+    Traceback (most recent call last):
+    ...
+    streamwatch.errors.ConfigError: bootstrap servers 'a:9092,' hold an empty entry (a comma too many?)
     """
     for part in servers.split(","):
+        if not part.strip():
+            raise ConfigError(f"bootstrap servers {servers!r} hold an empty entry (a comma too "
+                              "many?)")
         match = _SERVER.fullmatch(part.strip())
-        if match is None or not 1 <= int(match.group("port")) <= 65535:
+        port = match.group("port") if match else None
+        if match is None or (port is not None and not 1 <= int(port) <= 65535):
             raise ConfigError(f"bootstrap server {part.strip()!r} is not HOST:PORT with a port "
                               "from 1 to 65535 (e.g. localhost:9092)")
     return servers

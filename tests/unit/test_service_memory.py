@@ -823,6 +823,17 @@ def test_a_new_owner_checkpoints_the_partitions_it_restored_at_once(tmp_path: Pa
     b = build_service(service_settings(tmp_path, max_poll_records=100, checkpoint_every_s=3600.0,
                                        checkpoint_every_batches=10**6, state_store="directory"),
                       transport, instance="b")  # fmt: skip
+    everything = {TopicPartition(READINGS, p) for p in range(3)}
+    stored_after_assign: list[set[TopicPartition]] = []
+    assign = a._on_assign
+
+    def assign_then_look(partitions: set[TopicPartition]) -> None:
+        # the rebalance is eager: a gets back part of what it held; it must not save then
+        # (its checkpoint would lose the partition b may be loading from it that moment)
+        assign(partitions)
+        stored_after_assign.append(set(FileStateStore(tmp_path, "probe").load(everything).partitions))
+
+    a._on_assign = assign_then_look  # type: ignore[method-assign]
     runs = [threading.Thread(target=svc.run, kwargs={"timeout": 120}) for svc in (a, b)]
     runs[0].start()
     try:
@@ -839,6 +850,8 @@ def test_a_new_owner_checkpoints_the_partitions_it_restored_at_once(tmp_path: Pa
         assert b.stats.checkpoints >= 1  # the one right after its restore
         stored = FileStateStore(tmp_path, "probe").load(moved).partitions
         assert set(stored) == moved, sorted(stored)
+        assert len(stored_after_assign) >= 2 and stored_after_assign[1:] == [everything] * (
+            len(stored_after_assign) - 1), stored_after_assign
     finally:
         a.stop()
         b.stop()
@@ -870,3 +883,62 @@ def test_a_background_checkpoint_finished_after_a_revoke_commits_only_what_is_st
     service._pending = (written, {kept: 5, revoked: 7}, 0.001, ({}, {}))
     assert service._finish_pending(block=True)
     assert commits == [{kept: 5}]
+
+
+def test_a_restart_under_the_same_name_with_fewer_partitions_keeps_the_others_stored(
+    tmp_path: Path,
+) -> None:
+    """A process restarted under its old name (a container's hostname) gets fewer
+    partitions than its last checkpoint holds. Saving at once after its restore would
+    replace that checkpoint without them, before their new owner has loaded them: it
+    does not save then."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from streamwatch.state_store import FileStateStore
+
+    readings, _ = icu_readings(patients=6, minutes=2)
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    settings = service_settings(tmp_path, state_store="directory")
+    build_service(settings, transport, instance="a").run(timeout=60, count=total)
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    assert set(FileStateStore(tmp_path, "probe").load(set(parts)).partitions) == set(parts)
+
+    again = build_service(settings, transport, instance="a")
+    again.detector = again.detector_factory()
+    commits: list[Any] = []
+
+    class Consumer:
+        def seek(self, tp: TopicPartition, offset: int) -> None: ...
+        def commit(self, offsets: Any) -> None:
+            commits.append(offsets)
+
+    class Producer:
+        def send(self, *args: Any) -> None: ...
+        def flush(self, timeout: float | None = None) -> None: ...
+
+    again._consumer, again._producer = Consumer(), Producer()  # type: ignore[assignment]
+    again._writer = ThreadPoolExecutor(max_workers=1)
+    again._on_assign({parts[0], parts[1]})  # p2 goes to another process
+    assert again.assigned_partitions == {parts[0], parts[1]} and not commits
+    assert set(FileStateStore(tmp_path, "probe").load({parts[2]}).partitions) == {parts[2]}
+
+
+def test_outputs_after_a_failed_delivery_go_out_once_each_in_their_order(tmp_path: Path) -> None:
+    """After a failed flush, the next batch's outputs go with the ones to send again, in
+    the order they were made: not ahead of them, and not twice."""
+    service = build_service(service_settings(tmp_path), MemoryTransport(), instance="a")
+    sent: list[bytes] = []
+
+    class Producer:
+        def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
+            sent.append(value or b"")
+
+        def flush(self, timeout: float | None = None) -> None: ...
+
+    service._producer = Producer()  # type: ignore[assignment]
+    service._unflushed = [(SCORES, b"old-1", None), (SCORES, b"old-2", None)]
+    service._resend = True  # their delivery failed
+    service._deliver([(SCORES, b"new-1", None)])
+    assert sent == [b"old-1", b"old-2", b"new-1"]
+    assert not service._unflushed and not service._resend
