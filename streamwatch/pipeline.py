@@ -377,7 +377,10 @@ class DetectorService:
         assert self._consumer is not None
         self._finish_pending(block=True)  # never read the store while writing to it
         snapshot = self._load_state(set(partitions))
-        if snapshot.global_state is not None and not self._restored_global:
+        # the stored model is adopted once, and only before this process has scored
+        # anything: after that it trains its own copy (a swap would change its scores)
+        if (snapshot.global_state is not None and not self._restored_global
+                and self.stats.readings == 0):
             try:
                 self.detector.load_global_state(snapshot.global_state)
             except CheckpointError as exc:

@@ -942,3 +942,43 @@ def test_outputs_after_a_failed_delivery_go_out_once_each_in_their_order(tmp_pat
     service._deliver([(SCORES, b"new-1", None)])
     assert sent == [b"old-1", b"old-2", b"new-1"]
     assert not service._unflushed and not service._resend
+
+
+def test_a_process_that_has_scored_keeps_its_own_model_at_a_later_assignment(
+    tmp_path: Path,
+) -> None:
+    """The stored model is adopted once, before a process scores anything. A process that
+    found none stored, then scored and trained, kept its model only until its next
+    assignment, which swapped in another process's (changing its scores mid-run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    readings, _ = icu_readings(patients=6, minutes=6)
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    settings = service_settings(tmp_path, state_store="directory")
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    b = build_service(settings, transport, instance="b")
+    b.detector = b.detector_factory()
+
+    class Consumer:
+        def seek(self, tp: TopicPartition, offset: int) -> None: ...
+        def commit(self, offsets: Any) -> None: ...
+
+    class Producer:
+        def send(self, *args: Any) -> None: ...
+        def flush(self, timeout: float | None = None) -> None: ...
+
+    b._consumer, b._producer = Consumer(), Producer()  # type: ignore[assignment]
+    b._writer = ThreadPoolExecutor(max_workers=1)
+    b._on_assign({parts[0]})  # nothing stored yet
+    by_ts: dict[float, list[Reading]] = {}
+    for r in readings[: len(readings) // 2]:
+        by_ts.setdefault(r.ts, []).append(r)
+    for ts in sorted(by_ts):
+        b.detector.process(by_ts[ts])  # b scores and trains on its own
+    b.stats.readings = len(readings) // 2
+    own = _digest(b.detector.global_state_dict())
+    build_service(settings, transport, instance="a").run(timeout=60, count=total)  # stores one
+    assert any(tmp_path.glob("detector-a.pt"))
+    b._on_assign({parts[1]})
+    assert _digest(b.detector.global_state_dict()) == own
