@@ -417,3 +417,16 @@ def test_a_background_save_is_paced_and_a_rebalance_save_is_not() -> None:
     assert snap.partitions[A].offset == 9  # both complete checkpoints, the newer one read
     with pytest.raises(CheckpointError, match="write_bytes_per_s"):
         KafkaStateStore(transport, TOPIC, "bad", write_bytes_per_s=-1)
+
+
+def test_a_load_says_which_partitions_the_loading_process_own_checkpoint_holds(
+    make_store: StoreFactory,
+) -> None:
+    """``Snapshot.own``: what a save of this process (by its instance name, an earlier run
+    included) would replace, whatever partitions the load asked for."""
+    make_store("one").save(_global(1), {A: PartitionState(5, _streams("a")),
+                                         B: PartitionState(6, _streams("b"))})
+    make_store("two").save(_global(2), {C: PartitionState(7, _streams("c"))})
+    assert make_store("one").load({C}).own == {A, B}  # a restart under the name "one"
+    assert make_store("two").load({A}).own == {C}
+    assert make_store("three").load({A, B, C}).own == frozenset()
