@@ -722,6 +722,8 @@ class DetectorService:
         if not readings:
             return EncodedScores([], [], []), [], []
         emit, watched = self.options.emit_scores, self._watched
+        dead: list[DeadLetter] = []
+        keep = list(range(len(readings)))
         try:
             scores, alerts = self.detector.process_encoded(readings, emit=emit, watched=watched)
             return scores, alerts, []
@@ -734,20 +736,19 @@ class DetectorService:
             dead = [self._refused(readings[i], first + i, exc, now)
                     for i, exc in enumerate(errors) if exc is not None]  # fmt: skip
             keep = [i for i, exc in enumerate(errors) if exc is None]
-            if dead:
-                log.warning("readings refused when scored; dead-lettered",
-                            extra={"count": len(dead), "codes": sorted({d.code for d in dead})})
-                try:
-                    scores, alerts = self.detector.process_encoded(
-                        [readings[i] for i in keep], emit=emit, watched=watched)
-                    return scores, alerts, dead
-                except Exception:  # (handled below, one reading at a time)
-                    log.exception("detector failed on a batch; retrying record by record")
-            else:
+            if not dead:
                 log.exception("detector refused a batch it had accepted; retrying record by record")
         except Exception:  # a bug must not kill the loop: find the record that triggers it
             log.exception("detector failed on a batch; retrying record by record")
-            dead, keep = [], list(range(len(readings)))
+        if dead:
+            log.warning("readings refused when scored; dead-lettered",
+                        extra={"count": len(dead), "codes": sorted({d.code for d in dead})})
+            try:
+                scores, alerts = self.detector.process_encoded(
+                    [readings[i] for i in keep], emit=emit, watched=watched)
+                return scores, alerts, dead
+            except Exception:  # (one reading at a time, below)
+                log.exception("detector failed on a batch; retrying record by record")
         # One at a time. After a failure other than a refusal, readings of the batch the
         # detector had processed before it failed are processed again: as late readings
         # (scored, changing nothing), so their Scores may differ from the first pass.

@@ -20,6 +20,14 @@ def icu_readings(patients: int = 8, minutes: int = 25, seed: int = 8) -> tuple[l
     return readings, sim.episodes(duration)
 
 
+def by_second(readings: list[Reading]) -> list[list[Reading]]:
+    """The readings grouped by timestamp, in time order: one simulated second a batch."""
+    groups: dict[float, list[Reading]] = {}
+    for r in readings:
+        groups.setdefault(r.ts, []).append(r)
+    return [groups[ts] for ts in sorted(groups)]
+
+
 def service_settings(checkpoint_dir: Path | None = None, **service: Any) -> Settings:
     """Production settings with a private checkpoint dir, no metrics port, small timeouts."""
     directory = checkpoint_dir or Path(tempfile.mkdtemp(prefix="sw-ckpt-"))

@@ -39,6 +39,7 @@ from streamwatch.transport import open_transport
 from streamwatch.transport.base import TopicPartition
 from tests.scenarios import (
     alert_events,
+    by_second,
     dead_letter_holds,
     icu_readings,
     opened,
@@ -175,11 +176,8 @@ def _direct_alerts(readings: list[Reading], ckpt: Path) -> set[tuple[str, str, i
     """The alert events of the plain detector fed one simulated second at a time."""
     detector = build_detector(load_settings(overrides={"service": {"checkpoint_dir": ckpt}}))
     alerts: list[Alert] = []
-    by_ts: dict[float, list[Reading]] = {}
-    for r in readings:
-        by_ts.setdefault(r.ts, []).append(r)
-    for ts in sorted(by_ts):
-        alerts.extend(detector.process(by_ts[ts])[1])
+    for second in by_second(readings):
+        alerts.extend(detector.process(second)[1])
     return alert_events(alerts)
 
 

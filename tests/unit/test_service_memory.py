@@ -22,6 +22,7 @@ from streamwatch.transport import MemoryTransport
 from streamwatch.transport.base import ALERTS, DEADLETTER, READINGS, SCORES, TopicPartition
 from tests.scenarios import (
     alert_events,
+    by_second,
     dead_letter_holds,
     icu_readings,
     record_feed_order,
@@ -786,24 +787,13 @@ def test_outputs_of_a_failed_delivery_are_sent_again_before_any_later_commit(
     consumer = transport.consumer(settings.service.group_id)
     parts = [TopicPartition(READINGS, p) for p in range(3)]
     committed = {tp: consumer.committed(tp) or 0 for tp in parts}
-    covered = {(m.partition, m.offset) for m in _raw_messages(transport, READINGS)
-               if m.offset < committed[TopicPartition(READINGS, m.partition)]}
-    assert covered
     raw = _positions(transport, READINGS)
-    want = {(r.stream_id, r.ts) for r in map(lambda pos: schema.decode("reading", raw[pos]),
-                                               covered)}  # fmt: skip
+    covered = [value for (p, offset), value in raw.items()
+               if offset < committed[TopicPartition(READINGS, p)]]
+    assert covered
+    want = {(r.stream_id, r.ts) for r in (schema.decode("reading", v) for v in covered)}
     scored = {(s.stream_id, s.ts) for s in _drain(transport, SCORES, "score")}
     assert want <= scored, f"{len(want - scored)} committed readings have no Score"
-
-
-def _raw_messages(transport: MemoryTransport, topic: str) -> list[Any]:
-    consumer = transport.consumer(None)
-    consumer.assign([TopicPartition(topic, p) for p in range(transport.partitions_for(topic))])
-    out: list[Any] = []
-    while batch := consumer.poll(0.05, 100_000):
-        out.extend(batch)
-    consumer.close()
-    return out
 
 
 def test_a_new_owner_checkpoints_the_partitions_it_restored_at_once(tmp_path: Path) -> None:
@@ -885,27 +875,12 @@ def test_a_background_checkpoint_finished_after_a_revoke_commits_only_what_is_st
     assert commits == [{kept: 5}]
 
 
-def test_a_restart_under_the_same_name_with_fewer_partitions_keeps_the_others_stored(
-    tmp_path: Path,
-) -> None:
-    """A process restarted under its old name (a container's hostname) gets fewer
-    partitions than its last checkpoint holds. Saving at once after its restore would
-    replace that checkpoint without them, before their new owner has loaded them: it
-    does not save then."""
+def _offline(service: Any) -> list[Any]:
+    """Wire ``service`` for calling its rebalance callbacks directly, with no loop: a fresh
+    detector, a consumer that records its commits (returned), a producer that drops
+    everything, a checkpoint writer."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from streamwatch.state_store import FileStateStore
-
-    readings, _ = icu_readings(patients=6, minutes=2)
-    transport = MemoryTransport()
-    total = _fill(transport, readings)
-    settings = service_settings(tmp_path, state_store="directory")
-    build_service(settings, transport, instance="a").run(timeout=60, count=total)
-    parts = [TopicPartition(READINGS, p) for p in range(3)]
-    assert set(FileStateStore(tmp_path, "probe").load(set(parts)).partitions) == set(parts)
-
-    again = build_service(settings, transport, instance="a")
-    again.detector = again.detector_factory()
     commits: list[Any] = []
 
     class Consumer:
@@ -917,8 +892,31 @@ def test_a_restart_under_the_same_name_with_fewer_partitions_keeps_the_others_st
         def send(self, *args: Any) -> None: ...
         def flush(self, timeout: float | None = None) -> None: ...
 
-    again._consumer, again._producer = Consumer(), Producer()  # type: ignore[assignment]
-    again._writer = ThreadPoolExecutor(max_workers=1)
+    service.detector = service.detector_factory()
+    service._consumer, service._producer = Consumer(), Producer()
+    service._writer = ThreadPoolExecutor(max_workers=1)
+    return commits
+
+
+def test_a_restart_under_the_same_name_with_fewer_partitions_keeps_the_others_stored(
+    tmp_path: Path,
+) -> None:
+    """A process restarted under its old name (a container's hostname) gets fewer
+    partitions than its last checkpoint holds. Saving at once after its restore would
+    replace that checkpoint without them, before their new owner has loaded them: it
+    does not save then."""
+    from streamwatch.state_store import FileStateStore
+
+    readings, _ = icu_readings(patients=6, minutes=2)
+    transport = MemoryTransport()
+    total = _fill(transport, readings)
+    settings = service_settings(tmp_path, state_store="directory")
+    build_service(settings, transport, instance="a").run(timeout=60, count=total)
+    parts = [TopicPartition(READINGS, p) for p in range(3)]
+    assert set(FileStateStore(tmp_path, "probe").load(set(parts)).partitions) == set(parts)
+
+    again = build_service(settings, transport, instance="a")
+    commits = _offline(again)
     again._on_assign({parts[0], parts[1]})  # p2 goes to another process
     assert again.assigned_partitions == {parts[0], parts[1]} and not commits
     assert set(FileStateStore(tmp_path, "probe").load({parts[2]}).partitions) == {parts[2]}
@@ -950,32 +948,16 @@ def test_a_process_that_has_scored_keeps_its_own_model_at_a_later_assignment(
     """The stored model is adopted once, before a process scores anything. A process that
     found none stored, then scored and trained, kept its model only until its next
     assignment, which swapped in another process's (changing its scores mid-run)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     readings, _ = icu_readings(patients=6, minutes=6)
     transport = MemoryTransport()
     total = _fill(transport, readings)
     settings = service_settings(tmp_path, state_store="directory")
     parts = [TopicPartition(READINGS, p) for p in range(3)]
     b = build_service(settings, transport, instance="b")
-    b.detector = b.detector_factory()
-
-    class Consumer:
-        def seek(self, tp: TopicPartition, offset: int) -> None: ...
-        def commit(self, offsets: Any) -> None: ...
-
-    class Producer:
-        def send(self, *args: Any) -> None: ...
-        def flush(self, timeout: float | None = None) -> None: ...
-
-    b._consumer, b._producer = Consumer(), Producer()  # type: ignore[assignment]
-    b._writer = ThreadPoolExecutor(max_workers=1)
+    _offline(b)
     b._on_assign({parts[0]})  # nothing stored yet
-    by_ts: dict[float, list[Reading]] = {}
-    for r in readings[: len(readings) // 2]:
-        by_ts.setdefault(r.ts, []).append(r)
-    for ts in sorted(by_ts):
-        b.detector.process(by_ts[ts])  # b scores and trains on its own
+    for second in by_second(readings[: len(readings) // 2]):
+        b.detector.process(second)  # b scores and trains on its own
     b.stats.readings = len(readings) // 2
     own = _digest(b.detector.global_state_dict())
     build_service(settings, transport, instance="a").run(timeout=60, count=total)  # stores one
