@@ -413,6 +413,24 @@ def decode_reading(data: bytes | str) -> Reading:
 _SID, _KIND, _VALUES = map(attrgetter, ("stream_id", "kind", "values"))
 
 
+def _names_once(data: bytes | str) -> bool:
+    """Whether ``stream_id`` and ``kind`` are surely given once in ``data`` (no escape,
+    each key's quoted name present at most once), so the unchecked parse's values are the
+    only ones. JSON allows a key twice, and both decoders keep the last value, but the
+    strict one checks every value it parses against the pattern: a record whose first
+    ``stream_id`` is bad and whose last one is known would be refused by it and accepted
+    by the fast path. When this says no, the strict decoder decides.
+
+    >>> _names_once(b'{"stream_id":"a","kind":"k"}'), _names_once(b'{"kind":"x","kind":"k"}')
+    (True, False)
+    >>> _names_once('{"\\u006bind":"x","kind":"k"}')  # an escaped key: the strict one decides
+    False
+    """
+    if isinstance(data, str):
+        return "\\" not in data and data.count('"stream_id"') <= 1 and data.count('"kind"') <= 1
+    return b"\\" not in data and data.count(b'"stream_id"') <= 1 and data.count(b'"kind"') <= 1
+
+
 class ReadingDecoder:
     """``decode_reading`` for a stream of records, ~5x faster on the hot path.
 
@@ -455,7 +473,7 @@ class ReadingDecoder:
         # JSON has no NaN or infinity and msgspec refuses numbers that overflow a float,
         # so the finiteness checks of decode_reading cannot fail here
         if r.stream_id in self._ids and r.kind in self._kinds \
-                and self._channels.issuperset(r.values):
+                and self._channels.issuperset(r.values) and _names_once(data):
             return r
         reading = decode_reading(data)
         for known in (self._ids, self._kinds, self._channels):
@@ -497,6 +515,12 @@ class ReadingDecoder:
         if not (self._ids.issuperset(map(_SID, rs)) and self._kinds.issuperset(map(_KIND, rs))
                 and self._channels.issuperset(chain.from_iterable(map(_VALUES, rs)))):
             return None
+        # ``_names_once`` for all at once: with no escape anywhere, each record (which has
+        # both keys) holds each quoted name once exactly when the totals are the counts
+        joined = b"\n".join(data)
+        n = len(data)
+        if b"\\" in joined or joined.count(b'"stream_id"') != n or joined.count(b'"kind"') != n:
+            return None  # a name given twice, or maybe: the strict decoder decides
         return rs
 
 
