@@ -431,8 +431,8 @@ def _wait_until(predicate: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-# both stores in CI; the directory store (same selection rules, also tested on the memory
-# bus in tests/unit) is marked slow, so `pytest -m "not slow"` leaves it out of a quick run
+# the directory store (same selection rules, also tested on the memory bus in tests/unit)
+# is marked slow: `make test` (CI) leaves it out, `make test-all` runs it
 # flush_every_batches 8: outputs acknowledged every 8 batches and before each checkpoint;
 # a kill -9 between loses the unflushed ones, which the restart must produce again
 @pytest.mark.xdist_group("cpu-heavy")  # detector processes: one such test at a time
@@ -515,8 +515,8 @@ def test_kill_9_before_the_first_checkpoint_then_restart_scores_every_reading(
 
 
 # --------------------------------------------------------------------------- scale-out
-# both stores in CI; the directory store (same selection rules, also tested on the memory
-# bus in tests/unit) is marked slow, so `pytest -m "not slow"` leaves it out of a quick run
+# the directory store (same selection rules, also tested on the memory bus in tests/unit)
+# is marked slow: `make test` (CI) leaves it out, `make test-all` runs it
 @pytest.mark.xdist_group("cpu-heavy")
 @pytest.mark.parametrize(("store", "client"), [
     ("kafka", "kafka-python"), ("kafka", "confluent"),
@@ -630,7 +630,7 @@ def test_a_detector_started_before_its_broker_waits_for_it(
 @pytest.mark.parametrize(("client", "store", "second_signal"), [
     ("kafka-python", "kafka", False), ("kafka-python", "kafka", True),
     ("confluent", "kafka", False), ("confluent", "directory", False),
-    ("kafka-python", "directory", False)])
+    pytest.param("kafka-python", "directory", False, marks=pytest.mark.slow)])
 def test_a_stop_while_the_broker_is_paused_ends_soon_and_says_what_it_could_not_do(
     private_broker: TansuBroker, topics: dict[str, str], tmp_path: Path, client: str,
     store: str, second_signal: bool,
