@@ -288,7 +288,7 @@ class DetectorService:
         self._producer = self.transport.producer()
         self._consumer = self.transport.consumer(group_id=opts.group_id)
         self._consumer.subscribe([opts.readings_topic], on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke)
+                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = opts.retry_backoff_s[0]
         self._last_ckpt = time.monotonic()
@@ -468,6 +468,24 @@ class DetectorService:
             except StreamwatchError as exc:  # the partitions go anyway
                 log.error("could not checkpoint on revoke; the next owner replays from the "
                           "last checkpoint", extra={"error": str(exc)})
+        gone = self._drop(partitions)
+        log.info("partitions revoked", extra={"partitions": len(partitions), "streams": gone})
+
+    def _on_lost(self, partitions: set[TopicPartition]) -> None:
+        """Partitions taken while this process was out of the group (its session expired:
+        a pause, a stopped host). Another member may already own them and have moved on
+        from the last checkpoint: a checkpoint of them now would put this process's
+        older line of their state beside the new owner's (and could win a later restore,
+        ``state_store.select``), and the commit would be refused. So their state is
+        dropped as it is; what this process scored since its last checkpoint is scored
+        again by the new owner (at-least-once: duplicates)."""
+        gone = self._drop(partitions)
+        log.warning("partitions lost (this process was out of the group); their state is "
+                    "dropped without a checkpoint: the new owner goes on from the last one",
+                    extra={"partitions": len(partitions), "streams": gone})
+
+    def _drop(self, partitions: set[TopicPartition]) -> int:
+        """Forget the partitions and their streams; the number of streams dropped."""
         gone = [sid for sid, tp in self._stream_partition.items() if tp in partitions]
         self.detector.forget_streams(gone)
         for sid in gone:
@@ -481,7 +499,7 @@ class DetectorService:
         self._paused -= set(partitions)
         self.metrics.paused_partitions.set(len(self._paused))
         self._merge.drop(partitions)
-        log.info("partitions revoked", extra={"partitions": len(partitions), "streams": len(gone)})
+        return len(gone)
 
     # -- the batch ---------------------------------------------------------------------
     def _check(self, msg: Message, reading: Reading, now: float) -> None:

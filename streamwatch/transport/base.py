@@ -59,8 +59,14 @@ class Consumer(Protocol):
         topics: Iterable[str],
         on_assign: RebalanceCallback | None = None,
         on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
     ) -> None:
-        """Join the consumer group for ``topics``; callbacks run inside ``poll``."""
+        """Join the consumer group for ``topics``; callbacks run inside ``poll``.
+
+        ``on_lost`` gets partitions taken away because this member was out of the group
+        (its session expired: a long pause, a stopped process): another member may own
+        and have moved on with them already, so they must not be checkpointed or
+        committed. Without it, ``on_revoke`` gets them."""
 
     def assign(self, partitions: Iterable[TopicPartition]) -> None:
         """Read these partitions without a group (no rebalancing)."""

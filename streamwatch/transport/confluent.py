@@ -1,7 +1,7 @@
 """Kafka transport over confluent-kafka (librdkafka): the fast option, same contract.
 
 Same semantics as :mod:`streamwatch.transport.kafka`: manual commits of the *next* offsets,
-``on_assign`` / ``on_revoke`` (and lost partitions as revoked) run inside ``poll`` or
+``on_assign`` / ``on_revoke`` / ``on_lost`` (``on_revoke`` when none) run inside ``poll`` or
 ``close``, topics created through the admin client, delivery failures raised by ``flush``.
 Keyed records use Kafka's murmur2 partitioner (``murmur2_random``), as kafka-python does,
 so both clients place a key on the same partition.
@@ -342,9 +342,11 @@ class ConfluentConsumerTransport:
         topics: Iterable[str],
         on_assign: RebalanceCallback | None = None,
         on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
     ) -> None:
         if self.group_id is None:
             raise TransportError("subscribe() needs a group_id: use assign() without a group")
+        lost_callback = on_lost if on_lost is not None else on_revoke
 
         def assigned(native: Consumer, partitions: list[CTP]) -> None:
             tps = _from_c(partitions)
@@ -366,22 +368,25 @@ class ConfluentConsumerTransport:
                 self._positions.update(self._committed_many(tps - set(seeks)))
                 self._positions.update(seeks)
 
-        def revoked(native: Consumer, partitions: list[CTP]) -> None:
+        def taken(partitions: list[CTP], callback: RebalanceCallback | None) -> None:
             tps = _from_c(partitions)
             self._in_callback += 1
             try:
-                if tps and on_revoke is not None and not self._abandoned:
-                    on_revoke(tps)
+                if tps and callback is not None and not self._abandoned:
+                    callback(tps)
             finally:
                 self._in_callback -= 1
                 for tp in tps:
                     self._positions.pop(tp, None)
 
+        def revoked(native: Consumer, partitions: list[CTP]) -> None:
+            taken(partitions, on_revoke)
+
         def lost(native: Consumer, partitions: list[CTP]) -> None:
             logger.warning(
-                "group membership lost; partitions %s revoked", sorted(_from_c(partitions))
+                "group membership lost; partitions %s lost", sorted(_from_c(partitions))
             )
-            revoked(native, partitions)
+            taken(partitions, lost_callback)
 
         try:
             self.native.subscribe(list(topics), on_assign=assigned, on_revoke=revoked, on_lost=lost)

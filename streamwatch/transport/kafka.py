@@ -5,8 +5,8 @@
 - Consumer: group member with ``enable_auto_commit=False``; ``commit`` takes the *next*
   offsets. kafka-python 3 runs rebalance listeners on its IO thread, where blocking calls
   such as ``commit`` are forbidden; this module runs the user's ``on_assign`` /
-  ``on_revoke`` on a worker thread while ``poll`` (or ``close``) is blocked, so a callback
-  may commit, exactly as the protocol promises.
+  ``on_revoke`` / ``on_lost`` on a worker thread while ``poll`` (or ``close``) is blocked,
+  so a callback may commit, exactly as the protocol promises.
 - ``end_offsets`` checks the ListOffsets answer against a fetch's high watermark (see
   :mod:`streamwatch.transport._kafka_common`): Tansu 0.6 answers ListOffsets with the base
   offset of the last batch + 1.
@@ -334,10 +334,12 @@ class _Listener(AsyncConsumerRebalanceListener):
         owner: KafkaConsumerTransport,
         on_assign: RebalanceCallback | None,
         on_revoke: RebalanceCallback | None,
+        on_lost: RebalanceCallback | None = None,
     ) -> None:
         self._owner = owner
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_lost = on_lost if on_lost is not None else on_revoke
 
     async def _run(self, callback: RebalanceCallback | None, partitions: Iterable[Any]) -> None:
         if callback is None:
@@ -368,8 +370,8 @@ class _Listener(AsyncConsumerRebalanceListener):
 
     async def on_partitions_lost(self, lost: Any) -> None:
         if lost:
-            logger.warning("group membership lost; partitions %s revoked", sorted(_from_k(lost)))
-            await self._run(self._on_revoke, lost)
+            logger.warning("group membership lost; partitions %s lost", sorted(_from_k(lost)))
+            await self._run(self._on_lost, lost)
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         # kafka-python keeps the paused flag of a partition revoked and assigned again in
@@ -455,10 +457,11 @@ class KafkaConsumerTransport:
         topics: Iterable[str],
         on_assign: RebalanceCallback | None = None,
         on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,
     ) -> None:
         if self.group_id is None:
             raise TransportError("subscribe() needs a group_id: use assign() without a group")
-        listener = _Listener(self, on_assign, on_revoke)
+        listener = _Listener(self, on_assign, on_revoke, on_lost)
         try:
             self.native.subscribe(topics=list(topics), listener=listener)
         except (kerrors.KafkaError, AssertionError, ValueError) as exc:

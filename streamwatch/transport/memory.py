@@ -222,6 +222,7 @@ class MemoryConsumer:
         topics: Iterable[str],
         on_assign: RebalanceCallback | None = None,
         on_revoke: RebalanceCallback | None = None,
+        on_lost: RebalanceCallback | None = None,  # (no sessions here to expire)
     ) -> None:
         self._check_open()
         if self.group_id is None:
