@@ -38,7 +38,7 @@ unit: $(STAMP)
 	$(PYTEST)
 
 # CI's suite leaves out the tests marked slow (variants also covered elsewhere, see the
-# README), to fit ~10 minutes on 2 slow cores; `make test-all` runs them too
+# README), to come nearer ~10 minutes on 2 cores; `make test-all` runs them too
 test: $(STAMP) system-deps lint typecheck
 	$(PYTEST) -m "not slow" --junitxml=test-results/junit.xml
 
