@@ -413,13 +413,19 @@ def decode_reading(data: bytes | str) -> Reading:
 _SID, _KIND, _VALUES = map(attrgetter, ("stream_id", "kind", "values"))
 
 
-def _names_once(data: bytes | str) -> bool:
-    """Whether ``stream_id`` and ``kind`` are surely given once in ``data`` (no escape,
-    each key's quoted name present at most once), so the unchecked parse's values are the
-    only ones. JSON allows a key twice, and both decoders keep the last value, but the
-    strict one checks every value it parses against the pattern: a record whose first
-    ``stream_id`` is bad and whose last one is known would be refused by it and accepted
-    by the fast path. When this says no, the strict decoder decides.
+_ONCE = ('"stream_id"', '"kind"')
+_ONCE_B = tuple(k.encode() for k in _ONCE)
+
+
+def _names_once(data: bytes | str, records: int = 1) -> bool:
+    """Whether ``stream_id`` and ``kind`` are surely given once in each record of ``data``
+    (one record, or ``records`` of them joined by newlines, every one holding both keys):
+    no escape, and each key's quoted name found ``records`` times. Only then are the
+    unchecked parse's values the only ones. JSON allows a key twice, and both decoders
+    keep the last value, but the strict one checks every value it parses against the
+    pattern: a record whose first ``stream_id`` is bad and whose last one is known would
+    be refused by it and accepted by the fast path. When this says no, the strict
+    decoder decides.
 
     >>> _names_once(b'{"stream_id":"a","kind":"k"}'), _names_once(b'{"kind":"x","kind":"k"}')
     (True, False)
@@ -427,8 +433,8 @@ def _names_once(data: bytes | str) -> bool:
     False
     """
     if isinstance(data, str):
-        return "\\" not in data and data.count('"stream_id"') <= 1 and data.count('"kind"') <= 1
-    return b"\\" not in data and data.count(b'"stream_id"') <= 1 and data.count(b'"kind"') <= 1
+        return "\\" not in data and all(data.count(k) == records for k in _ONCE)
+    return b"\\" not in data and all(data.count(k) == records for k in _ONCE_B)
 
 
 class ReadingDecoder:
@@ -515,11 +521,7 @@ class ReadingDecoder:
         if not (self._ids.issuperset(map(_SID, rs)) and self._kinds.issuperset(map(_KIND, rs))
                 and self._channels.issuperset(chain.from_iterable(map(_VALUES, rs)))):
             return None
-        # ``_names_once`` for all at once: with no escape anywhere, each record (which has
-        # both keys) holds each quoted name once exactly when the totals are the counts
-        joined = b"\n".join(data)
-        n = len(data)
-        if b"\\" in joined or joined.count(b'"stream_id"') != n or joined.count(b'"kind"') != n:
+        if not _names_once(b"\n".join(data), len(data)):
             return None  # a name given twice, or maybe: the strict decoder decides
         return rs
 
